@@ -1,0 +1,7 @@
+"""mesanet: the Mesa layer and MesaNet in PyTorch."""
+
+from . import ops
+from .ops import mesa, mesa_step
+
+__version__ = "0.1.0"
+__all__ = ["ops", "mesa", "mesa_step", "__version__"]

@@ -1,0 +1,24 @@
+"""Pure functions and autograd Functions on tensors: the Mesa operator and its references.
+
+Layout ``[B, T, H, D]``; states ``[B, H, Dk, Dk]`` and ``[B, H, Dk, Dv]``; decay as ``g = log gamma``.
+"""
+
+from .cg import CGOptions, CGResult, conjugate_gradient, implicit_solve
+from .mesa import mesa
+from .mesa_decode import mesa_step
+from .mesa_reference import mesa_reference
+from .results import MesaOutput, SolverStats
+from .sherman_morrison import mesa_sherman_morrison
+
+__all__ = [
+    "CGOptions",
+    "CGResult",
+    "MesaOutput",
+    "SolverStats",
+    "conjugate_gradient",
+    "implicit_solve",
+    "mesa",
+    "mesa_reference",
+    "mesa_sherman_morrison",
+    "mesa_step",
+]

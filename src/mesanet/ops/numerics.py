@@ -1,0 +1,35 @@
+"""Numerical policy of the Mesa operator, stated once.
+
+* The solver and the recurrent states run in at least float32, whatever the activation dtype
+  (bf16/fp16 CG has well-known convergence problems; the paper runs its solver in fp32).
+  Inputs in float64 keep float64 throughout (used by the tests against exact references).
+* Outputs come back in the dtype of ``v``; final states stay in the solver dtype.
+* CG is homogeneous: no additive epsilons anywhere in the recursion (design section 3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Lowest precision the CG solver and the states are allowed to run in.
+SOLVER_MIN_DTYPE = torch.float32
+
+#: Paper default for the number of CG steps in training (MesaNet section 4).
+DEFAULT_MAX_ITER = 30
+
+#: Chunk length of the chunkwise-parallel form. 64 balances the d^2 state term against the
+#: 4*C*d intra-chunk term for head sizes around 64 (design section 9).
+DEFAULT_CHUNK_SIZE = 64
+
+#: Relative asymmetry ``max|H - H^T| / max|H|`` accepted in a user-supplied initial key state.
+#: States produced by this package are symmetric up to float32 rounding of the outer-product
+#: sums (~1e-7 relative); anything beyond this bound is not a key covariance and CG would
+#: silently solve the wrong system.
+STATE_SYMMETRY_RTOL = 1e-4
+
+
+def solver_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any given tensor is float64, else float32 (never lower)."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return SOLVER_MIN_DTYPE

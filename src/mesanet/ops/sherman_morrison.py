@@ -1,0 +1,67 @@
+"""The original Mesa layer (von Oswald et al. 2023): recursive least squares by Sherman-Morrison.
+
+The inverse ``R_t = (H_t + R_0^{-1})^{-1}`` is carried directly (design section 7). Here
+``R_0 = diag(lam)^{-1}``, so with no forgetting (``g = 0``) it equals :func:`mesanet.ops.mesa`
+exactly; the 2023 paper writes ``R_0 = lambda_2023 I``, i.e. ``lambda_2023 = 1 / lam``.
+
+With forgetting the recursion is ``R_t = P - beta P k k^T P / (1 + beta k^T P k)`` with
+``P = R_{t-1} / gamma_t``: the inverse is divided by ``gamma`` and blows up for small ``gamma``,
+and the regulariser itself is forgotten (``R_t^{-1} = zeta_t Lambda + H_t``). That instability
+is why the chunkwise CG layer exists; this module keeps the old layer as a reference and baseline.
+Sequential by nature (a Python loop over tokens); differentiable by autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import checks
+from .numerics import solver_dtype
+from .results import MesaOutput
+
+
+def mesa_sherman_morrison(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor,
+    *,
+    initial_state: Optional[Tuple[Tensor, Tensor]] = None,
+    output_final_state: bool = False,
+) -> MesaOutput:
+    """Shapes as :func:`mesanet.ops.mesa`; the state is ``(R [B, H, Dk, Dk], S_kv [B, H, Dk, Dv])``
+    (``R`` the inverse regularised key covariance, ``diag(1 / lam)`` when omitted).
+
+    Output ``o_t = S_t^T R_t q_t`` in ``v.dtype``; the recursion runs in float32 or float64.
+    """
+    where = "mesa_sherman_morrison"
+    batch, length, heads, dk, dv = checks.check_sequence_inputs(where, q, k, v, g, beta, lam, initial_state)
+    if initial_state is not None:
+        checks.check_shape(where, "initial_state[0] (R)", initial_state[0], (batch, heads, dk, dk), "B H Dk Dk")
+        checks.check_shape(where, "initial_state[1] (S_kv)", initial_state[1], (batch, heads, dk, dv), "B H Dk Dv")
+    checks.check_same_device(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
+    checks.check_finite(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
+    checks.check_gates(where, g, beta)
+    checks.check_lam(where, lam, heads, dk)
+
+    dtype = solver_dtype(q, k, v, g, beta, lam)
+    q, k, v, g, beta, lam = (t.to(dtype) for t in (q, k, v, g, beta, lam))
+    if initial_state is None:
+        r = torch.diag_embed(1.0 / lam).expand(batch, heads, dk, dk)  # R_0 = Lambda^{-1}
+        s = q.new_zeros((batch, heads, dk, dv))
+    else:
+        r, s = (t.to(dtype) for t in initial_state)
+    outputs = []
+    for t in range(length):
+        gamma = g[:, t].exp()[..., None, None]  # [B, H, 1, 1]
+        b = beta[:, t][..., None, None]
+        k_t = k[:, t]  # [B, H, Dk]
+        p = r / gamma
+        pk = torch.einsum("bhij,bhj->bhi", p, k_t)  # P k (P symmetric)  [B, H, Dk]
+        denom = 1.0 + beta[:, t] * torch.linalg.vecdot(k_t, pk)  # [B, H]
+        r = p - (b / denom[..., None, None]) * pk.unsqueeze(-1) * pk.unsqueeze(-2)
+        s = gamma * s + b * k_t.unsqueeze(-1) * v[:, t].unsqueeze(-2)
+        x = torch.einsum("bhij,bhj->bhi", r, q[:, t])
+        outputs.append(torch.einsum("bhkv,bhk->bhv", s, x))
+    o = torch.stack(outputs, dim=1).to(v.dtype)
+    return MesaOutput(o, (r, s) if output_final_state else None, None)
