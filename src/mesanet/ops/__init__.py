@@ -4,9 +4,12 @@ Layout ``[B, T, H, D]``; states ``[B, H, Dk, Dk]`` and ``[B, H, Dk, Dv]``; decay
 """
 
 from .cg import CGOptions, CGResult, conjugate_gradient, implicit_solve
+from .delta_rule import delta_rule, delta_rule_step
+from .gla import gla, gla_step
 from .mesa import mesa
 from .mesa_decode import mesa_step
 from .mesa_reference import mesa_reference
+from .recurrent_reference import delta_rule_reference, gla_reference
 from .results import MesaOutput, SolverStats
 from .sherman_morrison import mesa_sherman_morrison
 
@@ -16,6 +19,12 @@ __all__ = [
     "MesaOutput",
     "SolverStats",
     "conjugate_gradient",
+    "delta_rule",
+    "delta_rule_reference",
+    "delta_rule_step",
+    "gla",
+    "gla_reference",
+    "gla_step",
     "implicit_solve",
     "mesa",
     "mesa_reference",

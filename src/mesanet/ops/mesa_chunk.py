@@ -13,18 +13,7 @@ from torch import Tensor
 
 from .cg import CGOptions, CGResult, implicit_solve
 from .chunk_layout import ChunkLayout
-
-
-def intra_chunk_decay(b: Tensor, beta: Tensor) -> Tensor:
-    """``M[t, i] = exp(b_t - b_i) * beta_i`` for ``i <= t``, else 0. ``b, beta [..., C] -> [..., C, C]``.
-
-    Only differences of the chunk-local cumulative log decay are exponentiated (never ``exp(-b)``),
-    so strong decay underflows to 0 instead of overflowing.
-    """
-    c = b.shape[-1]
-    causal = torch.ones(c, c, dtype=torch.bool, device=b.device).tril()
-    diff = (b.unsqueeze(-1) - b.unsqueeze(-2)).masked_fill(~causal, float("-inf"))  # [..., C(t), C(i)]
-    return diff.exp() * beta.unsqueeze(-2)
+from .chunk_recurrence import intra_chunk_decay, linear_chunk_states
 
 
 class ChunkOperator:
@@ -61,22 +50,6 @@ class ChunkOperator:
         return h_diag * self.decay + torch.matmul(self.mix, self.k * self.k) + self.lam
 
 
-def chunk_states(k: Tensor, v: Tensor, b: Tensor, beta: Tensor, initial: Tensor, layout: ChunkLayout) -> tuple[Tensor, Tensor]:
-    """States entering every chunk ``[NC, H, Dk, Dk+Dv]`` and the final state per sequence ``[N, H, Dk, Dk+Dv]``.
-
-    ``initial [N, H, Dk, Dk+Dv]``. Per chunk: ``state' = exp(b_C) state + K^T diag(exp(b_C - b) beta) [K | V]``.
-    """
-    weight = (b[..., -1:] - b).exp() * beta  # [NC, H, C]
-    update = torch.matmul((k * weight.unsqueeze(-1)).mT, torch.cat([k, v], dim=-1))  # [NC, H, Dk, Dk+Dv]
-    update = layout.by_sequence(update)  # [N, NCmax, H, Dk, Dk+Dv], zero past each sequence's end
-    decay = layout.by_sequence(b[..., -1]).exp()[..., None, None]  # [N, NCmax, H, 1, 1], 1 past the end
-    state, entering = initial, []
-    for j in range(layout.max_chunks):
-        entering.append(state)
-        state = decay[:, j] * state + update[:, j]
-    return layout.by_chunk(torch.stack(entering, dim=1)), state
-
-
 def mesa_chunk_forward(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor, initial: Tensor,
     layout: ChunkLayout, options: CGOptions,
@@ -86,7 +59,8 @@ def mesa_chunk_forward(
     b = g.cumsum(-1)  # [NC, H, C] chunk-local cumulative log decay
     decay = b.exp()
     mix = intra_chunk_decay(b, beta)  # [NC, H, C, C]
-    entering, final = chunk_states(k, v, b, beta, initial, layout)
+    # H_kk and S_kv share their decay: one scan over [K | V]  -> [NC, H, Dk, Dk+Dv]
+    entering, final = linear_chunk_states(k, torch.cat([k, v], dim=-1), b, beta, initial, layout)
     h_in, s_in = entering.split([dk, entering.shape[-1] - dk], dim=-1)
     x, result = implicit_solve(ChunkOperator, q, (k, decay, mix, lam, h_in), options)  # x = q* [NC, H, C, Dk]
     o = torch.matmul(x, s_in) * decay.unsqueeze(-1) + torch.matmul(torch.matmul(x, k.mT) * mix, v)

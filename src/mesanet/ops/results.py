@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -34,9 +34,10 @@ class SolverStats:
 
 
 class MesaOutput(NamedTuple):
-    """``output`` in the dtype of ``v``; ``final_state = (H_kk [N, H, Dk, Dk], S_kv [N, H, Dk, Dv])``
-    in the solver dtype when requested, else ``None``; ``stats`` when requested, else ``None``."""
+    """``output`` in the dtype of ``v``; ``final_state`` when requested, else ``None``: for the Mesa ops
+    ``(H_kk [N, H, Dk, Dk], S_kv [N, H, Dk, Dv])``, for single-state ops (GLA, delta rule) the tensor
+    ``S [N, H, Dk, Dv]``, in the solver dtype; ``stats`` (Mesa CG diagnostics) when requested, else ``None``."""
 
     output: Tensor
-    final_state: Optional[Tuple[Tensor, Tensor]]
+    final_state: Optional[Union[Tensor, Tuple[Tensor, Tensor]]]
     stats: Optional[SolverStats]
