@@ -1,10 +1,10 @@
-"""Shared machinery of the single-state baseline recurrences (GLA, DeltaNet): design section 8.
+"""Shared machinery of the chunkwise recurrences (Mesa, GLA, DeltaNet): design sections 2 and 8.
 
 Every baseline keeps one state ``S [Dk, Dv]`` per head, reads out ``o_t = S_t^T q_t`` and has the
 same public boundary as :func:`mesanet.ops.mesa`: ``[B, T, H, D]`` inputs, optional ``cu_seqlens``
 packing, float32/float64 compute, output in ``v.dtype``. This module holds that boundary
-(validation, casting, chunk packing) once, plus the cross-chunk scan of a linear (GLA-type)
-state, which :func:`mesanet.ops.mesa_chunk.chunk_states` is the ``X = [K | V]`` instance of.
+(validation, casting, chunk packing) once, plus the in-chunk decay matrix and the cross-chunk scan
+of a linear (GLA-type) state; the Mesa states ``(H_kk, S_kv)`` are its ``X = [K | V]`` instance.
 """
 
 from __future__ import annotations
