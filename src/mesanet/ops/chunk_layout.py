@@ -47,8 +47,8 @@ class ChunkLayout:
         """Token rows ``[num_tokens, H(, D)]`` -> chunks ``[NC, H, C(, D)]``; padding slots are 0."""
         rows = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])[self.slot_token]  # [NC*C, H(, D)]
         if x.dim() == 2:
-            return rearrange(rows, "(n c) h -> n h c", c=self.chunk_size)
-        return rearrange(rows, "(n c) h d -> n h c d", c=self.chunk_size)
+            return rearrange(rows, "(n c) h -> n h c", c=self.chunk_size).contiguous()
+        return rearrange(rows, "(n c) h d -> n h c d", c=self.chunk_size).contiguous()
 
     def unpack(self, y: Tensor) -> Tensor:
         """Chunks ``[NC, H, C(, D)]`` -> token rows ``[num_tokens, H(, D)]`` (padding dropped)."""

@@ -51,9 +51,10 @@ def linear_chunk_states(k: Tensor, x: Tensor, b: Tensor, beta: Tensor, initial: 
     update = layout.by_sequence(update)  # [N, NCmax, H, Dk, Dx], zero past each sequence's end
     decay = layout.by_sequence(b[..., -1]).exp()[..., None, None]  # [N, NCmax, H, 1, 1], 1 past the end
     state, entering = initial, []
-    for j in range(layout.max_chunks):
+    # unbind, not update[:, j]: the backward of one unbind is one stack, of NCmax selects NCmax full-size zero fills
+    for decay_j, update_j in zip(decay.unbind(1), update.unbind(1)):
         entering.append(state)
-        state = decay[:, j] * state + update[:, j]
+        state = decay_j * state + update_j
     return layout.by_chunk(torch.stack(entering, dim=1)), state
 
 

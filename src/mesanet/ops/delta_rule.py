@@ -58,11 +58,12 @@ def delta_rule_chunk_forward(
     kd_s = layout.by_sequence(k * (b[..., -1:] - b).exp().unsqueeze(-1))  # [N, NCmax, H, C, Dk]: exp(b_C - b_i) k_i
     chunk_decay = layout.by_sequence(b[..., -1]).exp()[..., None, None]  # [N, NCmax, H, 1, 1]
     state, entering, pseudo = initial, [], []
-    for j in range(layout.max_chunks):
+    # unbind (one stack in the backward) rather than [:, j] (a full-size zero fill per chunk)
+    for u0_j, w_j, kd_j, decay_j in zip(u0_s.unbind(1), w_s.unbind(1), kd_s.unbind(1), chunk_decay.unbind(1)):
         entering.append(state)
-        u = u0_s[:, j] - torch.matmul(w_s[:, j], state)  # [N, H, C, Dv]
+        u = u0_j - torch.matmul(w_j, state)  # [N, H, C, Dv]
         pseudo.append(u)
-        state = chunk_decay[:, j] * state + torch.matmul(kd_s[:, j].mT, u)  # [N, H, Dk, Dv]
+        state = decay_j * state + torch.matmul(kd_j.mT, u)  # [N, H, Dk, Dv]
     s_in = layout.by_chunk(torch.stack(entering, dim=1))  # [NC, H, Dk, Dv]
     u = layout.by_chunk(torch.stack(pseudo, dim=1))  # [NC, H, C, Dv]
 

@@ -14,40 +14,52 @@ from torch import Tensor
 from .cg import CGOptions, CGResult, implicit_solve
 from .chunk_layout import ChunkLayout
 from .chunk_recurrence import intra_chunk_decay, linear_chunk_states
+from .numerics import CG_BLOCK_BYTES, CG_VECTORS_PER_SYSTEM
 
 
 class ChunkOperator:
     """``(H_t + Lambda)`` for every token row of every chunk (design section 2, first line).
 
     ``k [NC, H, C, Dk]``, ``decay [NC, H, C]`` (= ``exp(b)``), ``mix [NC, H, C, C]`` (= ``M``),
-    ``lam [H, Dk]``, ``h_in [NC, H, Dk, Dk]`` (key state entering each chunk).
-
-    One matvec is two matmuls: ``Y = P [H_c^T | K^T]`` scaled by ``[exp(b) | M]``, then
-    ``Y_1 + Y_2 K + Lambda P``.
+    ``lam [H, Dk]``, ``h_in [NC, H, Dk, Dk]`` (key state entering each chunk). Chunks are independent
+    systems given ``h_in``, so CG may run on blocks of chunks (:meth:`restrict`).
     """
 
     def __init__(self, k: Tensor, decay: Tensor, mix: Tensor, lam: Tensor, h_in: Tensor):
-        dk, c = k.shape[-1], k.shape[-2]
-        self.k, self.h_in, self.decay, self.mix = k, h_in, decay.unsqueeze(-1), mix
+        # contiguous once, so the per-step batched matmuls never copy
+        self.k, self.decay, self.mix, self.h_in = k.contiguous(), decay.contiguous(), mix.contiguous(), h_in.contiguous()
+        self.lam_raw = lam
         self.lam = lam.unsqueeze(-2)  # [H, 1, Dk]
-        self.basis = torch.cat([h_in.mT, k.mT], dim=-1)  # [NC, H, Dk, Dk + C]
-        self.scale = torch.cat([self.decay.expand(*decay.shape, dk), mix], dim=-1)  # [NC, H, C, Dk + C]
-        self.dk = dk
 
     def matvec(self, p: Tensor) -> Tensor:
         """``p [NC, H, C, Dk] -> (H_t + Lambda) p_t`` per row: one GLA pass with v := k."""
-        y = torch.matmul(p, self.basis)  # [NC, H, C, Dk + C]: (H_c p_t | k_i^T p_t)
         if torch.is_grad_enabled():  # differentiable path (the backward's VJP): no in-place ops
-            y = y * self.scale
-            return y[..., : self.dk] + torch.matmul(y[..., self.dk :], self.k) + p * self.lam
-        y.mul_(self.scale)
-        out = torch.matmul(y[..., self.dk :], self.k)  # sum_i M[t,i] k_i (k_i^T p_t)
-        return out.add_(y[..., : self.dk]).addcmul_(p, self.lam)
+            inter = torch.matmul(p, self.h_in.mT) * self.decay.unsqueeze(-1)  # exp(b_t) H_c p_t
+            intra = torch.matmul(torch.matmul(p, self.k.mT) * self.mix, self.k)  # sum_i M[t,i] k_i k_i^T p_t
+            return inter + intra + p * self.lam
+        nc, h, c, dk = p.shape
+        p3, k3 = p.reshape(nc * h, c, dk), self.k.reshape(nc * h, c, dk)  # [NC*H, C, Dk]
+        out = torch.bmm(p3, self.h_in.reshape(nc * h, dk, dk).mT)  # H_c p_t (h_in symmetric or not)
+        out.mul_(self.decay.reshape(nc * h, c, 1))
+        scores = torch.bmm(p3, k3.mT).mul_(self.mix.reshape(nc * h, c, c))  # M[t,i] k_i^T p_t  [NC*H, C, C]
+        out.baddbmm_(scores, k3)
+        return out.view(nc, h, c, dk).addcmul_(p, self.lam)
 
     def diagonal(self) -> Tensor:
         """``diag(H_t + Lambda)`` per row: ``[NC, H, C, Dk]``."""
         h_diag = self.h_in.diagonal(dim1=-2, dim2=-1).unsqueeze(-2)  # [NC, H, 1, Dk]
-        return h_diag * self.decay + torch.matmul(self.mix, self.k * self.k) + self.lam
+        return h_diag * self.decay.unsqueeze(-1) + torch.matmul(self.mix, self.k * self.k) + self.lam
+
+    def restrict(self, rows: slice) -> "ChunkOperator":
+        """The operator of chunks ``rows`` only."""
+        return ChunkOperator(self.k[rows], self.decay[rows], self.mix[rows], self.lam_raw, self.h_in[rows])
+
+    def rows_per_block(self) -> int:
+        """Chunks per CG block: equal blocks whose working set stays cache-resident."""
+        nc, h, c, dk = self.k.shape
+        per_chunk = h * (CG_VECTORS_PER_SYSTEM * c * dk + dk * dk + 2 * c * c) * self.k.element_size()
+        blocks = -(-nc * per_chunk // CG_BLOCK_BYTES)
+        return -(-nc // blocks)
 
 
 def mesa_chunk_forward(

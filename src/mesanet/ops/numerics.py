@@ -21,6 +21,14 @@ DEFAULT_MAX_ITER = 30
 #: 4*C*d intra-chunk term for head sizes around 64 (design section 9).
 DEFAULT_CHUNK_SIZE = 64
 
+#: Working-set budget of one CG block. Chunks are independent systems given their entering state,
+#: so the chunk solver runs CG on blocks of chunks whose vectors, states and decay matrices fit in
+#: a last-level cache: past it every CG step streams from DRAM and the cost grows faster than T.
+CG_BLOCK_BYTES = 16 * 2**20
+
+#: Vectors of length C*Dk per system that one CG step touches: x, r, p, s, the rhs, k and a temporary.
+CG_VECTORS_PER_SYSTEM = 7
+
 #: Relative asymmetry ``max|H - H^T| / max|H|`` accepted in a user-supplied initial key state.
 #: States produced by this package are symmetric up to float32 rounding of the outer-product
 #: sums (~1e-7 relative); anything beyond this bound is not a key covariance and CG would
