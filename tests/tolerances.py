@@ -30,3 +30,21 @@ LARGE_LAMBDA_RTOL = 1e-3
 #: step 1e-6, so truncation error ~1e-6 relative; gradcheck's own default atol is 1e-5).
 GRADCHECK_ATOL = 1e-5
 GRADCHECK_RTOL = 1e-4
+
+#: Two float64 paths of a Mesa *layer* that each run CG far past convergence (max_iter = 3 Dk, tol = 0):
+#: decode step vs chunk form, padded vs alone, packed vs alone, Cholesky vs CG. Both solves sit at
+#: rounding level amplified by cond(H_t + Lambda) (<= ~1e2 for the layer tests' gates at T <= 40, i.e.
+#: ~1e-14), then pass the per-head RMSNorm; 1e-9 leaves five orders of margin and still catches any
+#: unconverged solve or wrongly handed-over state (those show up at >= 1e-6).
+LAYER_CG_F64_RTOL = 1e-9
+
+#: float32 token mixers (attention, Hawk): two paths that differ only in the order of float32
+#: operations (decode steps vs the parallel form, SDPA vs an explicit softmax, padded vs alone).
+#: Rounding of O(T) terms of unit size is ~sqrt(T) * 6e-8 ~ 1e-6 relative at the test sizes.
+F32_LAYER_RTOL = 1e-5
+
+#: A whole mixer in bf16 (parameters and activations; states and solves in fp32) against the same bf16
+#: weights and inputs in float64. About six bf16 roundings in series (q/k/v projection outputs, the
+#: short convolution, the per-head norm output, the output projection), each up to 2^-8 relative, are
+#: compounded by the L2 and RMS normalisations: measured 0.6e-2 to 1.3e-2 over seeds and mixers.
+LAYER_BF16_RTOL = 3e-2

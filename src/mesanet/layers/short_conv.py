@@ -18,13 +18,17 @@ class ShortConvolution(nn.Module):
     True = token) zeroes padded inputs first. ``cu_seqlens`` keeps packed sequences apart.
     """
 
-    def __init__(self, channels: int, width: int = 4, activation: Optional[str] = "silu", bias: bool = False):
+    def __init__(
+        self, channels: int, width: int = 4, activation: Optional[str] = "silu", bias: bool = False,
+        device=None, dtype=None,
+    ):
         super().__init__()
+        factory = dict(device=device, dtype=dtype)
         if activation not in (None, "silu"):
             raise ValueError(f"ShortConvolution: expected activation None or 'silu', got {activation!r}")
         self.channels, self.width, self.activation = channels, width, activation
-        self.weight = nn.Parameter(torch.empty(channels, width))  # weight[:, j] multiplies x_{t-j}
-        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self.weight = nn.Parameter(torch.empty(channels, width, **factory))  # weight[:, j] multiplies x_{t-j}
+        self.bias = nn.Parameter(torch.zeros(channels, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .numerics import autocast_off
+
 
 class SPDOperator(Protocol):
     """A batch of SPD matrices, applied row-wise: ``matvec(p)[..., :] = A p[..., :]``."""
@@ -122,6 +124,11 @@ class _ImplicitSolve(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dx: Tensor, _iterations, _residual):
         x, *params = ctx.saved_tensors
+        with autocast_off(x.device):
+            return _ImplicitSolve._adjoint(ctx, x, params, dx)
+
+    @staticmethod
+    def _adjoint(ctx, x: Tensor, params: list[Tensor], dx: Tensor):
         y, _ = solve(ctx.operator, dx.to(x.dtype), ctx.options)
         needs = ctx.needs_input_grad[3:]
         param_grads: list[Tensor | None] = [None] * len(params)

@@ -30,7 +30,7 @@ from torch import Tensor
 from .chunk_layout import ChunkLayout
 from .chunk_recurrence import prepare_step, run_recurrent_op
 from .chunk_recurrence import intra_chunk_decay
-from .numerics import DEFAULT_CHUNK_SIZE
+from .numerics import DEFAULT_CHUNK_SIZE, without_autocast
 from .results import MesaOutput
 
 
@@ -72,6 +72,7 @@ def delta_rule_chunk_forward(
     return inter + intra, state
 
 
+@without_autocast
 def delta_rule(
     q: Tensor,
     k: Tensor,
@@ -119,6 +120,7 @@ def delta_rule(
     )
 
 
+@without_autocast
 def delta_rule_step(
     q: Tensor,
     k: Tensor,

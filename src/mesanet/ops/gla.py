@@ -16,7 +16,7 @@ from torch import Tensor
 from .chunk_layout import ChunkLayout
 from .chunk_recurrence import linear_chunk_states, prepare_step, run_recurrent_op
 from .chunk_recurrence import intra_chunk_decay
-from .numerics import DEFAULT_CHUNK_SIZE
+from .numerics import DEFAULT_CHUNK_SIZE, without_autocast
 from .results import MesaOutput
 
 
@@ -37,6 +37,7 @@ def gla_chunk_forward(
     return inter + intra, final
 
 
+@without_autocast
 def gla(
     q: Tensor,
     k: Tensor,
@@ -79,6 +80,7 @@ def gla(
     )
 
 
+@without_autocast
 def gla_step(
     q: Tensor,
     k: Tensor,

@@ -12,10 +12,11 @@ from . import checks
 from .cg import CGOptions
 from .chunk_layout import ChunkLayout
 from .mesa_chunk import mesa_chunk_forward
-from .numerics import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ITER, solver_dtype
+from .numerics import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ITER, solver_dtype, without_autocast
 from .results import MesaOutput, SolverStats
 
 
+@without_autocast
 def mesa(
     q: Tensor,
     k: Tensor,

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import checks
 from .cg import CGOptions, implicit_solve
-from .numerics import DEFAULT_MAX_ITER, solver_dtype
+from .numerics import DEFAULT_MAX_ITER, solver_dtype, without_autocast
 from .results import MesaOutput, SolverStats
 
 
@@ -27,6 +27,7 @@ class DenseOperator:
         return self.h.diagonal(dim1=-2, dim2=-1) + self.lam
 
 
+@without_autocast
 def mesa_step(
     q: Tensor,
     k: Tensor,

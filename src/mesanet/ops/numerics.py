@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 #: Lowest precision the CG solver and the states are allowed to run in.
@@ -34,6 +37,28 @@ CG_VECTORS_PER_SYSTEM = 7
 #: sums (~1e-7 relative); anything beyond this bound is not a key covariance and CG would
 #: silently solve the wrong system.
 STATE_SYMMETRY_RTOL = 1e-4
+
+
+def autocast_off(device: torch.device):
+    """Context with autocast disabled on ``device``: the ops cast to the solver dtype themselves, and an
+    ambient bf16/fp16 autocast would otherwise run their matmuls (and the CG) in low precision."""
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def without_autocast(op):
+    """Decorator for the public ops: run them with autocast off on every device type (see :func:`autocast_off`)."""
+
+    @functools.wraps(op)
+    def wrapper(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for device_type in ("cpu", "cuda"):
+                stack.enter_context(autocast_off(torch.device(device_type)))
+            return op(*args, **kwargs)
+
+    return wrapper
 
 
 def solver_dtype(*tensors: torch.Tensor | None) -> torch.dtype:

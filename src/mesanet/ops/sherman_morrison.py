@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .numerics import solver_dtype
+from .numerics import solver_dtype, without_autocast
 from .results import MesaOutput
 
 
+@without_autocast
 def mesa_sherman_morrison(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor,
     *,
