@@ -274,3 +274,17 @@ def test_cuda_matches_cpu_reference(batch, length, heads, dk, dv, chunk, gate):
     grads = torch.autograd.grad(_loss((o, h, s), [w.cuda() for w in weights]), leaves(cuda_inputs))
     for name, a, e in zip(LEAF_NAMES, grads, ref_grads):
         assert rel_err(a.cpu(), e) <= F64_RTOL, name
+
+
+def test_ambient_autocast_does_not_lower_the_solver_precision():
+    """Under bf16 autocast the op still runs in fp32: the forward, and the backward called after the autocast
+    region as PyTorch recommends (backward inside autocast re-casts PyTorch's own backward matmuls)."""
+    inputs = make_inputs(1, 40, 2, 8, 8, dtype=torch.float32, requires_grad=True)
+    o_ref, _, _ = mesa(**inputs)
+    (grad_ref,) = torch.autograd.grad(o_ref.sum(), inputs["q"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, _, _ = mesa(**inputs)
+        loss = o.sum()
+    (grad,) = torch.autograd.grad(loss, inputs["q"])
+    assert o.dtype == torch.float32
+    assert torch.equal(o, o_ref) and torch.equal(grad, grad_ref)

@@ -29,9 +29,11 @@ def mesa_sherman_morrison(
     *,
     initial_state: Optional[Tuple[Tensor, Tensor]] = None,
     output_final_state: bool = False,
+    validate: bool = True,
 ) -> MesaOutput:
     """Shapes as :func:`mesanet.ops.mesa`; the state is ``(R [B, H, Dk, Dk], S_kv [B, H, Dk, Dv])``
-    (``R`` the inverse regularised key covariance, ``diag(1 / lam)`` when omitted).
+    (``R`` the inverse regularised key covariance, ``diag(1 / lam)`` when omitted). ``validate`` as in
+    :func:`mesanet.ops.mesa` (shapes and devices are always checked).
 
     Output ``o_t = S_t^T R_t q_t`` in ``v.dtype``; the recursion runs in float32 or float64.
     """
@@ -41,9 +43,10 @@ def mesa_sherman_morrison(
         checks.check_shape(where, "initial_state[0] (R)", initial_state[0], (batch, heads, dk, dk), "B H Dk Dk")
         checks.check_shape(where, "initial_state[1] (S_kv)", initial_state[1], (batch, heads, dk, dv), "B H Dk Dv")
     checks.check_same_device(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
-    checks.check_finite(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
-    checks.check_gates(where, g, beta)
-    checks.check_lam(where, lam, heads, dk)
+    if validate:
+        checks.check_finite(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
+        checks.check_gates(where, g, beta)
+        checks.check_lam(where, lam, heads, dk)
 
     dtype = solver_dtype(q, k, v, g, beta, lam)
     q, k, v, g, beta, lam = (t.to(dtype) for t in (q, k, v, g, beta, lam))
