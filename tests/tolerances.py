@@ -48,3 +48,18 @@ F32_LAYER_RTOL = 1e-5
 #: short convolution, the per-head norm output, the output projection), each up to 2^-8 relative, are
 #: compounded by the L2 and RMS normalisations: measured 0.6e-2 to 1.3e-2 over seeds and mixers.
 LAYER_BF16_RTOL = 3e-2
+
+#: Training loss traces of the same global batches split differently (gradient accumulation micro-batches,
+#: DDP ranks): identical math, different float32 summation order of the loss mean, the gradient sums
+#: (backward per micro-batch, gloo all-reduce) and, across processes, of the matmul blocking (threads).
+#: Each reduction differs by ~1e-7 relative; measured <= 2e-7 over 5 AdamW steps of the tiny model. Adam's
+#: normalised update can amplify a rounding difference on a near-zero gradient, so 1e-5 leaves room for
+#: that over a few steps while any real error (a lost or double-counted micro-batch, a wrong 1/accum or
+#: 1/world_size scale, another data order) shows up at >= 1e-3.
+TRAIN_SPLIT_RTOL = 1e-5
+
+#: Training loss of a bf16-autocast run against the same run in fp32 over the first steps (tiny model): the
+#: autocast matmuls round to bf16 (unit roundoff 2^-8 = 3.9e-3 per operand) but the loss is a mean over
+#: hundreds of tokens of fp32 soft-capped logits, and the Mesa solver runs in fp32 regardless. Measured
+#: 7e-5 at step 1 and <= 3e-4 by step 5; 2e-3 still fails for a wrong model or a bf16 master copy.
+TRAIN_BF16_LOSS_RTOL = 2e-3

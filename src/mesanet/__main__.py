@@ -1,0 +1,7 @@
+"""``python -m mesanet ...`` (and ``torchrun -m mesanet train ...``): the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,81 @@
+"""``DataConfig``: where the training text comes from, how it is split, tokenised and cached.
+
+Every field is checked on construction (``ValueError`` naming the field, what was expected and what
+arrived), so a bad config fails before anything is read or written. Load it from YAML with
+``mesanet.utils.config.load(DataConfig, path)`` or ``from_dict(DataConfig, mapping)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Special tokens of every mesanet tokenizer, in id order: the end-of-document token (also used as
+#: bos/eos) and a padding token that never occurs in the training stream.
+EOD_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOD_TOKEN, PAD_TOKEN)
+
+#: Byte-level BPE starts from the 256 byte symbols; the vocabulary must hold those plus the specials.
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+MAX_VOCAB_SIZE = 2**32 - 1
+
+
+class DataError(ValueError):
+    """Bad data input: a config value, a missing or empty source, a corpus too small for the request."""
+
+
+@dataclass
+class DataConfig:
+    """What to train on.
+
+    ``source``:
+      * ``"stdlib"`` - the Python standard library source of the running interpreter (no download;
+        write ``./stdlib`` for a local folder of that name);
+      * a path to a local text file or folder (folders are searched recursively for text files);
+      * ``"hf:NAME_OR_LOCAL_PATH[@CONFIG][:SPLIT[:TEXT_FIELD]]"`` - a Hugging Face ``datasets``
+        dataset: a local data file (.jsonl/.json/.csv/.parquet/.txt/.arrow), a folder of data files
+        or one written by ``save_to_disk``, or a hub name (needs network unless already cached).
+        SPLIT defaults to ``train``; TEXT_FIELD to ``text`` (or the only string column).
+    """
+
+    source: str = "stdlib"
+    seq_len: int = 256  # tokens per training sequence
+    vocab_size: int = 4096  # BPE vocabulary, special tokens included
+    val_fraction: float = 0.05  # share of documents held out for validation, in (0, 1)
+    seed: int = 0  # document subset / split / packing order
+    max_documents: int | None = None  # cap on documents (deterministic subset), for quick runs/tests
+    cache_dir: str = ".cache/mesanet"  # tokenizer + token caches, keyed by content hashes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise DataError(
+                f"DataConfig.source: expected 'stdlib', a path to a text file or folder, or 'hf:NAME', "
+                f"got {self.source!r}"
+            )
+        _check_int("seq_len", self.seq_len, 2, "at least 2 tokens (one prediction needs two)")
+        _check_int(
+            "vocab_size", self.vocab_size, MIN_VOCAB_SIZE,
+            f"at least {MIN_VOCAB_SIZE} (256 byte symbols + {len(SPECIAL_TOKENS)} special tokens "
+            f"{list(SPECIAL_TOKENS)})",
+        )
+        if self.vocab_size > MAX_VOCAB_SIZE:
+            raise DataError(f"DataConfig.vocab_size: expected at most {MAX_VOCAB_SIZE}, got {self.vocab_size}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)):
+            raise DataError(f"DataConfig.val_fraction: expected a number in (0, 1), got {self.val_fraction!r}")
+        if not 0.0 < float(self.val_fraction) < 1.0:
+            raise DataError(
+                f"DataConfig.val_fraction: expected a number strictly between 0 and 1, got {self.val_fraction!r}"
+            )
+        self.val_fraction = float(self.val_fraction)
+        _check_int("seed", self.seed, 0, "a non-negative integer")
+        if self.max_documents is not None:
+            _check_int("max_documents", self.max_documents, 1, "None (all documents) or at least 1")
+        if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
+            raise DataError(f"DataConfig.cache_dir: expected a folder path, got {self.cache_dir!r}")
+
+
+def _check_int(name: str, value: object, minimum: int, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"DataConfig.{name}: expected {expected}, got {value!r}")
+    if value < minimum:
+        raise DataError(f"DataConfig.{name}: expected {expected}, got {value}")

@@ -1,0 +1,148 @@
+"""``TrainConfig``: everything one training run needs, as typed dataclasses (YAML via :mod:`mesanet.utils.config`).
+
+The resolved config is written to ``<out_dir>/<name>/config.yaml`` with every run and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mesanet.data import DataConfig
+from mesanet.models import MesaNetConfig, preset_config
+
+#: Fields that may differ between a checkpoint's config and the config that resumes it. Everything else
+#: (model, data, batch_size, seed, optim, ...) decides the loss trace, so a change there is an error.
+#: ``max_steps`` may grow or shrink (the cosine horizon then moves, with a warning); ``grad_accum`` only
+#: changes how the same global batch is split; ``precision`` / ``device`` are execution options.
+RESUMABLE_CHANGES = frozenset({
+    "max_steps", "grad_accum", "precision", "device", "log_every", "eval_every", "eval_batches",
+    "checkpoint_every", "keep_last", "resume", "out_dir",
+})
+
+
+@dataclass
+class ModelSection:
+    """The model to train: a named preset (:data:`mesanet.models.PRESETS`), the mixer kind of every layer
+    (one name, or a per-layer list) and ``MesaNetConfig`` fields on top of the preset. ``vocab_size`` is set
+    from the tokenizer (an override must agree with it); ``eos_token_id`` / ``pad_token_id`` default to the data's
+    end-of-document / padding ids."""
+
+    preset: str = "cpu-small"
+    mixer: str | list[str] = "mesa"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with the paper's settings (App. G.3): linear warm-up from ~0 over ``warmup_steps``, then cosine
+    decay to ``min_lr_ratio * lr`` at the last step; gradients clipped to global norm ``grad_clip``
+    (``0`` disables clipping; the norm is still computed and guarded)."""
+
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """One training run; the run directory is ``<out_dir>/<name>``.
+
+    ``batch_size`` is the GLOBAL number of sequences per optimizer step: every one of ``world_size``
+    processes runs ``grad_accum`` micro-batches of ``batch_size / (world_size * grad_accum)`` sequences.
+    The global batch of a step is the same for any split, so the loss trace does not depend on it
+    (up to floating-point reduction order). ``eval_every`` / ``checkpoint_every`` = 0 switch periodic
+    evaluation / checkpoints off (the last step is always evaluated and checkpointed). ``eval_batches``
+    batches of ``batch_size`` validation windows are used per evaluation. ``device``: ``auto`` = CUDA when
+    available, else CPU. ``resume``: continue from the newest complete checkpoint of the run directory;
+    with ``resume: false`` an existing run directory with results is an error (nothing is overwritten).
+    """
+
+    name: str = "mesanet"
+    out_dir: str = "runs"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 200
+    precision: Literal["fp32", "bf16"] = "fp32"
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    seed: int = 0
+    resume: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Raise ``ValueError`` naming the field for anything that cannot run (before anything is written)."""
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"expected a TrainConfig, got {type(cfg).__name__}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name or ""):
+        raise ValueError(f"name: expected a directory name of letters, digits, '.', '_', '-', got {cfg.name!r}")
+    positive = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=cfg.max_steps,
+                    log_every=cfg.log_every, eval_batches=cfg.eval_batches, keep_last=cfg.keep_last)
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key}: expected an integer >= 1, got {value}")
+    for key in ("eval_every", "checkpoint_every"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key}: expected an integer >= 0 (0 = only at the last step), got {getattr(cfg, key)}")
+    split = world_size * cfg.grad_accum
+    if cfg.batch_size % split:
+        raise ValueError(
+            f"batch_size ({cfg.batch_size}, global sequences per step) must be divisible by world_size ({world_size}) "
+            f"x grad_accum ({cfg.grad_accum}) = {split}: every process runs grad_accum micro-batches of "
+            f"batch_size / (world_size x grad_accum) sequences"
+        )
+    if cfg.data.seq_len < 2:
+        raise ValueError(f"data.seq_len: expected >= 2 (next-token prediction), got {cfg.data.seq_len}")
+    o = cfg.optim
+    if not o.lr > 0:
+        raise ValueError(f"optim.lr: expected > 0, got {o.lr}")
+    if o.weight_decay < 0:
+        raise ValueError(f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ValueError(f"optim.betas: expected two values in [0, 1), got {o.betas}")
+    if not o.eps > 0:
+        raise ValueError(f"optim.eps: expected > 0, got {o.eps}")
+    if o.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps: expected >= 0, got {o.warmup_steps}")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got {o.min_lr_ratio}")
+    if o.grad_clip < 0:
+        raise ValueError(f"optim.grad_clip: expected >= 0 (0 = no clipping), got {o.grad_clip}")
+
+
+def build_model_config(
+    section: ModelSection, vocab_size: int, eos_token_id: int | None = None, pad_token_id: int | None = None,
+) -> MesaNetConfig:
+    """``MesaNetConfig`` of the preset + mixer + overrides, with ``vocab_size`` from the tokenizer and, unless
+    overridden, ``eos_token_id`` / ``pad_token_id`` from the data (end-of-document and padding tokens)."""
+    overrides = dict(section.overrides)
+    if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:
+        raise ValueError(
+            f"model.overrides.vocab_size ({overrides['vocab_size']}) disagrees with the tokenizer ({vocab_size} tokens); "
+            "leave it out: the vocabulary size comes from the tokenizer"
+        )
+    if "mixer_types" in overrides:
+        raise ValueError("model.overrides.mixer_types: set the layer kinds with model.mixer (a name or a per-layer list)")
+    overrides["vocab_size"] = vocab_size
+    for key, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        if value is not None:
+            overrides.setdefault(key, value)
+    try:
+        return preset_config(section.preset, section.mixer, **overrides)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"model: {e}") from e
+
+
+__all__ = ["ModelSection", "OptimConfig", "RESUMABLE_CHANGES", "TrainConfig", "build_model_config", "check_config"]

@@ -1,0 +1,106 @@
+"""Run metrics: ``metrics.csv`` (one row per logged step) and TensorBoard scalars under ``tb/``.
+
+CSV columns: ``step, lr, train_loss, grad_norm, tokens_per_s, val_loss, elapsed, tokens``: ``lr`` is the
+learning rate the step used, ``train_loss`` the step's global mean loss, ``grad_norm`` its gradient norm
+before clipping, ``tokens_per_s`` the training throughput since the previous row (evaluation and
+checkpoint time excluded), ``val_loss`` empty when that step was not evaluated, ``elapsed`` wall seconds
+since the run began (across resumes), ``tokens`` training tokens seen up to and including the step. Floats are written with ``repr`` (shortest exact round trip), so a loss trace read back from the
+CSV is bit-identical to the one computed. On resume, rows after the checkpoint's step (written by the
+interrupted run, about to be recomputed) are dropped, and TensorBoard purges its events after that step.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+COLUMNS = ("step", "lr", "train_loss", "grad_norm", "tokens_per_s", "val_loss", "elapsed", "tokens")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a ``metrics.csv`` with numbers parsed (``step`` as int, empty cells as ``None``)."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: (None if v == "" else int(v) if k in ("step", "tokens") else float(v)) for k, v in row.items()})
+    return rows
+
+
+class MetricsLogger:
+    """Appends rows to ``<run_dir>/metrics.csv`` and scalars to ``<run_dir>/tb``; a no-op when ``enabled`` is False
+    (non-zero ranks). ``start_step``: rows / events after it are dropped (resume)."""
+
+    def __init__(self, run_dir: str | Path, *, start_step: int = 0, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.csv"
+        self._writer = None
+        if not enabled:
+            return
+        self._truncate(start_step)
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(COLUMNS)
+            self._file.flush()
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
+
+    def _truncate(self, start_step: int) -> None:
+        if not self.path.exists():
+            return
+        if start_step == 0:
+            self.path.unlink()
+            return
+        rows = read_metrics(self.path)
+        if all(r["step"] <= start_step for r in rows):
+            return
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for r in rows:
+                if r["step"] <= start_step:
+                    w.writerow([_cell(r[c]) for c in COLUMNS])
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, *, lr: float, train_loss: float, grad_norm: float, tokens_per_s: float,
+            elapsed: float, tokens: int, val_loss: Optional[float] = None) -> None:
+        if not self.enabled:
+            return
+        values = dict(step=step, lr=lr, train_loss=train_loss, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
+                      val_loss=val_loss, elapsed=elapsed, tokens=tokens)
+        self._csv.writerow([_cell(values[c]) for c in COLUMNS])
+        self._file.flush()
+        if self._writer is not None:
+            self._writer.add_scalar("train/loss", train_loss, step)
+            self._writer.add_scalar("train/lr", lr, step)
+            self._writer.add_scalar("train/grad_norm", grad_norm, step)
+            self._writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
+            if val_loss is not None:
+                self._writer.add_scalar("val/loss", val_loss, step)
+                self._writer.add_scalar("val/ppl", math.exp(min(val_loss, 80.0)), step)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+__all__ = ["COLUMNS", "MetricsLogger", "read_metrics"]

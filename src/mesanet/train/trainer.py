@@ -1,0 +1,379 @@
+"""The training loop: ``train(cfg)`` / :class:`Trainer`.
+
+One optimizer step = ``grad_accum`` micro-batches on each of ``world_size`` processes. The global batch of
+a step is fixed by (``seed``, ``batch_size``, step) alone: micro-batch ``a`` of rank ``r`` reads the rows of
+"virtual rank" ``r * grad_accum + a`` of ``world_size * grad_accum`` (:class:`mesanet.data.TokenBatches`
+slices one global batch by rank). Every micro-batch loss is the mean over its tokens and all micro-batches
+have the same size, so ``mean_a loss_a`` (accumulation) averaged over ranks (DDP) is the mean over the
+global batch: any split gives the same loss trace up to floating-point reduction order.
+
+Order inside a step: forward/backward of every micro-batch (bf16 autocast around the forward only, as
+PyTorch recommends) -> global mean loss -> gradient norm (clipped to ``grad_clip``) -> non-finite guard
+(:class:`NonFiniteError`, raised before ``optimizer.step()``) -> AdamW step -> scheduler step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from mesanet.data import TokenBatches, eval_windows, prepare_data
+from mesanet.models import MesaNetForCausalLM
+from mesanet.utils.config import to_dict
+
+from . import checkpoint as ckpt
+from . import distributed
+from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config, check_config
+from .metrics import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm of a step is NaN / inf; raised before that step's optimizer update."""
+
+    def __init__(self, step: int, quantity: str, value: float, last_checkpoint: Optional[Path]):
+        self.step, self.quantity, self.value = step, quantity, value
+        where = f"the last checkpoint ({last_checkpoint}) is intact" if last_checkpoint else "no checkpoint was written yet"
+        super().__init__(
+            f"non-finite {quantity} ({value}) at step {step}: training stopped before the optimizer step of step {step}, "
+            f"so the weights are those after step {step - 1} and {where}. Try a lower optim.lr, a smaller "
+            "optim.grad_clip, precision: fp32, or check the data"
+        )
+
+
+@dataclass
+class TrainResult:
+    """What one ``train()`` call did. ``steps``: the step reached (= ``max_steps`` when finished);
+    ``start_step``: where this call began (> 0 after a resume); ``losses``: train loss of every step this call
+    ran (steps ``start_step + 1 .. steps``); ``tokens_per_s``: over this call's optimizer steps (0 if none)."""
+
+    run_dir: Path
+    steps: int
+    start_step: int
+    final_train_loss: Optional[float]
+    final_val_loss: Optional[float]
+    final_val_ppl: Optional[float]
+    tokens_per_s: float
+    losses: list[float] = field(default_factory=list)
+    checkpoint: Optional[Path] = None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "overrides":
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+class Trainer:
+    """Sets up a run (process group, data, model, optimizer, resume) in ``__init__`` and trains in :meth:`fit`.
+
+    Everything that can be rejected (config, data, the checkpoint to resume from) is checked before anything is
+    written. Only rank 0 writes (run directory, logs, checkpoints); every rank reads the checkpoint it resumes
+    from, so with several nodes the run directory must be on a shared file system.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        self.dist = distributed.setup(getattr(cfg, "device", "auto"))
+        try:
+            self._setup(cfg, progress)
+        except BaseException:
+            distributed.teardown(self.dist)
+            raise
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _setup(self, cfg: TrainConfig, progress: bool) -> None:
+        check_config(cfg, self.dist.world_size)
+        self.cfg, self.progress = cfg, progress
+        d, device = self.dist, self.dist.device
+        self.run_dir = Path(cfg.out_dir) / cfg.name
+        self.ckpt_root = self.run_dir / "checkpoints"
+        existing = ckpt.list_checkpoints(self.ckpt_root)
+        if not cfg.resume and (existing or (self.run_dir / "metrics.csv").exists() or (self.run_dir / "final").exists()):
+            raise ValueError(
+                f"run directory {self.run_dir} already holds results (checkpoints, metrics or final/) and resume is false: "
+                "set resume: true to continue it, or choose another name / out_dir (nothing was overwritten)"
+            )
+
+        # Data: rank 0 prepares (and fills the cache) first, the others then read the cache.
+        if d.is_main:
+            self.prepared = prepare_data(cfg.data, progress=progress)
+        distributed.barrier(d)
+        if not d.is_main:
+            self.prepared = prepare_data(cfg.data, progress=False)
+        self.tokenizer = self.prepared.tokenizer
+        self.model_config = build_model_config(cfg.model, len(self.tokenizer), self.prepared.eod_id, self.tokenizer.pad_token_id)
+
+        # The checkpoint to resume from: fully validated before anything is built or written.
+        state, summary, self.resumed_from = None, None, None
+        if cfg.resume and existing:
+            self.resumed_from = existing[-1]
+            try:
+                summary, state = ckpt.load_checkpoint(self.resumed_from, self.model_config)
+            except ckpt.CheckpointError as e:
+                hint = (f"; to resume from the previous checkpoint ({existing[-2].name}) instead, move {self.resumed_from.name} "
+                        f"out of {self.ckpt_root}" if len(existing) > 1 else "")
+                raise ckpt.CheckpointError(f"{e}{hint} (nothing was modified)") from None
+            self._check_resumable(summary, state)
+
+        # Model, optimizer, schedule (same seed on every rank: identical initial weights).
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.model = MesaNetForCausalLM(self.model_config).to(device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps)
+        self.micro_batch = cfg.batch_size // (d.world_size * cfg.grad_accum)
+        streams = d.world_size * cfg.grad_accum
+        self.batches = [
+            TokenBatches(self.prepared.train, cfg.data.seq_len, self.micro_batch, seed=cfg.seed,
+                         rank=d.rank * cfg.grad_accum + a, world_size=streams)
+            for a in range(cfg.grad_accum)
+        ]
+        self.step, self.elapsed_before = 0, 0.0
+        self.last_train_loss = self.last_val_loss = None
+        self.last_checkpoint: Optional[Path] = None
+        if state is not None:
+            self._restore(state)
+
+        self.ddp = None
+        if d.distributed:
+            self.ddp = DistributedDataParallel(  # buffers (RoPE tables) are constants: no per-step broadcast
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+        # Validation windows: this rank's share of the first eval_batches * batch_size windows.
+        if len(self.prepared.val) >= cfg.data.seq_len:
+            windows = eval_windows(self.prepared.val, cfg.data.seq_len, max_windows=cfg.eval_batches * cfg.batch_size)
+        else:
+            warnings.warn(f"the validation split has fewer than seq_len = {cfg.data.seq_len} tokens: no validation loss", stacklevel=2)
+            windows = torch.zeros(0, cfg.data.seq_len, dtype=torch.long)
+        self.num_val_windows = int(windows.shape[0])
+        self.val_windows = windows[d.rank::d.world_size]
+
+        # Only now: write the run directory.
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            p = self.prepared
+            stats = {"corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash, "eod_id": p.eod_id, **p.stats}
+            ckpt.atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2, default=str) + "\n")
+        self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main)
+
+    def _check_resumable(self, summary: dict, state: dict) -> None:
+        cfg, path = self.cfg, self.resumed_from
+        p = self.prepared
+        if (summary.get("corpus_hash"), summary.get("tokenizer_hash")) != (p.corpus_hash, p.tokenizer_hash):
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was trained on other data (corpus {summary.get('corpus_hash')}, tokenizer "
+                f"{summary.get('tokenizer_hash')}; now corpus {p.corpus_hash}, tokenizer {p.tokenizer_hash}): "
+                "its data position means nothing here; start a new run (another name)"
+            )
+        saved, now = _flatten(state["config"]), _flatten(to_dict(cfg))
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        fixed = [k for k in changed if k.split(".")[0] not in RESUMABLE_CHANGES]
+        if fixed:
+            listing = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in fixed)
+            raise ckpt.CheckpointError(
+                f"cannot resume {path}: the config changed in fields that decide the training trajectory ({listing}). "
+                "Restore them, or start a new run (another name)"
+            )
+        if state["step"] > cfg.max_steps:
+            raise ValueError(f"max_steps ({cfg.max_steps}) is below the step of the checkpoint to resume ({path}, step {state['step']})")
+        if "max_steps" in changed and state["step"] < cfg.max_steps:
+            warnings.warn(f"max_steps changed from {saved['max_steps']} to {cfg.max_steps} on resume: the cosine schedule now ends at the new horizon", stacklevel=3)
+
+    def _restore(self, state: dict) -> None:
+        d, path = self.dist, self.resumed_from
+        ckpt.load_model_weights(path, self.model)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint {path}: optimizer / scheduler state does not fit ({e})") from None
+        data = state["data"]
+        streams = [s for rank_states in data for s in rank_states]  # virtual-rank order
+        mine = range(d.rank * self.cfg.grad_accum, (d.rank + 1) * self.cfg.grad_accum)
+        if len(streams) == d.world_size * self.cfg.grad_accum:
+            positions = [streams[v] for v in mine]
+        elif all(s == streams[0] for s in streams):  # rank-independent positions (plain values): any split resumes
+            positions = [streams[0]] * len(self.batches)
+        else:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} holds {len(streams)} data positions (world_size x grad_accum when written); "
+                f"resume with world_size x grad_accum = {len(streams)} (now {d.world_size * self.cfg.grad_accum})"
+            )
+        try:
+            for b, position in zip(self.batches, positions):
+                b.load_state_dict(position)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint {path}: its data position does not fit this run ({e})") from None
+        rng = state["rng"]
+        ckpt.restore_rng_state(rng[d.rank] if len(rng) == d.world_size else rng[0])
+        self.step = int(state["step"])
+        metrics = state.get("metrics", {})
+        self.elapsed_before = float(metrics.get("elapsed", 0.0))
+        self.last_train_loss, self.last_val_loss = metrics.get("train_loss"), metrics.get("val_loss")
+        self.last_checkpoint = path
+        if d.is_main:
+            log.info("resuming %s from %s (step %d)", self.cfg.name, path, self.step)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _autocast(self):
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def train_step(self, step: int) -> tuple[float, float, float]:
+        """Optimizer step number ``step`` (1-based): ``(global mean loss, gradient norm before clipping, lr)``."""
+        cfg, model = self.cfg, self.ddp if self.ddp is not None else self.model
+        self.model.train()
+        lr = self.scheduler.get_last_lr()[0]
+        total = torch.zeros((), device=self.dist.device)
+        for a, batches in enumerate(self.batches):
+            ids = next(batches).to(self.dist.device, non_blocking=True)
+            sync = self.ddp is None or a == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with self._autocast():
+                    loss = model(input_ids=ids, labels=ids).loss
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach()
+        loss_value = float(distributed.all_reduce_mean(total / cfg.grad_accum, self.dist))
+        if not math.isfinite(loss_value):
+            raise NonFiniteError(step, "loss", loss_value, self.last_checkpoint)
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteError(step, "grad_norm", grad_norm, self.last_checkpoint)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm, lr
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        """Mean next-token loss over the validation windows (all ranks), in ``eval()`` mode (Mesa layers then use
+        ``cg_max_iter_eval``); the previous train/eval mode is restored. ``None`` without validation windows."""
+        if self.num_val_windows == 0:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            sums = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+            for chunk in self.val_windows.split(max(1, self.cfg.batch_size // self.dist.world_size)):
+                chunk = chunk.to(self.dist.device)
+                with self._autocast():
+                    out = self.model(input_ids=chunk, labels=chunk, use_cache=False)
+                n = chunk.shape[0] * (chunk.shape[1] - 1)
+                sums += torch.stack([out.loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=sums.device)])
+            sums = distributed.all_reduce_sum(sums, self.dist)
+        finally:
+            self.model.train(was_training)
+        return float(sums[0] / sums[1])
+
+    def save_checkpoint(self, elapsed: float) -> Path:
+        """Checkpoint of the current step (rank 0 writes; every rank contributes its RNG and data positions)."""
+        rng = distributed.all_gather_objects(ckpt.capture_rng_state(), self.dist)
+        data = distributed.all_gather_objects([b.state_dict() for b in self.batches], self.dist)
+        path = ckpt.checkpoint_path(self.ckpt_root, self.step)
+        if self.dist.is_main:
+            metrics = {"train_loss": self.last_train_loss, "val_loss": self.last_val_loss, "elapsed": elapsed}
+            state = {
+                "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng, "data": data, "config": to_dict(self.cfg), "metrics": metrics,
+            }
+            p = self.prepared
+            summary = {
+                "model_type": self.model_config.model_type, "next_lr": self.scheduler.get_last_lr()[0], **metrics,
+                "tokens_seen": self.step * self.cfg.batch_size * self.cfg.data.seq_len, "world_size": self.dist.world_size,
+                "grad_accum": self.cfg.grad_accum, "corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash,
+            }
+            ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.tokenizer, state, summary, self.cfg.keep_last)
+        self.last_checkpoint = path
+        return path
+
+    # ------------------------------------------------------------------------------------------- loop
+
+    def fit(self) -> TrainResult:
+        """Train from the current step to ``max_steps``; evaluate, checkpoint and write ``final/`` at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.logger.close()
+            distributed.teardown(self.dist)
+
+    def _fit(self) -> TrainResult:
+        cfg, d = self.cfg, self.dist
+        start_step, start = self.step, time.perf_counter()
+        tokens_per_step = cfg.batch_size * cfg.data.seq_len
+        losses: list[float] = []
+        train_time = window_time = 0.0
+        window_tokens = 0
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {cfg.name}", unit="step",
+                   disable=not (self.progress and d.is_main), dynamic_ncols=True)
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                loss, grad_norm, lr = self.train_step(self.step + 1)
+                dt = time.perf_counter() - t0
+                self.step += 1
+                losses.append(loss)
+                self.last_train_loss = loss
+                train_time += dt
+                window_time += dt
+                window_tokens += tokens_per_step
+                last = self.step == cfg.max_steps
+                val_loss = None
+                if last or (cfg.eval_every and self.step % cfg.eval_every == 0):
+                    val_loss = self.last_val_loss = self.evaluate()
+                elapsed = self.elapsed_before + time.perf_counter() - start
+                if last or self.step % cfg.log_every == 0 or val_loss is not None:
+                    self.logger.log(self.step, lr=lr, train_loss=loss, grad_norm=grad_norm,
+                                    tokens_per_s=window_tokens / max(window_time, 1e-9), elapsed=elapsed, val_loss=val_loss,
+                                    tokens=self.step * tokens_per_step)
+                    window_tokens, window_time = 0, 0.0
+                postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_step / max(dt, 1e-9):,.0f}"}
+                if self.last_val_loss is not None:
+                    postfix["val"] = f"{self.last_val_loss:.4f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+                if last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                    self.save_checkpoint(elapsed)
+        finally:
+            bar.close()
+        if d.is_main:
+            ckpt.atomic_directory(self.run_dir / "final", lambda tmp: ckpt.save_pretrained(tmp, self.model, self.tokenizer))
+        val = self.last_val_loss
+        return TrainResult(
+            run_dir=self.run_dir, steps=self.step, start_step=start_step, final_train_loss=self.last_train_loss,
+            final_val_loss=val, final_val_ppl=math.exp(min(val, 80.0)) if val is not None else None,
+            tokens_per_s=(len(losses) * tokens_per_step / train_time) if train_time > 0 else 0.0,
+            losses=losses, checkpoint=self.last_checkpoint,
+        )
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train (or resume) the run ``cfg`` describes; see :class:`Trainer` and ``docs/training.md``."""
+    return Trainer(cfg, progress=progress).fit()
+
+
+__all__ = ["NonFiniteError", "TrainResult", "Trainer", "train"]
