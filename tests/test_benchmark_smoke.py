@@ -33,7 +33,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     solvers = [bench.SolverSetting("fixed-2", 2, 0.0), bench.SolverSetting("tol-1e-2", 2, 1e-2)]
     results = bench.run_benchmark(
         lengths=[32, 64], solvers=solvers, shape=bench.Shape(**TINY_SHAPE), policy=bench.RepeatPolicy(**ONE_CALL),
-        accuracy_length=32, matmul_size=128, isolate=False, out_dir=tmp_path, log=lambda _: None,
+        accuracy_length=32, matmul_size=128, isolate=False, retries=0, out_dir=tmp_path, log=lambda _: None,
     )
 
     written = json.loads((tmp_path / "mesa_op.json").read_text())
@@ -64,8 +64,8 @@ def test_worker_subprocesses_measure_one_configuration():
     bench = _load_script()
     spec = dict(length=48, solver=dict(name="tol", max_iter=3, tol=1e-3), mode="fwd+bwd", shape=TINY_SHAPE,
                 policy=ONE_CALL, device="cpu", seed=0)
-    run = bench.measure_config(spec, isolate=True)  # a timing and a memory subprocess
-    assert run["length"] == 48 and run["mode"] == "fwd+bwd" and run["repeats"] == 1
+    run = bench.measure_config(spec, isolate=True, retries=0)  # a timing and a memory subprocess
+    assert run["length"] == 48 and run["mode"] == "fwd+bwd" and run["repeats"] == 1 and run["timing_attempts"] == 1
     assert run["median_s"] > 0 and run["peak_memory_bytes"] >= 0 and run["memory_method"]
     assert 1 <= run["cg_steps_run"] == run["cg_max_iterations"] <= 3
 

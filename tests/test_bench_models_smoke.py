@@ -1,0 +1,81 @@
+"""Smoke test of benchmarks/bench_models.py: a tiny run through its function API into tmp_path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+ONE_CALL = dict(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0)
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
+    bench = _load_script()
+    mixers = ["mesa", "gated_deltanet", "attention", "hawk+mesa", "sherman_morrison"]
+    results = bench.run_benchmark(
+        mixers, preset="tiny", config_overrides=dict(cg_max_iter_train=3, cg_max_iter_eval=3, attention_window=16),
+        train_lengths=[32, 64], contexts=[32, 64], policy=bench.RepeatPolicy(**ONE_CALL), train_warmup_s=0.0,
+        decode_steps=2, decode_warmup=1, prefill_chunk=48, matmul_size=128, isolate=False, retries=0,
+        reruns=0, out_dir=tmp_path, log=lambda _: None,
+    )
+
+    written = json.loads((tmp_path / "models.json").read_text())
+    markdown = (tmp_path / "models.md").read_text()
+    assert markdown.startswith("# Model benchmark")
+    expected = {"machine", "config", "matmul_peak", "models", "targets", "quiet_machine", "total_runtime_s"}
+    assert expected <= set(written) and expected <= set(results)
+    assert {"torch_version", "torch_threads", "cpu_model", "device"} <= set(written["machine"])
+    assert written["matmul_peak"]["peak_gflops"] > 0 and isinstance(written["quiet_machine"]["passed"], bool)
+    assert written["config"]["model"]["hidden_size"] == 64 and written["config"]["train_lengths"] == [32, 64]
+
+    assert [m["name"] for m in written["models"]] == mixers
+    by_name = {m["name"]: m for m in written["models"]}
+    assert by_name["hawk+mesa"]["layer_types"] == ["hawk", "mesa"]
+    for model in written["models"]:
+        assert model["params"] > model["params_non_embedding"] > 0
+        assert [r["length"] for r in model["train"]] == [32, 64]
+        assert [r["context"] for r in model["decode"]] == [32, 64]
+        assert f"| {model['name']} |" in markdown
+    for name in ("mesa", "gated_deltanet", "attention", "hawk+mesa"):
+        for run in by_name[name]["train"]:
+            assert run["median_s"] > 0 and run["repeats"] == 1 and run["loss"] > 0
+        for run in by_name[name]["decode"]:
+            assert run["median_s"] > 0 and len(run["times_s"]) == 2 and run["cache_bytes"] > 0
+    # recurrent state: constant size; attention's KV cache grows with the context
+    mesa_cache = [r["cache_bytes"] for r in by_name["mesa"]["decode"]]
+    attention_cache = [r["cache_bytes"] for r in by_name["attention"]["decode"]]
+    assert mesa_cache[0] == mesa_cache[1] and attention_cache[1] == 2 * attention_cache[0]
+    # the sequential mixer: trained at these short lengths, its decode skipped with a reason
+    sm = by_name["sherman_morrison"]
+    assert all(not r.get("skipped") for r in sm["train"]) and all(r["skipped"] and r["reason"] for r in sm["decode"])
+
+    targets = written["targets"]
+    assert set(targets) == {"mesa_decode_flat", "attention_decode_grows", "mesa_train_vs_gated_deltanet"}
+    for check in targets.values():
+        assert isinstance(check["passed"], bool) and check["ratio"] > 0
+    assert targets["mesa_train_vs_gated_deltanet"]["length"] == 64
+
+
+def test_hawk_expansion_matches_the_mesa_mixer():
+    bench = _load_script()
+    expansion = bench.matched_hawk_expansion("tiny")
+    fields = bench.PRESETS["tiny"]
+    hawk = bench._mixer_params("hawk", fields, expansion=expansion)
+    mesa = bench._mixer_params("mesa", fields)
+    assert abs(hawk - mesa) / mesa < 0.1
+    assert bench.layer_types(("hawk", "mesa"), 4) == ["hawk", "mesa", "hawk", "mesa"]
