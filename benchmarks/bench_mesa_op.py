@@ -412,8 +412,10 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"time": measur
 #: Environment of the memory workers. A fixed glibc mmap threshold (which also switches off its
 #: dynamic growth) gives every tensor above 128 KiB its own mapping, returned to the OS when freed,
 #: so the resident-set peak follows the peak of live tensors rather than what the allocator happens
-#: to cache (with the default, the fwd+bwd peak reads about 2x higher and varies by ~20% between
-#: configurations that allocate the same tensors). It would slow the timed calls down (a page fault
+#: to cache. With glibc's defaults the figure depends on the history: measured over the first calls
+#: of a fresh process the fwd+bwd peak at T=8192 read ~1.9x higher (and varied by ~20% between
+#: configurations with the same tensors); measured on a call after a warm-up call it read ~3x lower
+#: (the call reused cached heap). The fixed threshold would slow the timed calls down (a page fault
 #: per fresh page), hence separate processes for time and memory. Ignored by other allocators.
 MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
@@ -751,7 +753,8 @@ def run_benchmark(
     """Run everything, write ``mesa_op.json`` / ``mesa_op.md`` to ``out_dir`` (unless None), return the results.
 
     ``isolate=False`` measures in this process instead of two subprocesses per configuration: faster,
-    but memory freed by an earlier configuration and kept by the allocator can hide a later peak.
+    but on CPU the memory figures are then only lower bounds (memory freed by earlier calls and kept
+    by the allocator hides the peak; see ``MEMORY_WORKER_ENV``).
     ``retries``: how often a timing disturbed by other processes is taken again (see :func:`measure_config`).
     """
     started = time.perf_counter()
