@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=1e-4, help="CG tolerance of the Mesa solver report (default 1e-4)")
     p.add_argument("--max-iter", type=int, default=None, help="CG step limit of the solver report (default: the model's)")
     p.add_argument("--extrapolation", type=int, nargs="*", default=[2, 4], help="multiples of the training length (default 2 4)")
-    p.add_argument("--max-windows", type=int, default=32, help="evaluation windows per length (default 32)")
+    p.add_argument("--max-windows", type=int, default=32, help="windows at the longest length; every length scores the same tokens (default 32)")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_eval)

@@ -71,10 +71,12 @@ def test_extrapolation_reports_each_factor_and_marks_too_long_ones_unavailable(e
     results = extrapolation(model, val, train_len=32, factors=(1, 2, 4, 8), max_windows=2, batch_size=4, progress=False)
     assert sorted(results) == [1, 2, 4, 8]
     assert all(isinstance(r, ExtrapolationResult) for r in results.values())
+    span = 128  # every factor scores the same tokens: whole windows of the longest available length (x4)
     for factor in (1, 2, 4):
         r = results[factor]
         assert r.available and r.seq_len == 32 * factor and r.per_position_nll.shape == (32 * factor - 1,)
-        expected = evaluate_lm(model, eval_windows(val, 32 * factor, max_windows=2), progress=False)
+        assert r.result.windows * r.seq_len == span
+        expected = evaluate_lm(model, eval_windows(val[:span], 32 * factor), progress=False)
         assert math.isclose(r.loss, expected.loss, rel_tol=1e-6) and r.ppl == math.exp(r.loss)
     unavailable = results[8]
     assert not unavailable.available and unavailable.loss is None and unavailable.ppl is None

@@ -161,9 +161,11 @@ def extrapolation(
 ) -> dict[int, ExtrapolationResult]:
     """Loss, perplexity and per-position NLL at ``factor * train_len`` for every factor.
 
-    Windows come from :func:`mesanet.data.eval_windows` (at most ``max_windows`` per factor). The batch shrinks
-    with the factor (``max(1, batch_size // factor)`` windows) so memory stays about constant. A factor whose
-    windows cannot be cut (validation split shorter than one window) is reported unavailable with the reason.
+    Every factor scores the same tokens, so the losses compare lengths and nothing else: the first
+    ``max_windows`` windows at the longest available length fix the token span, and each shorter length cuts
+    that span into its own windows (:func:`mesanet.data.eval_windows`). The batch shrinks with the factor
+    (``max(1, batch_size // factor)`` windows) so memory stays about constant. A factor whose windows cannot be
+    cut (validation split shorter than one window) is reported unavailable with the reason.
     """
     from ..data import eval_windows
 
@@ -180,18 +182,24 @@ def extrapolation(
         raise ValueError(f"{where}: expected max_windows to be None or an integer >= 1, got {max_windows!r}")
     _check_batch_size(batch_size, where)
 
+    split_len = len(tokens)
+    available = [f for f in factors if split_len >= f * train_len]
+    if available:  # one token span for every factor: whole windows of the longest available length
+        longest = max(available) * train_len
+        count = len(tokens) // longest if max_windows is None else min(max_windows, len(tokens) // longest)
+        tokens = tokens[: count * longest]
     results: dict[int, ExtrapolationResult] = {}
     for factor in sorted(set(factors)):
         seq_len = factor * train_len
-        if len(tokens) < seq_len:
+        if factor not in available:
             reason = (
-                f"the validation split has {len(tokens)} tokens, fewer than one window of {seq_len} tokens "
+                f"the validation split has {split_len} tokens, fewer than one window of {seq_len} tokens "
                 f"({factor} x the training length {train_len})"
             )
             results[factor] = ExtrapolationResult(factor, seq_len, None, reason)
             continue
         try:
-            windows = eval_windows(tokens, seq_len, max_windows=max_windows)
+            windows = eval_windows(tokens, seq_len)
         except ValueError as e:
             results[factor] = ExtrapolationResult(factor, seq_len, None, f"no evaluation windows of {seq_len} tokens: {e}")
             continue

@@ -107,7 +107,8 @@ def evaluate_run(
     """Evaluate the run directory (``runs/<name>``) or model directory ``path``; returns what ``eval.json`` holds.
 
     ``max_iter``: CG step limit of the solver report (default: the model's ``cg_max_iter_eval``).
-    ``max_windows``: evaluation windows per length; ``solver_windows``: windows for the solver report.
+    ``max_windows``: windows at the longest length (every length scores the same tokens); ``solver_windows``: windows
+    for the solver report.
     ``val_tokens`` / ``train_len``: give the validation tokens / training length directly instead of reading
     them from the run's ``config.yaml`` (needed for a model directory outside a run).
     """
