@@ -155,6 +155,24 @@ class Attention(nn.Module):
         allowed = allowed | (j == i)
         return allowed.unsqueeze(1)  # [B or 1, 1, T, S]: shared by every head
 
+    def _blocked_window_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal sliding-window attention from the first key, with no padding or packing, in blocks of W
+        queries that each see their own and the previous block of keys: ``[B, H, T, Dh] -> [B, H, T, Dh]``."""
+        w, length = self.window, q.shape[2]
+        blocks = -(-length // w)
+        pad = blocks * w - length
+        qb = rearrange(F.pad(q, (0, 0, 0, pad)), "b h (n w) d -> b h n w d", w=w)  # [B, H, nb, W, Dh]
+        # keys of block n: tokens [(n - 1) W, (n + 1) W), W zero keys before the first token
+        kb = F.pad(k, (0, 0, w, pad)).unfold(2, 2 * w, w).transpose(-1, -2)  # [B, H, nb, 2W, Dh]
+        vb = F.pad(v, (0, 0, w, pad)).unfold(2, 2 * w, w).transpose(-1, -2)
+        a = torch.arange(w, device=q.device).view(w, 1)  # query index in its block
+        c = torch.arange(2 * w, device=q.device).view(1, 2 * w)  # key index in the block's key range
+        allowed = (c > a) & (c <= a + w)  # key token in (i - W, i]; c = a + W is the query itself  [W, 2W]
+        first = torch.arange(blocks, device=q.device).view(blocks, 1, 1) > 0
+        allowed = allowed & (first | (c >= w))  # block 0 has no previous keys  [nb, W, 2W]
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed)  # [B, H, nb, W, Dh]
+        return rearrange(o, "b h n w d -> b h (n w) d")[:, :, :length]
+
     # ------------------------------------------------------------------ forward
 
     def forward(
@@ -207,11 +225,13 @@ class Attention(nn.Module):
         qh = rearrange(q, "b t h d -> b h t d")  # [B, H, T, Dh]
         kh = repeat(k, "b s h d -> b (h g) s d", g=groups)  # [B, H, S, Dh], S = T_cache + T
         vh = repeat(v, "b s h d -> b (h g) s d", g=groups)
-        plain = key_valid is None and self.window is None and segment is None and not return_weights
+        plain = key_valid is None and segment is None and not return_weights
         weights = None
-        if plain and (cached == 0 or length == 1):
+        if plain and self.window is None and (cached == 0 or length == 1):
             # no mask needed: causal from the first key, or one query that sees the whole cache
             o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=cached == 0 and length > 1)
+        elif plain and cached == 0 and self.window < length:
+            o = self._blocked_window_attention(qh, kh, vh)  # O(T W), not O(T^2)
         else:
             allowed = self._allowed(length, cached, key_valid, segment, x.device)  # [B or 1, 1, T, S]
             if return_weights:
