@@ -1,0 +1,18 @@
+"""Analysis tools: hand-built reference algorithms and weight compressions for mesa-optimization studies."""
+
+from .compressed import (
+    BlockScalarCompression,
+    chebyshev_solve,
+    compress_block_scalar,
+    compress_head,
+    compressed_alg_prediction,
+    reconstruct_block_scalar,
+    ridge_prediction,
+)
+from .gd_construction import GDConstruction, linear_self_attention, one_step_gd_prediction, optimal_eta
+
+__all__ = [
+    "GDConstruction", "linear_self_attention", "one_step_gd_prediction", "optimal_eta",
+    "BlockScalarCompression", "compress_block_scalar", "reconstruct_block_scalar", "compress_head",
+    "chebyshev_solve", "ridge_prediction", "compressed_alg_prediction",
+]
