@@ -1,0 +1,35 @@
+"""Seeded generators for synthetic in-context-learning tasks (no training code here).
+
+* MAD (Poli et al. 2024) as MesaNet used it: ``in_context_recall``, ``noisy_recall``, ``fuzzy_recall``,
+  ``selective_copying``, ``compression``, ``memorization``; baselines are the config defaults and
+  ``mad_settings(task)`` lists the difficulty grid.
+* ``mqar``: Zoology's multi-query associative recall.
+* ``in_context_regression`` (continuous tokens) and ``ridge_prediction_loss`` (its optimal reference).
+
+Token tasks return ``TokenBatch(inputs, targets)``: int64 ``[N, T]`` with ``IGNORE_INDEX`` (-100) where no
+loss applies. Every generator takes ``(num_sequences, seed, config=None)``; ``seed`` is an int or a
+``numpy.random.Generator`` (pass one generator to draw a training set and then a disjoint test set).
+"""
+
+from .base import IGNORE_INDEX, MAD_DATA_SEED, TokenBatch, make_rng
+from .compression import CompressionConfig, compression
+from .fuzzy_recall import FuzzyRecallConfig, fuzzy_recall
+from .mad_settings import MAD_NUM_TEST, MAD_TASKS, MadSetting, mad_settings
+from .memorization import MemorizationConfig, memorization, memorization_map
+from .mqar import MQARConfig, mqar
+from .recall import InContextRecallConfig, NoisyRecallConfig, generate_recall, in_context_recall, noisy_recall
+from .regression import (
+    InContextRegressionConfig, RegressionBatch, bayes_optimal_ridge, in_context_regression, ridge_prediction_loss,
+)
+from .selective_copying import SelectiveCopyingConfig, selective_copying
+
+__all__ = [
+    "IGNORE_INDEX", "MAD_DATA_SEED", "TokenBatch", "make_rng",
+    "InContextRecallConfig", "NoisyRecallConfig", "generate_recall", "in_context_recall", "noisy_recall",
+    "FuzzyRecallConfig", "fuzzy_recall", "SelectiveCopyingConfig", "selective_copying",
+    "CompressionConfig", "compression", "MemorizationConfig", "memorization", "memorization_map",
+    "MAD_NUM_TEST", "MAD_TASKS", "MadSetting", "mad_settings",
+    "MQARConfig", "mqar",
+    "InContextRegressionConfig", "RegressionBatch", "bayes_optimal_ridge", "in_context_regression",
+    "ridge_prediction_loss",
+]
