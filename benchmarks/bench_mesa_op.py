@@ -710,11 +710,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_results(
+    results: dict[str, Any], out_dir: Path, name: str = "mesa_op", render: Callable[[dict], str] | None = None,
+) -> tuple[Path, Path]:
+    """``<name>.json`` and ``<name>.md`` (rendered by ``render``, default this script's table) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "mesa_op.json", out_dir / "mesa_op.md"
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(render_markdown(results))
+    md_path.write_text((render or render_markdown)(results))
     return json_path, md_path
 
 

@@ -619,11 +619,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "models.json", out_dir / "models.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(render_markdown(results))
-    return json_path, md_path
+    return _op.write_results(results, out_dir, "models", render_markdown)
 
 
 # ---------------------------------------------------------------------------------------------

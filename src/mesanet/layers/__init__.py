@@ -14,10 +14,11 @@ from .registry import MIXERS, build_mixer, register_mixer
 from .rope import RotaryEmbedding, apply_rotary
 from .sherman_morrison_layer import ShermanMorrisonMesa
 from .short_conv import ShortConvolution
+from .single_state_mixer import SingleStateMixer
 
 __all__ = [
     "Attention", "DeltaNet", "DeltaRuleMixer", "GAMMA_CAP", "GatedDeltaNet", "GatedLinearAttention", "GatedMLP",
     "Hawk", "KVState", "LAMBDA_LOWER_BOUND", "MIXERS", "Mamba2GLA", "MesaLayer", "RMSNorm", "RecurrentMixer",
-    "RecurrentState", "RotaryEmbedding", "ShermanMorrisonMesa", "ShortConvolution", "SlidingWindowAttention",
+    "RecurrentState", "RotaryEmbedding", "ShermanMorrisonMesa", "ShortConvolution", "SingleStateMixer", "SlidingWindowAttention",
     "WindowKVState", "apply_rotary", "build_mixer", "mark_no_weight_decay", "register_mixer", "rg_lru_scan",
 ]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..ops.gla import gla, gla_step
-from .recurrent_mixer import RecurrentMixer
+from .single_state_mixer import SingleStateMixer
 
 
-class GatedLinearAttention(RecurrentMixer):
+class GatedLinearAttention(SingleStateMixer):
     """``S_t = gamma_t S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t`` (state ``recurrent = (S [B, H, Dk, Dv],)``).
 
     Same parameterisation as :class:`~mesanet.layers.mesa_layer.MesaLayer` (it is Mesa without the solve).
@@ -14,19 +14,8 @@ class GatedLinearAttention(RecurrentMixer):
     (:class:`Mamba2GLA`); ``use_forget_gate=False`` gives (input-gated) linear attention.
     """
 
-    num_recurrent_states = 1
-
-    def _parallel(self, q, k, v, g, beta, initial_state, cu_seqlens, output_final_state):
-        out = gla(
-            q, k, v, g, beta, initial_state=None if initial_state is None else initial_state[0],
-            output_final_state=output_final_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
-            validate=self.validate_inputs,
-        )
-        return out.output, None if out.final_state is None else (out.final_state,)
-
-    def _step(self, q, k, v, g, beta, state):
-        o, s = gla_step(q, k, v, g, beta, None if state is None else state[0], validate=self.validate_inputs)
-        return o, (s,)
+    parallel_op = staticmethod(gla)
+    step_op = staticmethod(gla_step)
 
 
 class Mamba2GLA(GatedLinearAttention):
