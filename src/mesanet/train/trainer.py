@@ -15,6 +15,7 @@ PyTorch recommends) -> global mean loss -> gradient norm (clipped to ``grad_clip
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -316,9 +317,15 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train from the current step to ``max_steps``; evaluate, checkpoint and write ``final/`` at the end."""
         try:
-            return self._fit()
+            result = self._fit()
+            distributed.barrier(self.dist)  # every rank leaves together, after rank 0 has written final/
+            return result
         finally:
             self.logger.close()
+            # The DDP reducer must be freed while its process group still exists: freeing it after
+            # destroy_process_group (when the Trainer goes out of scope) intermittently hangs gloo at exit.
+            self.ddp = None
+            gc.collect()
             distributed.teardown(self.dist)
 
     def _fit(self) -> TrainResult:
