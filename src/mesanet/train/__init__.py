@@ -3,12 +3,13 @@ CSV / TensorBoard logs and DDP under ``torchrun``. Entry points: :func:`train` (
 
 from .checkpoint import CheckpointError, list_checkpoints
 from .config import ModelSection, OptimConfig, TrainConfig, build_model_config, check_config
+from .loop import LoopResult, NonFiniteLossError, fit_steps
 from .metrics import read_metrics
 from .optim import build_optimizer, build_scheduler, lr_multiplier, param_groups
 from .trainer import NonFiniteError, Trainer, TrainResult, train
 
 __all__ = [
-    "CheckpointError", "ModelSection", "NonFiniteError", "OptimConfig", "TrainConfig", "TrainResult", "Trainer",
-    "build_model_config", "build_optimizer", "build_scheduler", "check_config", "list_checkpoints", "lr_multiplier",
+    "CheckpointError", "LoopResult", "ModelSection", "NonFiniteLossError", "NonFiniteError", "OptimConfig", "TrainConfig", "TrainResult", "Trainer",
+    "build_model_config", "build_optimizer", "build_scheduler", "check_config", "fit_steps", "list_checkpoints", "lr_multiplier",
     "param_groups", "read_metrics", "train",
 ]
