@@ -63,3 +63,85 @@ TRAIN_SPLIT_RTOL = 1e-5
 #: hundreds of tokens of fp32 soft-capped logits, and the Mesa solver runs in fp32 regardless. Measured
 #: 7e-5 at step 1 and <= 3e-4 by step 5; 2e-3 still fails for a wrong model or a bf16 master copy.
 TRAIN_BF16_LOSS_RTOL = 2e-3
+
+#: Mesa-optimization mixers/models in float64 against explicit references that differ only in the order of
+#: float64 operations (einsum contractions, products vs factors, cumulative sums over T <= 50): rounding is
+#: ~sqrt(T) * 1e-16 relative per term, measured <= 1e-14; any wrong index, mask or transpose shows up at >= 1e-2.
+MESAOPT_F64_RTOL = 1e-11
+
+#: The paper-B regression mesa layer (CG via ops.mesa, 30 steps on Dk = 6) and its Sherman-Morrison recursion
+#: in float64 against a direct solve of (K K^T + I/lam) per token: CG reaches its exact answer within Dk
+#: steps; Sherman-Morrison accumulates the recursion over T = 20 with cond(K K^T + I/lam) <= ~1e3, i.e.
+#: ~1e-13 relative; 1e-9 still catches a wrong lambda convention or a non-causal sum (>= 1e-3).
+MESAOPT_CG_F64_RTOL = 1e-9
+
+#: Generated dynamical systems / few-shot prompts recomputed in float64 from the returned matrices (W W^T = I,
+#: h_{t+1} = W* f*(h_t), s_t = C* h_t, y = W* x): the same O(n) unit-scale products in another summation
+#: order, compounded over <= 50 steps of a norm-preserving (or contracting) map: ~1e-14 absolute. 1e-10 (the
+#: issue's bound) still catches any wrong matrix, transpose, index shift or missing step (>= 1e-2).
+DYNAMICS_F64_ATOL = 1e-10
+
+#: Least squares in float64 on noiseless few-shot pairs (pseudo-inverse / solve on Gaussian designs of
+#: n = 2..6 columns, condition number <~ 1e3): error ~ cond * 1e-16 <~ 1e-13; 1e-8 still fails a wrong
+#: data set, a missing pair or a transposed Phi (errors of order 1).
+FEWSHOT_LSQ_F64_ATOL = 1e-8
+
+#: Eigenvalues of a generated contracting W (float64 ``torch.linalg.eigvals``) against the drawn spectrum: exact
+#: for the symmetric Q diag Q^T (measured <= 3e-15); the code's U diag U^{-1} with a Gaussian U is non-normal,
+#: so the eigenproblem amplifies rounding by the eigenvector condition number (measured <= 3.4e-12 over 320
+#: matrices); 1e-8 leaves margin and still fails a wrong or unpinned spectrum (differences >= 1e-3).
+CONTRACTING_EIG_F64_ATOL = 1e-8
+
+#: Needle-in-a-haystack answer log-probabilities of a tiny Hawk + Mesa model scored through its recurrent cache
+#: (prompt in one chunked pass, then the answer tokens) against one full-sequence forward: the same float32
+#: recurrences in another chunking, with the Mesa CG stopped at its evaluation tolerance; measured <= 2e-6 nats
+#: over 16 answers; 1e-4 still fails a shifted position or a lost state (differences >= 1e-2).
+NEEDLE_CACHE_LOGPROB_ATOL = 1e-4
+
+#: A needle value's log-probability, the float64 sum of <= 7 identical float32 per-token terms, against
+#: ``tokens * term``: the two differ by float64 rounding only (~1e-16 relative per addition).
+NEEDLE_SUM_RTOL = 1e-12
+
+#: Held-out normalised MSE of a ridge probe (relative ridge 1e-4) on a target that IS an affine function of
+#: the features (8 correlated, non-centred features): the only error is the ridge shrinkage r / (eig + r) of
+#: each feature direction, measured <= 1.1e-6; 1e-4 leaves margin while a missing intercept, a transposed
+#: solve or an in-sample/out-of-sample mix-up gives >= 1e-2.
+PROBE_EXACT_NMSE = 1e-4
+
+#: Normalised held-out MSE of a probe on pure noise (expected 1 + (E + 1) / N = 1.0045 for E = 8, N = 2000;
+#: measured 0.9997..1.011 over seeds) and on "half linear, half noise" targets (expected 0.5, sampling sd
+#: ~0.013 with 6000 test values): 0.05 is ~4 sd and still fails a probe that leaks test data (error << 1)
+#: or normalises by the wrong variance.
+PROBE_NOISE_NMSE_ATOL = 0.05
+
+#: Ridge least squares (analysis per-step-loss) on NOISELESS LDS data with the tuned lam (>= 1e5, the top of
+#: the search range pulls it to ~5e7): once the prefix spans R^n (t > n) the ridge predictor equals W* s_t up to
+#: the regulariser bias ~ ||X_t^{-1}|| / lam and float64 solve rounding; measured <= 3e-12 (n = 4, T = 16).
+#: 1e-9 still fails a wrong prefix (an off-by-one pair costs O(1e-1)) or an untuned lam (lam = 1: O(1e-3)).
+RIDGE_NOISELESS_ATOL = 1e-9
+
+#: The true-W* oracle's mean per-position loss against the noise floor 1/2 n sigma^2: a chi-square mean over
+#: 2048 sequences x 15 positions x 4 dims, relative standard deviation sqrt(2 / 122880) = 0.4 % (measured
+#: +0.7 %); 3 % is > 7 sigma yet fails a wrong noise scale (sigma vs sigma^2: 20x) or a mis-aligned target.
+ORACLE_NOISE_FLOOR_RTOL = 0.03
+
+#: Distilling a layer that IS a linear self-attention layer (dim 8, 2 heads x key 4) into a fresh one with Adam
+#: (300 steps): the loss is quartic in the factors, so Adam approaches the exact product slowly; held-out
+#: relative error measured 4e-3 (1.6e-3 after 600 steps), down from > 1 at init. 2e-2 still fails a student
+#: of the wrong form (a softmax teacher leaves 0.1-0.3) or a mis-recorded input/output pair (error ~1).
+LINEARIZE_DISTIL_REL_ERR = 2e-2
+
+#: Test-loss ratio |swapped / original - 1| after swapping in that distilled copy of a linear layer: measured
+#: <= 3e-3 (the residual 4e-3 distillation error); removing the layer changes the loss by far more than 10x this.
+LINEARIZE_RATIO_ATOL = 2e-2
+
+#: CompressedAlg-k as a second-order Richardson iteration with Chebyshev coefficients against
+#: ``compressed_alg_prediction`` (Chebyshev's recursive-residual form) in float64: the same iterates in another
+#: order of operations (direct residual ``s - X x`` vs the updated one) on X_t with cond <= ~1e2: measured
+#: <= 1.2e-15 relative for k <= 200; a coefficient or step off by one is >= 1e-1 (measured 0.27).
+COMPRESSED_ALG_F64_RTOL = 1e-12
+
+#: Fixed Chebyshev CompressedAlg-120 against the exact ridge prediction on the default LDS (T = 50, lam = 0.7)
+#: in float64: contraction ~((sqrt(cond)-1)/(sqrt(cond)+1))^k with cond <~ 1e2 gives ~1e-11 at worst; measured
+#: 1.2e-15 relative (k = 40 still leaves 4e-6), so 1e-10 asserts convergence, not only the trend.
+CHEBYSHEV_RIDGE_F64_RTOL = 1e-10

@@ -1,9 +1,12 @@
-"""``mesanet train | eval | generate | compare``: the command line over the pipelines.
+"""``mesanet train | eval | generate | compare | synth | needle | mesaopt``: the command line over the pipelines.
 
     mesanet train configs/small.yaml optim.lr=1e-3 model.mixer=gla     # a YAML preset + dotted overrides
     mesanet eval runs/small --tol 1e-4                                  # loss/ppl, per-position NLL, 2x/4x length, CG stats
     mesanet generate runs/small --prompt "def parse(" --temperature 0.8 --top-p 0.95
     mesanet compare configs/compare.yaml                                # several models, one data/token budget, a report
+    mesanet synth --quick                                               # the synthetic ICL suite (MAD, MQAR, regression)
+    mesanet needle runs/small                                           # needle-in-a-haystack at and beyond the training length
+    mesanet mesaopt list                                                # mesa-optimization analyses ("Uncovering ..." paper)
 
 Training also runs under torchrun: ``torchrun --nproc_per_node 2 -m mesanet train configs/small.yaml``.
 Unknown config keys are errors that list the valid ones.
@@ -63,6 +66,29 @@ def cmd_compare(ns: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+#: Sub-commands whose own argument parser lives with the pipeline: ``name -> (module, help)``; the module's
+#: ``main(argv)`` receives everything after the sub-command.
+DELEGATED = {
+    "synth": ("mesanet.synth.__main__", "run the synthetic in-context-learning grid (task x mixer x lr x seed); --quick for ~10 min"),
+    "needle": ("mesanet.eval.needle", "needle-in-a-haystack retrieval of a trained LM at and beyond its training length"),
+    "mesaopt": ("mesanet.analysis.__main__", "mesa-optimization analyses: train the model zoo, GD construction, probes, ..."),
+}
+
+
+def run_delegated(command: str, argv: Sequence[str]) -> int:
+    """``mesanet <command> ARGS``: hand ``ARGS`` untouched to the pipeline's own ``main(argv)`` (its options,
+    ``--help`` included, are its own; argparse would otherwise swallow them)."""
+    import importlib
+
+    module = importlib.import_module(DELEGATED[command][0])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(module.main(list(argv)) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mesanet {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesanet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,10 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_compare)
+
+    for name, (_, text) in DELEGATED.items():
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `mesanet {name}` (see `mesanet {name} --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return run_delegated(argv[0], argv[1:])
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

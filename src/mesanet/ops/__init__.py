@@ -6,6 +6,7 @@ Layout ``[B, T, H, D]``; states ``[B, H, Dk, Dk]`` and ``[B, H, Dk, Dv]``; decay
 from .cg import CGOptions, CGResult, conjugate_gradient, implicit_solve
 from .delta_rule import delta_rule, delta_rule_step
 from .gla import gla, gla_step
+from .linear_attention import linear_attention_from_products
 from .mesa import mesa
 from .mesa_decode import mesa_step
 from .mesa_reference import mesa_reference
@@ -26,6 +27,7 @@ __all__ = [
     "gla_reference",
     "gla_step",
     "implicit_solve",
+    "linear_attention_from_products",
     "mesa",
     "mesa_reference",
     "mesa_sherman_morrison",

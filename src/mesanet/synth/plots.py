@@ -1,0 +1,101 @@
+"""Plots of a synthetic-suite run (matplotlib, Agg): task accuracy bars, MQAR accuracy vs pairs, regression MSE."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .report import Best, task_scores  # noqa: E402
+
+
+def plot_task_accuracy(best: list[Best], path: Path) -> bool:
+    """Grouped bars: accuracy per token task (mean over its settings), one bar per mixer."""
+    token = [b for b in best if b.kind == "token"]
+    if not token:
+        return False
+    scores = task_scores(token)
+    tasks = list(dict.fromkeys(b.task for b in token))
+    mixers = list(dict.fromkeys(b.mixer for b in token))
+    width = 0.8 / len(mixers)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks)), 4))
+    x = np.arange(len(tasks))
+    for i, m in enumerate(mixers):
+        ax.bar(x + (i - (len(mixers) - 1) / 2) * width, [scores.get((t, m), math.nan) for t in tasks], width, label=m)
+    ax.set_xticks(x, [t.replace("_", "\n") for t in tasks], fontsize=8)
+    ax.set_ylabel("test accuracy (best lr/wd)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy per task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_mqar(best: list[Best], path: Path) -> bool:
+    """MQAR test accuracy vs number of key-value pairs: one panel per sequence length, one line per mixer."""
+    mq = [b for b in best if b.task == "mqar"]
+    if not mq:
+        return False
+    by_len: dict[int, dict[str, list[tuple[int, float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for b in mq:
+        r = b.records[0]
+        by_len[r["seq_len"]][b.mixer].append((r["num_pairs"], b.metric, b.metric_std))
+    lens = sorted(by_len)
+    fig, axes = plt.subplots(1, len(lens), figsize=(4 * len(lens), 3.5), squeeze=False, sharey=True)
+    for ax, length in zip(axes[0], lens):
+        for mixer, pts in by_len[length].items():
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=2, label=mixer)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("key-value pairs")
+        ax.set_title(f"MQAR, seq len {length}")
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("test accuracy (best lr/wd)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_regression(best: list[Best], path: Path) -> bool:
+    """Regression test MSE vs number of in-context examples: one line per mixer (seed mean) + the ridge optimum."""
+    reg = [b for b in best if b.task == "regression"]
+    if not reg:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for b in reg:
+        curves = [r["mse_curve"] for r in b.records if r.get("mse_curve")]
+        if curves:
+            ax.plot(np.mean(np.asarray(curves), axis=0), label=f"{b.mixer} (lr {b.lr:g})")
+    ridge = reg[0].records[0]["ridge_curve"]
+    ax.plot(ridge, "k--", label="optimal ridge")
+    ax.set_yscale("log")
+    ax.set_xlabel("in-context examples k")
+    ax.set_ylabel("test MSE predicting y_k")
+    ax.set_title(f"In-context regression ({reg[0].setting})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_plots(best: list[Best], out: Path) -> list[str]:
+    """Every plot that has data; returns the file names written."""
+    written = []
+    for name, fn in (("task_accuracy.png", plot_task_accuracy), ("mqar_accuracy.png", plot_mqar), ("regression_mse.png", plot_regression)):
+        if fn(best, out / name):
+            written.append(name)
+    return written
+
+
+__all__ = ["plot_mqar", "plot_regression", "plot_task_accuracy", "write_plots"]
