@@ -19,13 +19,6 @@ from mesanet.models import SeqModelConfig
 TASK = LDSConfig(state_dim=3, seq_len=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread avoids oversubscription on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

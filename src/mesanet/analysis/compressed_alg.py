@@ -28,7 +28,6 @@ trained linear-attention models (paper B, digest B.3).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -44,6 +43,7 @@ from ..models.mesaopt import SequenceModel
 from ..train import OptimConfig, fit_steps
 from ..utils.config import save as save_config
 from .compressed import compress_block_scalar, compressed_alg_prediction, reconstruct_block_scalar, ridge_prediction
+from .reporting import write_csv
 from .seq_training import SeqTrainConfig, lds_batch_fn, next_token_mse, per_step_loss
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
@@ -343,13 +343,6 @@ def _load_model(name: str, cfg: CompressedAlgConfig, progress: bool) -> Sequence
     return load_or_train(f"{name}-s{cfg.zoo_steps}", Path(cfg.zoo_root), progress=progress, configs=(model_cfg, train_cfg))
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _fmt(x: float) -> str:
     return f"{x:.5g}"
 
@@ -421,7 +414,7 @@ def run_compressed_alg(config: CompressedAlgConfig, out_dir: str | Path, *, prog
             "learned_betas": " ".join(_fmt(float(b)) for b in alg.beta.detach()),
             "train_final_loss": sum(losses[-10:]) / len(losses[-10:]),
         })
-    _write_csv(out / "compressed_alg_k.csv", k_rows)
+    write_csv(out / "compressed_alg_k.csv", k_rows)
 
     # --- (2) + (3) compression and interpolation of trained linear-k models
     model_rows, head_rows, interp_rows, heat = [], [], [], {}
@@ -476,9 +469,9 @@ def run_compressed_alg(config: CompressedAlgConfig, out_dir: str | Path, *, prog
             "kq_energy_frac_min": min(e[2] for e in energies), "pv_energy_frac_min": min(e[3] for e in energies),
         })
     if model_rows:
-        _write_csv(out / "compression.csv", model_rows)
-        _write_csv(out / "compression_heads.csv", head_rows)
-        _write_csv(out / "interpolation.csv", interp_rows)
+        write_csv(out / "compression.csv", model_rows)
+        write_csv(out / "compression_heads.csv", head_rows)
+        write_csv(out / "interpolation.csv", interp_rows)
 
     checks = _checks(cfg, k_rows, model_rows, fixed_loss)
     _figures(out, cfg, k_rows, fixed_loss, ridge_loss, model_rows, interp_rows, heat, curves)

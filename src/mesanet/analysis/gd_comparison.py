@@ -28,7 +28,6 @@ and the fraction of Frobenius mass of each product inside the construction's non
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -42,7 +41,8 @@ from ..layers.linear_self_attention import LinearSelfAttention
 from ..models.mesaopt import SequenceModel
 from ..utils.config import save as save_config
 from .gd_construction import GDConstruction, one_step_gd_prediction, optimal_eta
-from .seq_training import lds_batch_fn, per_step_loss
+from .reporting import write_csv
+from .seq_training import per_step_loss, training_states
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
@@ -266,22 +266,7 @@ def _model(cfg: GDComparisonConfig, out_dir: Path, progress: bool) -> SequenceMo
 
 
 def _tuning_states(cfg: GDComparisonConfig) -> Tensor:
-    _, train_cfg = recipe(cfg.model)
-    batch = lds_batch_fn(replace(train_cfg, tokens="unconstructed"))
-    chunks, total, step = [], 0, 0
-    while total < cfg.tune_sequences:
-        tokens, _ = batch(step)  # unconstructed tokens are the states
-        chunks.append(tokens)
-        total += tokens.shape[0]
-        step += 1
-    return torch.cat(chunks)[: cfg.tune_sequences]
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    return training_states(recipe(cfg.model)[1], cfg.tune_sequences)
 
 
 def _plot_losses(path: Path, curves: dict[str, Tensor]) -> None:
@@ -389,11 +374,11 @@ def run_gd_construction(config: GDComparisonConfig, out_dir: Path = DEFAULT_OUT,
     sim = product_similarity(kq, pv, reference)  # block masses: the support of the reference's products
 
     floor = 0.5 * n * task.noise_std ** 2
-    _write_csv(out_dir / "per_step_loss.csv", [
+    write_csv(out_dir / "per_step_loss.csv", [
         {"t": t + 1, "trained": f"{float(trained_curve[t]):.6g}", "gd_phi0_zero": f"{float(gd0_curve[t]):.6g}",
          **({"gd_phi0_cI": f"{float(curves[names[2]][t]):.6g}"} if config.tune_phi0 else {})}
         for t in range(len(trained_curve))])
-    _write_csv(out_dir / "similarity.csv", [
+    write_csv(out_dir / "similarity.csv", [
         {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in sim["rows"]])
     _plot_losses(out_dir / "per_step_loss.png", curves)
     _plot_products(out_dir / "products.png", kq, pv, reference, n)
@@ -409,7 +394,7 @@ def run_gd_construction(config: GDComparisonConfig, out_dir: Path = DEFAULT_OUT,
         "kq_mass_sum": sim["rows"][-1]["kq_mass"], "pv_mass_sum": sim["rows"][-1]["pv_mass"],
         "target": f"|ratio - 1| <= {config.target_ratio}", "target_pass": passed,
     }
-    _write_csv(out_dir / "summary.csv", [{"metric": k, "value": v} for k, v in summary.items()])
+    write_csv(out_dir / "summary.csv", [{"metric": k, "value": v} for k, v in summary.items()])
     kq_b, pv_b = balance_heads(kq, pv, reference.kq_product.double())
     head_rows = "\n".join(
         f"| {r['head']} | {r['cosine']:.4f} | {r['implied_eta']:.5g} | {r['kq_mass']:.4f} | {r['pv_mass']:.4f} |"

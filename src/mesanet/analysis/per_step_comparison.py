@@ -17,7 +17,6 @@ position; among 2-layer models softmax -> mesa is best) and ``config.yaml``.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,8 @@ from ..data.dynamics import LDSConfig, generate_lds
 from ..models.mesaopt import SequenceModel
 from ..utils.config import save as save_config
 from .compressed import ridge_prediction
-from .seq_training import lds_batch_fn, per_step_loss
+from .reporting import write_csv
+from .seq_training import per_step_loss, training_states
 from .zoo import DEFAULT_ROOT, ZOO, load_or_train, recipe
 
 __all__ = [
@@ -176,22 +176,7 @@ def _model(name: str, cfg: PerStepLossConfig, out_dir: Path, progress: bool) -> 
 
 
 def _tuning_states(cfg: PerStepLossConfig) -> Tensor:
-    _, train_cfg = recipe(cfg.models[0])
-    batch = lds_batch_fn(replace(train_cfg, tokens="unconstructed"))
-    chunks, total, step = [], 0, 0
-    while total < cfg.tune_sequences:
-        states, _ = batch(step)
-        chunks.append(states)
-        total += states.shape[0]
-        step += 1
-    return torch.cat(chunks)[: cfg.tune_sequences]
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    return training_states(recipe(cfg.models[0])[1], cfg.tune_sequences)
 
 
 def _plot(path: Path, curves: dict[str, Tensor], references: dict[str, Tensor]) -> None:
@@ -269,8 +254,8 @@ def run_per_step_loss(config: PerStepLossConfig, out_dir: Path = DEFAULT_OUT, *,
     t_len = len(ridge)
     table = [{"t": t + 1, **{n: f"{float(c[t]):.6g}" for n, c in curves.items()},
               "ridge": f"{float(ridge[t]):.6g}", "oracle": f"{float(oracle[t]):.6g}"} for t in range(t_len)]
-    _write_csv(out_dir / "per_step_loss.csv", table)
-    _write_csv(out_dir / "summary.csv", [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+    write_csv(out_dir / "per_step_loss.csv", table)
+    write_csv(out_dir / "summary.csv", [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
                                          for r in rows])
     _plot(out_dir / "per_step_loss.png", curves, {f"ridge (lam = {lam:.3g})": ridge, "oracle W* (noise floor)": oracle})
 

@@ -9,7 +9,7 @@ seeded batch from :func:`mesanet.data.dynamics.generate_lds`, so the data stream
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -21,7 +21,7 @@ from ..train import OptimConfig, fit_steps
 from ..train.loop import LoopResult
 
 __all__ = [
-    "TOKEN_FORMATS", "SeqTrainConfig", "lds_batch_fn", "tokens_of", "next_token_mse", "per_step_loss",
+    "TOKEN_FORMATS", "SeqTrainConfig", "lds_batch_fn", "training_states", "tokens_of", "next_token_mse", "per_step_loss",
     "train_sequence_model", "build_model",
 ]
 
@@ -98,6 +98,21 @@ def lds_batch_fn(cfg: SeqTrainConfig) -> Callable[[int], tuple[Tensor, Tensor]]:
         return tokens_of(data.states, cfg.tokens), data.targets
 
     return batch
+
+
+def training_states(cfg: SeqTrainConfig, num_sequences: int) -> Tensor:
+    """The first ``num_sequences`` state sequences ``[N, T, n]`` of the recipe's own training stream (the
+    batches of steps 0, 1, ...), e.g. to tune a reference algorithm on the data a model was trained on."""
+    if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 1:
+        raise ValueError(f"training_states: expected num_sequences >= 1, got {num_sequences!r}")
+    batch = lds_batch_fn(replace(cfg, tokens="unconstructed"))  # unconstructed tokens are the states
+    chunks, total, step = [], 0, 0
+    while total < num_sequences:
+        states, _ = batch(step)
+        chunks.append(states)
+        total += states.shape[0]
+        step += 1
+    return torch.cat(chunks)[:num_sequences]
 
 
 def next_token_mse(pred: Tensor, targets: Tensor) -> Tensor:
