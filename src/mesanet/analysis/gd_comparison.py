@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,7 +43,7 @@ from ..utils.config import save as save_config
 from .gd_construction import GDConstruction, one_step_gd_prediction, optimal_eta
 from .reporting import write_csv
 from .seq_training import per_step_loss, training_states
-from .zoo import DEFAULT_ROOT, load_or_train, recipe
+from .zoo import load_for_analysis, recipe
 
 __all__ = [
     "GDComparisonConfig", "tune_construction", "construction_as_layer", "balance_heads", "effective_tensor",
@@ -256,13 +256,7 @@ def product_similarity(kq: Tensor, pv: Tensor, construction: GDConstruction) -> 
 
 
 def _model(cfg: GDComparisonConfig, out_dir: Path, progress: bool) -> SequenceModel:
-    if cfg.train_steps is None:
-        root = Path(cfg.zoo_root) if cfg.zoo_root is not None else DEFAULT_ROOT
-        return load_or_train(cfg.model, root, progress=progress)
-    model_cfg, train_cfg = recipe(cfg.model)
-    root = Path(cfg.zoo_root) if cfg.zoo_root is not None else out_dir / "models"
-    return load_or_train(f"{cfg.model}-steps{cfg.train_steps}", root, progress=progress,
-                         configs=(model_cfg, replace(train_cfg, steps=cfg.train_steps)))
+    return load_for_analysis(cfg.model, cfg.zoo_root, cfg.train_steps, out_dir, progress=progress)
 
 
 def _tuning_states(cfg: GDComparisonConfig) -> Tensor:

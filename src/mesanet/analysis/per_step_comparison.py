@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +32,7 @@ from ..utils.config import save as save_config
 from .compressed import ridge_prediction
 from .reporting import write_csv
 from .seq_training import per_step_loss, training_states
-from .zoo import DEFAULT_ROOT, ZOO, load_or_train, recipe
+from .zoo import ZOO, load_for_analysis, recipe
 
 __all__ = [
     "PerStepLossConfig", "DEFAULT_MODELS", "ridge_loss", "tune_ridge_lambda", "oracle_per_step_loss",
@@ -166,13 +166,7 @@ def oracle_per_step_loss(task: LDSConfig, num_sequences: int, seed: int) -> Tens
 
 
 def _model(name: str, cfg: PerStepLossConfig, out_dir: Path, progress: bool) -> SequenceModel:
-    if cfg.train_steps is None:
-        root = Path(cfg.zoo_root) if cfg.zoo_root is not None else DEFAULT_ROOT
-        return load_or_train(name, root, progress=progress)
-    model_cfg, train_cfg = recipe(name)
-    root = Path(cfg.zoo_root) if cfg.zoo_root is not None else out_dir / "models"
-    return load_or_train(f"{name}-steps{cfg.train_steps}", root, progress=progress,
-                         configs=(model_cfg, replace(train_cfg, steps=cfg.train_steps)))
+    return load_for_analysis(name, cfg.zoo_root, cfg.train_steps, out_dir, progress=progress)
 
 
 def _tuning_states(cfg: PerStepLossConfig) -> Tensor:

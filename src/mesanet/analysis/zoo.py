@@ -45,7 +45,7 @@ from ..models.mesaopt import SeqModelConfig, SequenceModel
 from ..utils.config import ConfigError, from_dict, to_dict
 from .seq_training import SeqTrainConfig, per_step_loss, train_sequence_model
 
-__all__ = ["ZOO", "DEFAULT_ROOT", "load_or_train", "load_saved", "recipe", "main"]
+__all__ = ["ZOO", "DEFAULT_ROOT", "load_for_analysis", "load_or_train", "load_saved", "recipe", "main"]
 
 DEFAULT_ROOT = Path("runs/mesaopt/models")
 _TASK = LDSConfig(state_dim=10, seq_len=50)
@@ -191,6 +191,19 @@ def load_or_train(
         shutil.rmtree(tmp)
         _check_saved(run_dir, model_cfg, train_cfg)
     return model
+
+
+def load_for_analysis(name: str, zoo_root: str | None, train_steps: int | None, out_dir: Path, *,
+                      progress: bool = True) -> SequenceModel:
+    """The model an analysis runs on: the zoo's ``name`` (under ``zoo_root`` or :data:`DEFAULT_ROOT`), or, with
+    ``train_steps`` set (quick runs), the same recipe cut to that many steps, cached as ``<name>-steps<N>``
+    under ``zoo_root`` or ``out_dir/models``."""
+    if train_steps is None:
+        return load_or_train(name, Path(zoo_root) if zoo_root is not None else DEFAULT_ROOT, progress=progress)
+    model_cfg, train_cfg = recipe(name)
+    root = Path(zoo_root) if zoo_root is not None else Path(out_dir) / "models"
+    return load_or_train(f"{name}-steps{train_steps}", root, progress=progress,
+                         configs=(model_cfg, replace(train_cfg, steps=train_steps)))
 
 
 # ----------------------------------------------------------------------------------------- CLI
