@@ -97,6 +97,7 @@ def _load_op_benchmark():
 
 _op = _load_op_benchmark()  # also puts src/ on sys.path for a checkout without ``pip install -e .``
 RepeatPolicy, ForeignLoad, timed = _op.RepeatPolicy, _op.ForeignLoad, _op.timed
+_quiet_warning = _op._quiet_warning  # the same noisy-machine warning in both reports
 MATMUL_DRIFT_LIMIT, FOREIGN_LOAD_LIMIT, CONTENDED_RETRIES = _op.MATMUL_DRIFT_LIMIT, _op.FOREIGN_LOAD_LIMIT, _op.CONTENDED_RETRIES
 
 from mesanet.layers.registry import build_mixer  # noqa: E402
@@ -504,16 +505,6 @@ def quiet_machine_check(peak: dict[str, Any], models: Sequence[dict[str, Any]]) 
 
 # ---------------------------------------------------------------------------------------------
 # Report
-
-
-def _quiet_warning(quiet: dict[str, Any]) -> list[str]:
-    if quiet["passed"]:
-        return []
-    worst = quiet["worst_foreign_cpu_fraction"]
-    where = "n/a" if worst is None else f"{100 * worst:.0f}% ({quiet['worst_foreign_cpu_measurement']})"
-    return [f"**Warning: noisy machine** (matmul throughput drift {100 * quiet['matmul_drift']:+.0f}%, limit "
-            f"{100 * quiet['drift_limit']:.0f}%; most core time taken by other processes during a timing: {where}, "
-            f"limit {100 * quiet['foreign_cpu_limit']:.0f}%): the timings are not trustworthy; rerun on an idle machine."]
 
 
 def _context_label(n: int) -> str:

@@ -20,7 +20,6 @@ on the same pairs: plain LSQ on ``{(x_j, y_j)}_{j<i}`` and the token-binding con
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ from ..data.fewshot import FewShotBatch, FewShotConfig, fewshot_lsq_predictions,
 from ..models.mesaopt import SequenceModel
 from ..utils.config import to_dict
 from . import zoo
+from .reporting import write_csv
 
 __all__ = [
     "VARIANTS", "FewShotRepurposeConfig", "PromptTokens", "fewshot_config_for", "predict_with_prompt",
@@ -399,10 +399,7 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
     zero_loss = float(0.5 * ref.flat_y.pow(2).sum(-1).mean())
 
     csv_path = out_dir / "fewshot.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(csv_path, rows)
     figures = _plot(rows, tune_curves, list(models), zero_loss, out_dir)
     text, metrics = _summary(config, dim, curves, lsq, zero_loss, lengths, tune_info, time.perf_counter() - start)
     md_path = out_dir / "fewshot_summary.md"

@@ -34,6 +34,7 @@ from ..layers.linear_self_attention import LinearSelfAttention
 from ..layers.softmax_self_attention import SoftmaxSelfAttention
 from ..models.mesaopt import SequenceModel
 from ..utils.config import to_dict
+from .reporting import write_csv
 from .seq_training import per_step_loss, tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
@@ -261,10 +262,7 @@ def run_linearize(config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *,
             "distil_error_train": f"{train_err[swap[0]]:.6g}" if len(swap) == 1 else "",
             "distil_error_heldout": f"{held_err[swap[0]]:.6g}" if len(swap) == 1 else "",
         })
-    with open(out / "linearize.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "linearize.csv", rows)
     with open(out / "linearize_curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["t"] + list(curves))

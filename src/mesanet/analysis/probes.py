@@ -21,7 +21,6 @@ that at the first layer (layer 1, the output of the first block).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ from torch import Tensor
 from ..data.dynamics import generate_lds
 from ..utils.config import to_dict
 from .compressed import chebyshev_solve
+from .reporting import write_csv
 from .seq_training import tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
@@ -302,10 +302,7 @@ def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progre
                 for p in range(err.shape[1]):
                     rows.append({"model": name, "probe": kind, "layer": layer, "t": p + 1,
                                  "normalised_mse": f"{float(err[layer, p]):.6g}"})
-    with open(out / "probes.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "probes.csv", rows)
 
     late, checks = {}, {}
     for name, per_kind in results.items():

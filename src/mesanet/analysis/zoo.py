@@ -43,6 +43,7 @@ import yaml
 from ..data.dynamics import LDSConfig
 from ..models.mesaopt import SeqModelConfig, SequenceModel
 from ..utils.config import ConfigError, from_dict, to_dict
+from .reporting import write_csv
 from .seq_training import SeqTrainConfig, per_step_loss, train_sequence_model
 
 __all__ = ["ZOO", "DEFAULT_ROOT", "load_for_analysis", "load_or_train", "load_saved", "recipe", "main"]
@@ -231,10 +232,7 @@ def _write_summary(rows: list[dict], root: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(root / "zoo_summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(root / "zoo_summary.csv", rows)
     head = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in r.values()) + " |\n" for r in rows)
     (root / "zoo_summary.md").write_text(head + body)
