@@ -28,9 +28,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# Side by side with flash-linear-attention's pure-PyTorch MesaNet: `make bench PEER=path/to/fla/ops/mesa_net/naive.py`
+# (loaded at run time; the project ships no peer code).
+PEER ?=
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mesa_op.py
-	$(PY) benchmarks/bench_models.py
+	$(PY) -m benchmarks.bench_mesa_op --preconditioners $(if $(PEER),--peer $(PEER))
+	$(PY) -m benchmarks.bench_models
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,119 +1,90 @@
-"""Benchmark of the chunkwise-parallel Mesa operator ``mesanet.ops.mesa``.
+"""Benchmark of the Mesa operator ``mesanet.ops.mesa`` and its decode step ``mesa_step``, side by side
+with the peer implementation (flash-linear-attention's pure-PyTorch MesaNet, loaded by path at run time).
 
-What is measured (defaults: B=1, H=4, Dk=Dv=64, chunk C=64, T in {512, 2048, 8192}):
+Sections (defaults: B=1, H=4, Dk=Dv=64, chunk C=64, fp32; T in {512, 2048, 8192}):
 
-* **Wall time** of the forward and of forward+backward, for two solver settings: a fixed 30 CG
-  steps (``tol=0``) and a tolerance ``tol=1e-4`` (``max_iter=30``), with the CG steps actually used
-  (mean and max over systems, from ``SolverStats``). One warm-up call, then the median (and min)
-  over repeats timed with ``time.perf_counter``; the repeat count follows the warm-up time.
-* **Peak memory** of one call (after a full-size warm-up call): the increase of the process's
-  peak resident set size over a baseline taken after the imports, the inputs and the warm-up. Time
-  and memory of every configuration are measured in two fresh subprocesses, so that memory cached
-  by earlier runs cannot hide a peak; the memory process runs with a fixed glibc mmap threshold so
-  that freed tensors go back to the OS and the peak follows the live tensors (see
-  ``MEMORY_WORKER_ENV``). On Linux the kernel's high-water mark is reset first
-  (``/proc/self/clear_refs``) and ``VmHWM - VmRSS`` is reported; elsewhere the ``ru_maxrss`` delta.
-  With ``--device cuda``: ``torch.cuda.max_memory_allocated`` minus the allocated bytes at the baseline.
-* **Accuracy** against the exact sequential float64 reference ``mesa_reference`` at a short T:
-  norm-wise relative error ``||o - o_ref|| / ||o_ref||`` (and the worst per-token-and-head row) of
-  both solver settings, with float32 and with float64 inputs.
-* **Machine fp32 matmul throughput**: a square ``N x N`` matmul (default N=4096) with the default
-  thread count; warm-up, then best and median over repeats, measured at the start and again at the
-  end. The operator's forward GFLOP/s is reported as a fraction of the higher best.
-* **Other load**: every timing records the share of the machine's core time that other processes
-  took meanwhile (``/proc/stat`` minus this process); a timing above 10% is taken again (twice at
-  most, after waiting up to 30 s for the other load to drop). A remaining one, or a matmul drift above 15% between start and end, marks the run as noisy,
-  with a warning in the report: on a shared machine the spin-waiting thread pool turns a little
-  foreign load into many-fold slowdowns.
-* **Targets** (reported as flags, never as an exit status): time and peak-memory ratios
-  T=8192 / T=2048 <= 4.5 (linear scaling), and forward at T=2048 with 30 steps >= 40% of the
-  measured matmul peak.
+* **Side by side**: forward and forward+backward wall time and peak memory of ``mesa`` at its default
+  settings (no ``solver`` argument), of ``mesa`` with the paper's fixed 30 steps
+  (``SolverSettings(tol=0.0)``) and of the peer's ``naive_mesa_net_CG`` with 30 steps, in the same run;
+  CG steps used (mean / max, ``return_stats=True``); forward GFLOP/s (:mod:`benchmarks.flops`) and its
+  share of the measured matmul peak. Every (T, variant, mode) is timed in one fresh worker process and
+  its memory measured in another (see :mod:`benchmarks.harness`).
+* **Accuracy**: the fp32 output of every variant against a float64 reference at the same T (float64
+  ``mesa``, chunk preconditioner, up to ``REFERENCE_SOLVER.max_iter`` steps at the float64 residual
+  floor), itself checked against the sequential ``mesa_reference`` at a short T.
+* **Targets** (flags, never an exit status): peer fwd+bwd / ours (default) >= 4x, peer fwd / ours >= 3x,
+  our fp32 error <= 1e-4 (headline at T=2048); decode <= 0.5 ms per token per layer and >= 3.8x faster
+  than the peer at B=1, flat in the context; time and memory T=8192 / T=2048 <= 4.5 (linear scaling);
+  fixed-30 forward at T=2048 >= 40% of the matmul peak.
+* **Decode**: ``mesa_step`` at its default settings per token per layer at B=1 and B=8 (H=4, d=64),
+  from states prefilled to T=512 and T=8192; its error against a float64 direct solve; the peer's
+  ``naive_mesa_net_decoding_one_step`` with 30 steps on the same states.
+* **Preconditioners** (``--preconditioners``): none / jacobi / chunk (and chunk refreshed every 16 tokens,
+  ``chunk/16``) at ``tol=1e-4``: CG steps mean / max, forward time and error, on random keys and on skewed
+  keys (channel scales 1..1e-2 before normalisation) with gates near 1 (gamma in [0.99, 1], lam 0.25).
 
-FLOP count of the forward (per token per head; see :func:`forward_flops_per_token_head`)::
-
-    states  = 2 d (d + dv)                   chunk state update K^T diag(w) [K | V]
-    matvec  = 2 d^2 + 4 C d                  exp(b) (P H_c^T) + (M o (P K^T)) K, one CG step
-    solve   = (steps + 1) matvec + 2 C d     +1: initial residual q - A x0; M (K o K): Jacobi diagonal
-    output  = 2 d dv + 2 C d + 2 C dv        exp(b) (X S_c) + (M o (X K^T)) V
-    total   = states + solve + output
-
-A multiply-add counts as 2 FLOPs; only matrix products are counted (element-wise work, the
-O(d (d + dv) / C) chunk-boundary recurrence and the gate exponentials are left out); the intra-chunk
-C x C products are counted dense, as the implementation computes them (the causal mask halves the
-*useful* work). ``steps`` is the number of batched CG iterations the loop ran: ``max_iter`` with
-``tol = 0`` (every step is computed, even for systems already frozen) and
-``stats.max_iterations`` with ``tol > 0`` (the loop stops once every system has converged).
-Tokens are counted after padding T up to a multiple of C.
+Inputs (``random``): unit-norm q and k, v ~ N(0, 1), gamma ~ U[0.8, 0.99], beta ~ U[0, 1], lam = 1. Our
+ops are timed at their defaults, value checks included (``validate=True``; the peer checks nothing).
 
 Usage::
 
-    python benchmarks/bench_mesa_op.py [--quick] [--device cpu|cuda] [--out DIR]
+    python -m benchmarks.bench_mesa_op [--quick] [--device cpu|cuda] [--peer PATH] [--preconditioners] [--out DIR]
 
-Writes ``mesa_op.json`` and ``mesa_op.md`` to ``DIR`` (default ``benchmarks/results/``) and prints
-the markdown. :func:`run_benchmark` is the same thing as a function (used by the smoke test).
+Writes ``mesa_op.json`` and ``mesa_op.md`` to ``DIR`` (default ``benchmarks/results/``) and prints the
+markdown; :func:`run_benchmark` is the same as a function.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import math
-import os
-import platform
-import resource
-import statistics
-import subprocess
+import inspect
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
+
+if not __package__:  # run as a file: the repository root (for ``benchmarks``) and src/ on the path
+    _ROOT = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(_ROOT), str(_ROOT / "src")]
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:
-    from mesanet.ops import SolverStats, mesa, mesa_reference
-except ImportError:  # a checkout without ``pip install -e .``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from mesanet.ops import SolverStats, mesa, mesa_reference
+from benchmarks import harness as h
+from benchmarks.flops import FLOP_FORMULA, forward_flops
+from mesanet.ops import INFERENCE, SolverSettings, mesa, mesa_reference, mesa_step
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results"
-RESULT_MARKER = "@@bench-result@@ "
 MODES = ("fwd", "fwd+bwd")
-MIB = 2.0**20
+PEER_FUNCTIONS = ("naive_mesa_net_CG", "naive_mesa_net_decoding_one_step")
+PEER_STEPS = 30
 
-#: Linear scaling: time and memory may grow at most 4.5x when T grows 4x (12.5% slack).
-SCALING_SLACK = 4.5 / 4.0
-#: The issue's throughput target for the forward with a fixed number of CG steps.
-PEAK_FRACTION_TARGET = 0.40
-PEAK_FRACTION_LENGTH = 2048
-#: Largest relative change of the matmul throughput between start and end of a trustworthy run.
-MATMUL_DRIFT_LIMIT = 0.15
-#: Largest share of the machine's core time that other processes may take during a measurement
-#: (see :class:`ForeignLoad`); a timing above it is measured again, up to ``CONTENDED_RETRIES`` times.
-FOREIGN_LOAD_LIMIT = 0.10
-CONTENDED_RETRIES = 2
+#: The issue's targets.
+PEER_FWD_BWD_TARGET = 4.0  # peer fwd+bwd time / ours (default settings)
+PEER_FWD_TARGET = 3.0  # peer fwd time / ours (default settings)
+ERROR_TARGET = 1e-4  # our fp32 relative output error (default settings)
+HEADLINE_LENGTH = 2048
+DECODE_TIME_TARGET_S = 0.5e-3  # ours, per token per layer at B=1
+DECODE_PEER_TARGET = 3.8  # peer decode time / ours at B=1
+DECODE_FLAT_TARGET = 1.2  # ours at the longest prefill / the shortest
+SCALING_SLACK = 4.5 / 4.0  # time and memory may grow 4.5x when T grows 4x
+PEAK_FRACTION_TARGET = 0.40  # fixed-30 forward at T=2048, of the matmul peak
 
-FLOP_FORMULA = (
-    "forward FLOPs per token per head = 2d(d+dv) [states] + (steps+1)(2d^2 + 4Cd) + 2Cd [CG solve] "
-    "+ 2d*dv + 2Cd + 2C*dv [output]; multiply-add = 2 FLOPs, matrix products only, intra-chunk CxC "
-    "products counted dense, steps = max_iter (tol=0) or stats.max_iterations (tol>0), "
-    "tokens padded to a multiple of C"
-)
+#: Value checks of the ops in the timed calls: on, the ops' default (one host synchronisation per call). The
+#: Mesa layer calls the ops with ``validate_inputs=False`` unless asked; the peer checks nothing.
+VALIDATE = True
+
+#: The float64 reference: the chunk-preconditioned solve run to the float64 residual floor.
+REFERENCE_SOLVER = SolverSettings(max_iter=500, tol=0.0, preconditioner="chunk")
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration
+# Configuration and inputs
 
 
 @dataclass(frozen=True)
 class Shape:
-    """Problem size apart from the sequence length."""
-
     batch: int = 1
     heads: int = 4
     dk: int = 64
@@ -122,712 +93,568 @@ class Shape:
 
 
 @dataclass(frozen=True)
-class SolverSetting:
-    """One CG stopping rule of ``mesa``."""
+class Variant:
+    """One implementation and solver: ``impl`` ``"mesa"`` (``solver``: SolverSettings fields, None for the
+    operator's default, i.e. no argument) or ``"peer"`` (``naive_mesa_net_CG`` with ``peer_steps``)."""
 
     name: str
-    max_iter: int
-    tol: float
+    impl: str = "mesa"
+    solver: Optional[dict] = None
+    peer_steps: int = PEER_STEPS
+
+    def settings(self) -> Optional[SolverSettings]:
+        return None if self.solver is None else SolverSettings(**self.solver)
+
+    def describe(self) -> str:
+        if self.impl == "peer":
+            return f"peer naive_mesa_net_CG, {self.peer_steps} CG steps, no preconditioner"
+        if self.solver is None:
+            return f"mesa, no solver argument (default {INFERENCE})"
+        return f"mesa, {self.settings()}"
 
 
-@dataclass(frozen=True)
-class RepeatPolicy:
-    """``warmup`` untimed calls, then ``ceil(budget_s / warm-up time)`` timed calls, clamped."""
-
-    warmup: int = 1
-    min_repeats: int = 3
-    max_repeats: int = 10
-    budget_s: float = 4.0
-
-    def repeats(self, warmup_seconds: float) -> int:
-        wanted = math.ceil(self.budget_s / max(warmup_seconds, 1e-9))
-        return max(1, self.min_repeats, min(self.max_repeats, wanted))
-
+DEFAULT = Variant("default")
+FIXED_30 = Variant("fixed-30", solver=dict(tol=0.0))  # SolverSettings(tol=0.0): the paper's 30 steps
+PEER = Variant("peer-30", impl="peer")
 
 DEFAULT_LENGTHS = (512, 2048, 8192)
-QUICK_LENGTHS = (512, 2048)
-DEFAULT_SOLVERS = (SolverSetting("fixed-30", 30, 0.0), SolverSetting("tol-1e-4", 30, 1e-4))
-DEFAULT_POLICY = RepeatPolicy()
-QUICK_POLICY = RepeatPolicy(warmup=1, min_repeats=2, max_repeats=3, budget_s=1.0)
+QUICK_LENGTHS = (256, 512)
+DEFAULT_DECODE_CONTEXTS = (512, 8192)
+QUICK_DECODE_CONTEXTS = (256, 1024)
+DECODE_BATCHES = (1, 8)
+DEFAULT_POLICY = h.RepeatPolicy(warmup=1, min_repeats=3, max_repeats=10, budget_s=4.0)
+QUICK_POLICY = h.RepeatPolicy(warmup=1, min_repeats=2, max_repeats=3, budget_s=0.5)
+#: Decode samples are blocks of ``DECODE_INNER`` calls (a step takes tens of microseconds).
+DECODE_POLICY = h.RepeatPolicy(warmup=2, min_repeats=5, max_repeats=30, budget_s=1.0)
+DECODE_INNER = 20
+PRECONDITIONER_TOL = 1e-4
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs and the FLOP model
+def preconditioner_settings() -> dict[str, dict[str, Any]]:
+    """Label -> SolverSettings fields of the preconditioner comparison (``chunk/16``: the chunk
+    preconditioner refreshed every 16 tokens, where SolverSettings has ``precondition_every``)."""
+    settings = {name: dict(tol=PRECONDITIONER_TOL, preconditioner=name) for name in ("none", "jacobi", "chunk")}
+    if "precondition_every" in SolverSettings.__dataclass_fields__:
+        settings["chunk/16"] = dict(settings["chunk"], precondition_every=16)
+    return settings
+
+INPUT_KINDS = {
+    "random": "q,k unit-norm N(0,1); v N(0,1); gamma U[0.8,0.99]; beta U[0,1]; lam=1",
+    "skewed": "k channel scales logspace(0,-2) then unit-norm; q unit-norm N(0,1); v N(0,1); gamma U[0.99,1]; "
+              "beta U[0,1]; lam=0.25",
+}
 
 
-def make_inputs(
-    shape: Shape, length: int, *, seed: int, dtype: torch.dtype = torch.float32, device: str = "cpu",
-    requires_grad: bool = False,
-) -> dict[str, Tensor]:
-    """Realistic seeded inputs: unit-norm q and k, v ~ N(0, 1), gamma ~ U[0.8, 0.99] per token and
-    head (``g = log gamma``), beta ~ U[0, 1], ``lam = 1`` (the paper's initialisation).
-
-    Drawn in float64 on the CPU, then cast and moved, so every dtype and device sees the same values.
-    """
+def make_inputs(shape: Shape, length: int, *, seed: int, kind: str = "random", dtype: torch.dtype = torch.float32,
+                device: str = "cpu", requires_grad: bool = False, batch: Optional[int] = None) -> dict[str, Tensor]:
+    """Seeded inputs of :data:`INPUT_KINDS`, drawn in float64 on the CPU, then cast and moved (every
+    dtype and device sees the same values)."""
     gen = torch.Generator().manual_seed(seed)
-    rows = (shape.batch, length, shape.heads)
-    randn = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)
-    rand = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64)
-    values = dict(
-        q=F.normalize(randn(*rows, shape.dk), dim=-1),
-        k=F.normalize(randn(*rows, shape.dk), dim=-1),
-        v=randn(*rows, shape.dv),
-        g=torch.log(0.8 + 0.19 * rand(*rows)),
-        beta=rand(*rows),
-        lam=torch.ones(shape.heads, shape.dk, dtype=torch.float64),
-    )
-    return {name: t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for name, t in values.items()}
+    rows = (shape.batch if batch is None else batch, length, shape.heads)
+    randn = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    rand = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    keys = randn(*rows, shape.dk)
+    if kind == "skewed":
+        keys = keys * torch.logspace(0, -2, shape.dk, dtype=torch.float64)
+        gamma, lam = 0.99 + 0.01 * rand(*rows), 0.25
+    elif kind == "random":
+        gamma, lam = 0.8 + 0.19 * rand(*rows), 1.0
+    else:
+        raise ValueError(f"unknown input kind {kind!r}; valid: {list(INPUT_KINDS)}")
+    values = dict(q=F.normalize(randn(*rows, shape.dk), dim=-1), k=F.normalize(keys, dim=-1), v=randn(*rows, shape.dv),
+                  g=torch.log(gamma), beta=rand(*rows), lam=torch.full((shape.heads, shape.dk), lam, dtype=torch.float64))
+    return {n: t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for n, t in values.items()}
 
 
-def forward_flops_per_token_head(dk: int, dv: int, chunk: int, cg_steps: int) -> int:
-    """Matrix-product FLOPs of the chunkwise forward per token and head (multiply-add = 2 FLOPs).
-
-    * states ``2 dk (dk + dv)``: the chunk state update ``K^T diag(w) [K | V]`` amortised over C tokens.
-    * CG solve ``(cg_steps + 1) (2 dk^2 + 4 C dk) + 2 C dk``: one operator application per step plus
-      one for the initial residual ``q - A x0``; each is ``P H_c^T`` (``2 dk^2``) and
-      ``(M o P K^T) K`` (``4 C dk``). ``M (K o K)`` for the Jacobi diagonal adds ``2 C dk``.
-    * output ``2 dk dv + 2 C dk + 2 C dv``: ``X S_c`` and ``(M o X K^T) V``.
-
-    Not counted: element-wise work (gating, masks, CG vector updates and dot products, O(dk) per
-    step), the chunk-boundary state recurrence (O(dk (dk + dv) / C) per token), exponentials. The
-    C x C intra-chunk products are counted dense, as computed.
-    """
-    states = 2 * dk * (dk + dv)
-    matvec = 2 * dk * dk + 4 * chunk * dk
-    solve = (cg_steps + 1) * matvec + 2 * chunk * dk
-    output = 2 * dk * dv + 2 * chunk * dk + 2 * chunk * dv
-    return states + solve + output
+_PEERS: dict[str, Any] = {}
 
 
-def batched_cg_steps(solver: SolverSetting, max_iterations: int) -> int:
-    """CG iterations the batched loop ran: all ``max_iter`` with ``tol = 0`` (frozen systems still
-    ride along), else until the slowest system stopped (``stats.max_iterations``)."""
-    return solver.max_iter if solver.tol == 0 else max_iterations
+def load_peer(path: Optional[str]) -> tuple[Optional[Any], str]:
+    """The peer's ``naive.py`` loaded by path (never part of the project), or ``(None, why not)``."""
+    key = str(path)
+    if key not in _PEERS:
+        _PEERS[key] = h.load_module_from_path(path, "mesa_peer_naive", PEER_FUNCTIONS)
+    return _PEERS[key]
 
 
-def forward_flops(shape: Shape, length: int, cg_steps: int) -> int:
-    """Forward FLOPs of one ``mesa`` call (tokens padded to a multiple of the chunk size)."""
-    padded = math.ceil(length / shape.chunk) * shape.chunk
-    per_token = forward_flops_per_token_head(shape.dk, shape.dv, shape.chunk, cg_steps)
-    return per_token * padded * shape.batch * shape.heads
+def _require_peer(path: Optional[str]) -> Any:
+    peer, note = load_peer(path)
+    if peer is None:
+        raise RuntimeError(f"peer implementation: {note}")
+    return peer
 
 
 # ---------------------------------------------------------------------------------------------
-# Timing and memory probes
+# One configuration (inside a worker)
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+class OpCall:
+    """One forward of a variant, plus the backward (random cotangent) in ``fwd+bwd`` mode."""
 
-
-def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
-    """Seconds one call of ``fn`` takes (device work included) and its result."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return time.perf_counter() - start, result
-
-
-def _proc_status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _ru_maxrss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-class PeakMemory:
-    """Peak memory of the work between :meth:`start` and :meth:`peak_delta_bytes`."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.method = ""
-        self.baseline = 0
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.method = "torch.cuda.max_memory_allocated - memory_allocated at baseline"
-            self.baseline = torch.cuda.memory_allocated()
-        elif self._reset_high_water_mark():
-            self.method = "Linux VmHWM (reset via /proc/self/clear_refs) - VmRSS at baseline"
-            self.baseline = (_proc_status_kib("VmRSS") or 0) * 1024
-        else:
-            self.method = "ru_maxrss delta (process high-water mark)"
-            self.baseline = _ru_maxrss_bytes()
-
-    def peak_delta_bytes(self) -> int:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        elif self.method.startswith("Linux"):
-            peak = (_proc_status_kib("VmHWM") or 0) * 1024
-        else:
-            peak = _ru_maxrss_bytes()
-        return max(0, peak - self.baseline)
-
-    @staticmethod
-    def _reset_high_water_mark() -> bool:
-        if _proc_status_kib("VmHWM") is None:
-            return False
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
-
-
-def _machine_busy_seconds() -> Optional[float]:
-    """Core-seconds the whole machine spent busy since boot (``/proc/stat``: user, nice, system,
-    irq, softirq and steal, i.e. time the hypervisor gave to someone else); None without it."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class ForeignLoad:
-    """Share of the machine's core time used by *other* processes (and steal) during a measurement:
-    ``(busy core-seconds of the machine - CPU seconds of this process) / (wall seconds * cores)``.
-
-    Other processes on the cores distort timings far beyond their share (the thread pool spin-waits
-    for a descheduled thread), so every timing records this; None where ``/proc/stat`` is missing.
-    """
-
-    def start(self) -> None:
-        self.wall, self.busy, self.own = time.perf_counter(), _machine_busy_seconds(), self._own()
-
-    def fraction(self) -> Optional[float]:
-        busy = _machine_busy_seconds()
-        if busy is None or self.busy is None:
-            return None
-        wall = time.perf_counter() - self.wall
-        foreign = (busy - self.busy) - (self._own() - self.own)
-        return min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1))))
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-
-# ---------------------------------------------------------------------------------------------
-# One configuration (runs inside a worker subprocess)
-
-
-class OperatorCall:
-    """The measured work: one ``mesa`` forward, plus the backward in ``fwd+bwd`` mode."""
-
-    def __init__(self, spec: dict[str, Any], length: int):
-        self.shape, self.solver = Shape(**spec["shape"]), SolverSetting(**spec["solver"])
+    def __init__(self, spec: dict[str, Any], length: Optional[int] = None):
+        self.shape, self.variant, self.device = Shape(**spec["shape"]), Variant(**spec["variant"]), spec["device"]
         self.backward = spec["mode"] == "fwd+bwd"
-        self.inputs = make_inputs(self.shape, length, seed=spec["seed"], device=spec["device"], requires_grad=self.backward)
+        self.inputs = make_inputs(self.shape, length or spec["length"], seed=spec["seed"], kind=spec["inputs"],
+                                  device=self.device, requires_grad=self.backward)
         gen = torch.Generator().manual_seed(spec["seed"] + 1)
-        self.cotangent = torch.randn(self.inputs["v"].shape, generator=gen).to(spec["device"])
+        self.cotangent = torch.randn(self.inputs["v"].shape, generator=gen).to(self.device)
+        self.peer = _require_peer(spec.get("peer")) if self.variant.impl == "peer" else None
+        self.solver = self.variant.settings()
 
     def clear_grads(self) -> None:
         for t in self.inputs.values():
             t.grad = None
 
-    def __call__(self) -> SolverStats:
+    def forward(self):
+        """``(output [B, T, H, Dv], SolverStats or None)``."""
+        x = self.inputs
+        if self.peer is not None:
+            out = self.peer.naive_mesa_net_CG(x["q"], x["k"], x["v"], x["g"], x["lam"], x["beta"], self.shape.chunk,
+                                              max_CG_iteration=self.variant.peer_steps)[0]
+            return out, None
+        kwargs = {} if self.solver is None else dict(solver=self.solver)  # default: no solver argument at all
+        result = mesa(**x, chunk_size=self.shape.chunk, return_stats=True, validate=VALIDATE, **kwargs)
+        return result.output, result.stats
+
+    def __call__(self):
         self.clear_grads()
-        out = mesa(**self.inputs, max_iter=self.solver.max_iter, tol=self.solver.tol, chunk_size=self.shape.chunk,
-                   return_stats=True)
+        out, stats = self.forward()
         if self.backward:
-            out.output.backward(self.cotangent)
-        assert out.stats is not None
-        return out.stats
+            out.backward(self.cotangent)
+        return stats
 
 
-def _warmed_up_call(spec: dict[str, Any]) -> OperatorCall:
-    """The call at full size, after a tiny call that initialises thread pools and the autograd engine."""
-    OperatorCall(spec, Shape(**spec["shape"]).chunk)()
-    return OperatorCall(spec, spec["length"])
+def _warmed_up_call(spec: dict[str, Any]) -> OpCall:
+    """The call at full size, after a call at one chunk (thread pools, autograd engine)."""
+    OpCall(spec, Shape(**spec["shape"]).chunk)()
+    return OpCall(spec)
 
 
-def measure_time(spec: dict[str, Any]) -> dict[str, Any]:
-    """Wall time and CG steps of one configuration (``spec``: length, solver, mode, shape, policy, device, seed)."""
-    solver, policy, device = SolverSetting(**spec["solver"]), RepeatPolicy(**spec["policy"]), spec["device"]
-    call = _warmed_up_call(spec)
-    rss = PeakMemory(device)  # informational: what the default allocator keeps resident over all calls
-    rss.start()
-    foreign = ForeignLoad()
-    foreign.start()
-    warmup_times = [timed(call, device)[0] for _ in range(policy.warmup)]
-    repeats = policy.repeats(min(warmup_times) if warmup_times else 0.0)
-    times, stats = [], None
-    for _ in range(repeats):
-        seconds, stats = timed(call, device)
-        times.append(seconds)
-    assert stats is not None  # at least one timed call
-    steps = batched_cg_steps(solver, stats.max_iterations)
-    result = dict(
-        length=spec["length"], solver=solver.name, max_iter=solver.max_iter, tol=solver.tol, mode=spec["mode"],
-        device=device, threads=torch.get_num_threads(), repeats=repeats, times_s=times,
-        median_s=statistics.median(times), min_s=min(times), warmup_s=warmup_times,
-        cg_mean_iterations=stats.mean_iterations, cg_max_iterations=stats.max_iterations, cg_steps_run=steps,
-        cg_max_relative_residual=stats.max_relative_residual,
-        foreign_cpu_fraction=foreign.fraction(),
-        timing_process_peak_bytes=rss.peak_delta_bytes(), timing_process_peak_method=rss.method,
-    )
+def measure_time(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
+    """Wall time, CG steps and forward GFLOP/s of one (variant, mode, length, inputs)."""
+    call, device = _warmed_up_call(spec), spec["device"]
+    last: dict[str, Any] = {}
+
+    def measure() -> dict[str, Any]:
+        record, last["stats"] = h.time_call(call, device, h.RepeatPolicy(**spec["policy"]))
+        return record
+
+    result = h.least_contended(measure, spec["retries"])
+    shape, variant, stats = call.shape, call.variant, last["stats"]
+    if stats is None:  # the peer: a fixed step count
+        mean, steps, residual, precond = float(variant.peer_steps), variant.peer_steps, None, "none"
+    else:
+        mean, steps, residual = stats.mean_iterations, stats.max_iterations, stats.max_relative_residual
+        precond = (call.solver or INFERENCE).preconditioner
+    result.update(length=spec["length"], variant=variant.name, impl=variant.impl, mode=spec["mode"], inputs=spec["inputs"],
+                  device=device, threads=torch.get_num_threads(), cg_mean_iterations=mean, cg_max_iterations=steps,
+                  cg_max_relative_residual=residual, preconditioner=precond)
     if spec["mode"] == "fwd":
-        flops = forward_flops(Shape(**spec["shape"]), spec["length"], steps)
+        flops = forward_flops(shape.batch, shape.heads, spec["length"], shape.dk, shape.dv, shape.chunk, steps, precond)
         result.update(forward_gflop=flops / 1e9, gflops=flops / result["median_s"] / 1e9)
     return result
 
 
-def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
-    """Peak memory of one call of a configuration, after one full-size warm-up call."""
+def measure_memory(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
+    """Peak memory of one call after one full-size warm-up call."""
     call = _warmed_up_call(spec)
-    call()
-    call.clear_grads()
-    memory = PeakMemory(spec["device"])
-    memory.start()
-    call()
-    peak = memory.peak_delta_bytes()
-    method = memory.method
-    if spec["device"] == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        method += f"; glibc MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}"
-    return dict(peak_memory_bytes=peak, peak_memory_mib=peak / MIB, memory_method=method)
+    return h.peak_memory(call, spec["device"], warmup_calls=1, before=call.clear_grads)
 
 
-WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"time": measure_time, "memory": measure_memory}
-
-#: Environment of the memory workers. A fixed glibc mmap threshold (which also switches off its
-#: dynamic growth) gives every tensor above 128 KiB its own mapping, returned to the OS when freed,
-#: so the resident-set peak follows the peak of live tensors rather than what the allocator happens
-#: to cache. With glibc's defaults the figure depends on the history: measured over the first calls
-#: of a fresh process the fwd+bwd peak at T=8192 read ~1.9x higher (and varied by ~20% between
-#: configurations with the same tensors); measured on a call after a warm-up call it read ~3x lower
-#: (the call reused cached heap). The fixed threshold would slow the timed calls down (a page fault
-#: per fresh page), hence separate processes for time and memory. Ignored by other allocators.
-MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-
-
-def run_worker(spec: dict[str, Any], measure: str, isolate: bool = True) -> dict[str, Any]:
-    """``WORKERS[measure](spec)``, by default in a fresh interpreter running this file with ``--worker``."""
-    spec = dict(spec, measure=measure)
-    if not isolate:
-        return WORKERS[measure](spec)
-    env = dict(os.environ, **MEMORY_WORKER_ENV) if measure == "memory" else None
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark worker failed (exit {done.returncode}) for {spec}:\n{done.stderr[-4000:]}")
-    return json.loads(lines[-1][len(RESULT_MARKER):])
-
-
-def _contended(run: dict[str, Any]) -> bool:
-    return (run.get("foreign_cpu_fraction") or 0.0) > FOREIGN_LOAD_LIMIT
-
-
-def wait_for_quiet(max_wait_s: float = 30.0, window_s: float = 1.0) -> None:
-    """Sleep until other processes take at most ``FOREIGN_LOAD_LIMIT`` of the cores over a window."""
-    deadline = time.perf_counter() + max_wait_s
-    while time.perf_counter() < deadline:
-        probe = ForeignLoad()
-        probe.start()
-        time.sleep(window_s)
-        share = probe.fraction()
-        if share is None or share <= FOREIGN_LOAD_LIMIT:
-            return
-
-
-def measure_config(spec: dict[str, Any], isolate: bool = True, retries: int = CONTENDED_RETRIES) -> dict[str, Any]:
-    """Time and peak memory of one (length, solver, mode), each measured in its own fresh process.
-
-    A timing taken while other processes used more than ``FOREIGN_LOAD_LIMIT`` of the machine is
-    taken again (at most ``retries`` times, each after :func:`wait_for_quiet`); the least contended
-    one is kept.
-    """
-    timing, attempts = run_worker(spec, "time", isolate), 1
-    while _contended(timing) and attempts <= retries:
-        wait_for_quiet()
-        again, attempts = run_worker(spec, "time", isolate), attempts + 1
-        if (again["foreign_cpu_fraction"] or 0.0) < (timing["foreign_cpu_fraction"] or 0.0):
-            timing = again
-    return dict(timing, timing_attempts=attempts, **run_worker(spec, "memory", isolate))
+def measure_config(spec: dict[str, Any], isolate: bool = True, memory: bool = True) -> dict[str, Any]:
+    """Time (one fresh worker) and peak memory (another, with ``MEMORY_WORKER_ENV``) of one configuration."""
+    run = h.call_in_worker("benchmarks.bench_mesa_op:measure_time", spec, isolate=isolate)
+    if memory:
+        run.update(h.call_in_worker("benchmarks.bench_mesa_op:measure_memory", spec, isolate=isolate, memory_env=True))
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
-# Machine peak, accuracy, derived checks
+# Accuracy
 
 
-def measure_matmul_peak(size: int, device: str, warmup: int = 2, repeats: int = 5) -> dict[str, Any]:
-    """fp32 GFLOP/s of a square ``size x size`` matmul (``2 size^3`` FLOPs), best and median."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(device)
-    b = torch.randn(size, size, generator=gen).to(device)
-    for _ in range(warmup):
-        timed(lambda: a @ b, device)
-    foreign = ForeignLoad()
-    foreign.start()
-    times = [timed(lambda: a @ b, device)[0] for _ in range(repeats)]
-    flops = 2.0 * size**3
-    return dict(
-        size=size, dtype="float32", repeats=repeats, times_s=times, threads=torch.get_num_threads(),
-        best_gflops=flops / min(times) / 1e9, median_gflops=flops / statistics.median(times) / 1e9,
-        foreign_cpu_fraction=foreign.fraction(),
-    )
+def reference_output(shape: Shape, length: int, *, seed: int, kind: str = "random") -> Tensor:
+    """Float64 ``mesa`` output with :data:`REFERENCE_SOLVER`."""
+    inputs = make_inputs(shape, length, seed=seed, kind=kind, dtype=torch.float64)
+    with torch.no_grad():
+        return mesa(**inputs, solver=REFERENCE_SOLVER, chunk_size=shape.chunk).output
 
 
-def measure_matmul_peak_quietly(size: int, device: str, retries: int = CONTENDED_RETRIES) -> dict[str, Any]:
-    """:func:`measure_matmul_peak`, measured again (after :func:`wait_for_quiet`) while other
-    processes took more than ``FOREIGN_LOAD_LIMIT`` of the cores; the fastest measurement is kept."""
-    best = measure_matmul_peak(size, device)
-    for _ in range(retries):
-        if not _contended(best):
-            break
-        wait_for_quiet()
-        again = measure_matmul_peak(size, device)
-        best = again if again["best_gflops"] > best["best_gflops"] else best
-    return best
+def check_reference(shape: Shape, length: int, *, seed: int) -> dict[str, Any]:
+    """The float64 chunked reference against the sequential float64 ``mesa_reference``."""
+    exact, _ = mesa_reference(**make_inputs(shape, length, seed=seed, dtype=torch.float64))
+    total, worst = h.relative_errors(reference_output(shape, length, seed=seed), exact)
+    return dict(length=length, relative_error=total, max_row_relative_error=worst)
 
 
-def _relative_errors(actual: Tensor, expected: Tensor) -> tuple[float, float]:
-    """Norm-wise ``||a - e|| / ||e||`` over the whole output, and the worst (token, head) row."""
-    diff = actual.double() - expected
-    total = float(diff.norm() / expected.norm())
-    rows = diff.norm(dim=-1) / expected.norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
-    return total, float(rows.max())
+def check_accuracy(shape: Shape, length: int, variants: Sequence[Variant], *, seed: int, device: str,
+                   peer: Optional[str], kind: str = "random") -> list[dict[str, Any]]:
+    """fp32 output of every variant against :func:`reference_output` at the same length."""
+    reference = reference_output(shape, length, seed=seed, kind=kind)
+    rows = []
+    for variant in variants:
+        spec = dict(shape=asdict(shape), variant=asdict(variant), device=device, mode="fwd", length=length, seed=seed,
+                    inputs=kind, peer=peer)
+        with torch.no_grad():
+            out, stats = OpCall(spec).forward()
+        total, worst = h.relative_errors(out, reference)
+        rows.append(dict(length=length, variant=variant.name, inputs=kind, relative_error=total, max_row_relative_error=worst,
+                         cg_mean_iterations=None if stats is None else stats.mean_iterations,
+                         cg_max_iterations=variant.peer_steps if stats is None else stats.max_iterations))
+    return rows
 
 
-def check_accuracy(
-    shape: Shape, length: int, solvers: Sequence[SolverSetting], *, seed: int, device: str
-) -> list[dict[str, Any]]:
-    """Every solver setting, with float32 and float64 inputs, against the float64 sequential reference."""
-    reference, _ = mesa_reference(**make_inputs(shape, length, seed=seed, dtype=torch.float64))
-    results = []
-    for solver in solvers:
-        for dtype in (torch.float32, torch.float64):
-            inputs = make_inputs(shape, length, seed=seed, dtype=dtype, device=device)
-            with torch.no_grad():
-                out = mesa(**inputs, max_iter=solver.max_iter, tol=solver.tol, chunk_size=shape.chunk, return_stats=True)
-            total, worst_row = _relative_errors(out.output.cpu(), reference)
-            results.append(dict(
-                length=length, solver=solver.name, max_iter=solver.max_iter, tol=solver.tol,
-                input_dtype=str(dtype).removeprefix("torch."), relative_error=total, max_row_relative_error=worst_row,
-                cg_mean_iterations=out.stats.mean_iterations, cg_max_iterations=out.stats.max_iterations,
-                cg_max_relative_residual=out.stats.max_relative_residual,
-            ))
-    return results
+# ---------------------------------------------------------------------------------------------
+# Decode
 
 
-def scaling_pair(lengths: Sequence[int]) -> Optional[tuple[int, int]]:
-    """(short, long) lengths for the scaling check: the longest and the longest <= a quarter of it
-    (8192 and 2048 by default), else the shortest; None with a single length."""
-    ordered = sorted(set(lengths))
-    if len(ordered) < 2:
-        return None
-    longest = ordered[-1]
-    quarter = [n for n in ordered if 4 * n <= longest]
-    return (quarter[-1] if quarter else ordered[0]), longest
+def decode_defaults() -> dict[str, Any]:
+    """The defaults of ``mesa_step``'s solver parameters (whatever its signature is)."""
+    params = inspect.signature(mesa_step).parameters
+    defaults = {name: repr(p.default) for name, p in params.items()
+                if name in ("solver", "max_iter", "tol") and p.default is not inspect.Parameter.empty}
+    if defaults.get("solver") == "None":  # SolverSettings | None: the operator's inference default
+        defaults["solver"] = f"None, i.e. {INFERENCE}"
+    return defaults
 
 
-def _find(runs: Sequence[dict[str, Any]], length: int, solver: str, mode: str) -> dict[str, Any]:
-    return next(r for r in runs if r["length"] == length and r["solver"] == solver and r["mode"] == mode)
+def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[str, Any]]:
+    """Per-token time and error of ``mesa_step`` (default settings) and of the peer's decode step, per
+    batch and prefill length; the error against a float64 direct solve on the same float64 state."""
+    shape, device, policy = Shape(**spec["shape"]), spec["device"], h.RepeatPolicy(**spec["policy"])
+    peer = _require_peer(spec["peer"]) if spec.get("peer") else None
+    records = []
+    for batch in spec["batches"]:
+        for context in spec["contexts"]:
+            prefill = make_inputs(shape, context + 1, seed=spec["seed"] + context, dtype=torch.float64, batch=batch)
+            token = {n: t[:, -1] if n != "lam" else t for n, t in prefill.items()}  # [B, H, D], [B, H]
+            prompt = {n: t[:, :-1] if n != "lam" else t for n, t in prefill.items()}
+            with torch.no_grad():  # the states do not depend on the solve: max_iter=0
+                state = mesa(**prompt, solver=SolverSettings(max_iter=0, preconditioner="none"), chunk_size=shape.chunk,
+                             output_final_state=True).final_state
+            gamma, beta = token["g"].exp()[..., None, None], token["beta"][..., None, None]
+            h_kk = gamma * state[0] + beta * token["k"].unsqueeze(-1) * token["k"].unsqueeze(-2)
+            s_kv = gamma * state[1] + beta * token["k"].unsqueeze(-1) * token["v"].unsqueeze(-2)
+            x = torch.linalg.solve(h_kk + torch.diag_embed(token["lam"]), token["q"].unsqueeze(-1)).squeeze(-1)
+            exact = torch.einsum("bhkv,bhk->bhv", s_kv, x)
+            t32 = {n: t.to(device=device, dtype=torch.float32) for n, t in token.items()}
+            s32 = tuple(s.to(device=device, dtype=torch.float32) for s in state)
+            calls = {"mesa_step": lambda: mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32,
+                                                    validate=VALIDATE)}
+            if peer is not None:
+                calls["peer-30"] = lambda: peer.naive_mesa_net_decoding_one_step(
+                    t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s32[0], s32[1], max_CG_iteration=PEER_STEPS)
+            for impl, call in calls.items():
+                with torch.no_grad():
+                    out = call()[0]
+                    record = h.least_contended(lambda: h.time_call(call, device, policy, inner=spec["inner"])[0], spec["retries"])
+                total, _ = h.relative_errors(out, exact)
+                steps = None
+                if impl == "mesa_step":
+                    stats = mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, return_stats=True,
+                                      validate=VALIDATE).stats
+                    steps = dict(mean=stats.mean_iterations, max=stats.max_iterations)
+                records.append(dict(record, impl=impl, batch=batch, context=context, relative_error=total, cg_steps=steps))
+                log(f"decode {impl:<9s} B={batch} prefill T={context:<6d} {1e3 * record['median_s']:.3f} ms/token/layer  "
+                    f"rel. error {total:.1e}  other load {h.percent(record['foreign_cpu_fraction'])}")
+    return records
 
 
-def scaling_checks(runs: Sequence[dict[str, Any]], lengths: Sequence[int], solvers: Sequence[SolverSetting]) -> list[dict[str, Any]]:
-    """Time and peak-memory ratio long/short for every (solver, mode); target ``1.125 x`` the length ratio."""
-    pair = scaling_pair(lengths)
-    if pair is None:
-        return []
-    short, long = pair
-    target = SCALING_SLACK * long / short
+# ---------------------------------------------------------------------------------------------
+# Derived checks
+
+
+def _find(runs: Sequence[dict[str, Any]], **match: Any) -> Optional[dict[str, Any]]:
+    return next((r for r in runs if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _ratio_check(name: str, measured: Optional[float], target: float, comparison: str, **extra: Any) -> dict[str, Any]:
+    passed = None if measured is None else bool(measured >= target if comparison == ">=" else measured <= target)
+    return dict(check=name, measured=measured, target=target, comparison=comparison, passed=passed, **extra)
+
+
+def target_checks(runs, accuracy, decode, lengths) -> list[dict[str, Any]]:
+    """The issue's targets as rows (check, measured, target, comparison, passed); ``passed`` None when not measured."""
     checks = []
-    for solver in solvers:
-        for mode in MODES:
-            a, b = _find(runs, short, solver.name, mode), _find(runs, long, solver.name, mode)
-            time_ratio = b["median_s"] / a["median_s"]
-            memory_ratio = b["peak_memory_bytes"] / a["peak_memory_bytes"] if a["peak_memory_bytes"] > 0 else float("nan")
-            checks.append(dict(
-                solver=solver.name, mode=mode, short_length=short, long_length=long, target=target,
-                time_ratio=time_ratio, memory_ratio=memory_ratio,
-                time_pass=bool(time_ratio <= target), memory_pass=bool(memory_ratio <= target),
-            ))
+    headline = HEADLINE_LENGTH if HEADLINE_LENGTH in lengths else max(lengths)
+    for length in lengths:
+        tag = " (headline)" if length == headline else ""
+        for mode, target in (("fwd+bwd", PEER_FWD_BWD_TARGET), ("fwd", PEER_FWD_TARGET)):
+            ours, peer = _find(runs, length=length, variant=DEFAULT.name, mode=mode), _find(runs, length=length, variant=PEER.name, mode=mode)
+            ratio = peer["median_s"] / ours["median_s"] if ours and peer else None
+            checks.append(_ratio_check(f"T={length}: peer {mode} / ours (default){tag}", ratio, target, ">=",
+                                       length=length, kind=f"peer_{mode}", headline=length == headline))
+        row = _find(accuracy, length=length, variant=DEFAULT.name)
+        checks.append(_ratio_check(f"T={length}: ours (default) fp32 rel. error{tag}", row and row["relative_error"],
+                                   ERROR_TARGET, "<=", length=length, kind="error", headline=length == headline))
+    contexts = sorted({r["context"] for r in decode})
+    ours_b1 = [r for r in decode if r["impl"] == "mesa_step" and r["batch"] == 1]
+    for r in ours_b1:
+        peer = _find(decode, impl="peer-30", batch=1, context=r["context"])
+        checks.append(_ratio_check(f"decode B=1 T={r['context']}: ours ms/token/layer", 1e3 * r["median_s"],
+                                   1e3 * DECODE_TIME_TARGET_S, "<=", kind="decode_time"))
+        checks.append(_ratio_check(f"decode B=1 T={r['context']}: peer / ours", peer and peer["median_s"] / r["median_s"],
+                                   DECODE_PEER_TARGET, ">=", kind="decode_peer"))
+    for batch in sorted({r["batch"] for r in decode}):
+        short = _find(decode, impl="mesa_step", batch=batch, context=contexts[0])
+        long = _find(decode, impl="mesa_step", batch=batch, context=contexts[-1])
+        if short and long and len(contexts) > 1:
+            checks.append(_ratio_check(f"decode B={batch}: ours T={contexts[-1]} / T={contexts[0]} (flat)",
+                                       long["median_s"] / short["median_s"], DECODE_FLAT_TARGET, "<=", kind="decode_flat"))
+    ordered = sorted(lengths)
+    quarter = [n for n in ordered if 4 * n <= ordered[-1]]
+    if len(ordered) > 1:
+        short, long = (quarter[-1] if quarter else ordered[0]), ordered[-1]
+        target = SCALING_SLACK * long / short
+        for variant in (DEFAULT.name, FIXED_30.name):
+            for mode in MODES:
+                a, b = _find(runs, length=short, variant=variant, mode=mode), _find(runs, length=long, variant=variant, mode=mode)
+                for key, what in (("median_s", "time"), ("peak_memory_bytes", "memory")):
+                    ok = a and b and a.get(key) and b.get(key) is not None
+                    checks.append(_ratio_check(f"{variant} {mode}: {what} T={long} / T={short}", b[key] / a[key] if ok else None,
+                                               target, "<=", kind="scaling"))
+    fixed = _find(runs, length=headline, variant=FIXED_30.name, mode="fwd")
+    if fixed is not None:
+        checks.append(dict(_ratio_check(f"fixed-30 fwd T={headline}: share of the matmul peak", fixed.get("peak_fraction"),
+                                        PEAK_FRACTION_TARGET, ">="), kind="peak_fraction"))
     return checks
-
-
-def peak_fraction_check(runs: Sequence[dict[str, Any]], lengths: Sequence[int], solvers: Sequence[SolverSetting], peak_gflops: float) -> dict[str, Any]:
-    """Forward GFLOP/s of the fixed-steps setting at T=2048 (else the longest T) over the matmul peak."""
-    length = PEAK_FRACTION_LENGTH if PEAK_FRACTION_LENGTH in lengths else max(lengths)
-    solver = next((s for s in solvers if s.tol == 0), solvers[0])
-    run = _find(runs, length, solver.name, "fwd")
-    fraction = run["gflops"] / peak_gflops
-    return dict(length=length, solver=solver.name, gflops=run["gflops"], peak_gflops=peak_gflops,
-                fraction=fraction, target=PEAK_FRACTION_TARGET, passed=bool(fraction >= PEAK_FRACTION_TARGET))
-
-
-def quiet_machine_check(peak: dict[str, Any], runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Whether the timings can be trusted: the matmul throughput measured before and after the
-    benchmark agrees within ``MATMUL_DRIFT_LIMIT``, and no timing (matmul or operator) ran while
-    other processes used more than ``FOREIGN_LOAD_LIMIT`` of the machine's core time."""
-    measured = [("matmul (start)", peak["start"]), ("matmul (end)", peak["end"])]
-    measured += [(f"T={r['length']} {r['solver']} {r['mode']}", r) for r in runs]
-    loads = [(name, r["foreign_cpu_fraction"]) for name, r in measured if r.get("foreign_cpu_fraction") is not None]
-    worst = max(loads, key=lambda item: item[1], default=(None, None))
-    drift_ok = abs(peak["drift"]) <= MATMUL_DRIFT_LIMIT
-    load_ok = worst[1] is None or worst[1] <= FOREIGN_LOAD_LIMIT
-    return dict(matmul_drift=peak["drift"], drift_limit=MATMUL_DRIFT_LIMIT, worst_foreign_cpu_fraction=worst[1],
-                worst_foreign_cpu_measurement=worst[0], foreign_cpu_limit=FOREIGN_LOAD_LIMIT,
-                passed=bool(drift_ok and load_ok))
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = dict(
-        device=device, torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
-        cpu_count=os.cpu_count(), cpu_model=cpu, python=platform.python_version(), platform=platform.platform(),
-    )
-    if hasattr(os, "getloadavg"):  # other processes on the machine distort every timing
-        info["load_average_1m_at_end"] = os.getloadavg()[0]
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 
 
-def _flag(passed: Optional[bool]) -> str:
-    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
+def _steps(row: dict[str, Any]) -> str:
+    if row.get("cg_mean_iterations") is None:
+        return "-"
+    return f"{row['cg_mean_iterations']:.1f} / {row['cg_max_iterations']}"
 
 
-def _quiet_warning(quiet: dict[str, Any]) -> list[str]:
-    if quiet["passed"]:
-        return []
-    worst = quiet["worst_foreign_cpu_fraction"]
-    where = "n/a" if worst is None else f"{100 * worst:.0f}% ({quiet['worst_foreign_cpu_measurement']})"
-    return [f"**Warning: noisy machine** (matmul throughput drift {100 * quiet['matmul_drift']:+.0f}%, limit "
-            f"{100 * quiet['drift_limit']:.0f}%; most core time taken by other processes during a timing: {where}, "
-            f"limit {100 * quiet['foreign_cpu_limit']:.0f}%): the timings are not trustworthy; rerun on an idle machine."]
+def _measured(check: dict[str, Any]) -> str:
+    value = check["measured"]
+    if value is None:
+        return "n/a"
+    if check.get("kind") == "error":
+        return f"{value:.1e}"
+    if check.get("kind") in ("decode_time",):
+        return f"{value:.3f} ms"
+    if check.get("kind") == "peak_fraction":
+        return f"{100 * value:.1f}%"
+    return f"{value:.2f}x"
 
 
-def _load(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
+def _target(check: dict[str, Any]) -> str:
+    t = check["target"]
+    text = {"error": f"{t:.0e}", "decode_time": f"{t:g} ms", "peak_fraction": f"{100 * t:.0f}%"}.get(check.get("kind"), f"{t:g}x")
+    return f"{check['comparison']} {text}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The report: machine, per-configuration table, scaling, targets, accuracy."""
-    m, peak, cfg = results["machine"], results["matmul_peak"], results["config"]
-    shape = cfg["shape"]
-    out = [
-        "# Mesa operator benchmark",
-        "",
-        f"Device `{m['device']}`{' (' + m['gpu'] + ')' if 'gpu' in m else ''}, CPU `{m['cpu_model']}`, "
-        f"{m['torch_threads']} torch threads, torch {m['torch_version']}. "
-        f"B={shape['batch']}, H={shape['heads']}, Dk={shape['dk']}, Dv={shape['dv']}, C={shape['chunk']}.",
-        f"1-minute load average at start / end: {_load(m.get('load_average_1m_at_start'))} / "
-        f"{_load(m.get('load_average_1m_at_end'))}.",
-        "",
-        f"fp32 matmul {peak['size']}x{peak['size']}: best {peak['start']['best_gflops']:.1f} GFLOP/s at the start, "
-        f"{peak['end']['best_gflops']:.1f} GFLOP/s at the end (medians {peak['start']['median_gflops']:.1f} / "
-        f"{peak['end']['median_gflops']:.1f}); peak = {peak['peak_gflops']:.1f} GFLOP/s, the higher best.",
-        "",
-        *_quiet_warning(results["quiet_machine"]),
-        *([""] if not results["quiet_machine"]["passed"] else []),
-        f"FLOP model: {results['flop_formula']}.",
-        "",
-        "## Time, memory, throughput",
-        "",
-        "Times are medians (ms); memory is the peak increase over the baseline (MiB); CG steps are "
-        "mean / max over systems / batched steps run (forward); other load is the share of core time "
-        "other processes took during the fwd / fwd+bwd timings.",
-        "",
-    ]
+    cfg, shape = results["config"], results["config"]["shape"]
+    out = ["# Mesa operator benchmark", "", *h.machine_lines(results["machine"], results["matmul_peak"]),
+           *h.quiet_warning(results["quiet_machine"]),
+           f"B={shape['batch']}, H={shape['heads']}, Dk={shape['dk']}, Dv={shape['dv']}, C={shape['chunk']}, fp32; inputs: "
+           f"{INPUT_KINDS['random']}. Our ops run with validate={cfg['validate']} (the ops' default).", ""]
+    out += [f"- `{v['name']}`: {v['description']}" for v in cfg["variants"]]
+    out += ["", "`fixed-30` is the paper's setting: tol=0, so only the working precision's residual floor stops a "
+            "system before 30 steps; the loop exits once every system has stopped, hence mean / max below 30 on "
+            "well-conditioned inputs.", "", f"Peer: {results['peer']['note']}.", "", f"FLOP model: {results['flop_formula']}.", ""]
+
+    out += ["## Side by side", "",
+            "Median ms per call; peak memory increase over the baseline (MiB); CG steps mean / max over systems; "
+            "error: norm-wise relative error of the fp32 output against the float64 reference at the same T; "
+            "other load: share of core time other processes took during the fwd / fwd+bwd timings.", ""]
     rows = []
     for length in cfg["lengths"]:
-        for solver in cfg["solvers"]:
-            f = _find(results["runs"], length, solver["name"], "fwd")
-            fb = _find(results["runs"], length, solver["name"], "fwd+bwd")
-            rows.append([
-                length, solver["name"],
-                f"{f['cg_mean_iterations']:.1f} / {f['cg_max_iterations']} / {f['cg_steps_run']}",
-                f"{1e3 * f['median_s']:.1f}", f"{1e3 * fb['median_s']:.1f}",
-                f"{f['peak_memory_mib']:.1f}", f"{fb['peak_memory_mib']:.1f}",
-                f"{f['forward_gflop']:.2f}", f"{f['gflops']:.1f}", f"{100 * f['gflops'] / peak['peak_gflops']:.1f}%",
-                f"{_percent(f['foreign_cpu_fraction'])} / {_percent(fb['foreign_cpu_fraction'])}",
-            ])
-    out += _table(
-        ["T", "solver", "CG steps", "fwd ms", "fwd+bwd ms", "fwd MiB", "fwd+bwd MiB", "fwd GFLOP", "fwd GFLOP/s", "of peak",
-         "other load"],
-        rows,
-    )
+        for v in cfg["variants"]:
+            f, fb = _find(results["runs"], length=length, variant=v["name"], mode="fwd"), _find(results["runs"], length=length, variant=v["name"], mode="fwd+bwd")
+            if f is None or fb is None:
+                continue
+            acc = _find(results["accuracy"], length=length, variant=v["name"]) or {}
+            peak = results["matmul_peak"]["peak_gflops"]
+            rows.append([length, v["name"], _steps(f), h.fmt(f["median_s"], ".1f", 1e3), h.fmt(fb["median_s"], ".1f", 1e3),
+                         h.fmt(f.get("peak_memory_mib"), ".1f"), h.fmt(fb.get("peak_memory_mib"), ".1f"),
+                         h.fmt(f.get("gflops"), ".1f"), h.fmt(f.get("peak_fraction"), ".1%"),
+                         h.fmt(acc.get("relative_error"), ".1e"),
+                         f"{h.percent(f['foreign_cpu_fraction'])} / {h.percent(fb['foreign_cpu_fraction'])}"])
+    out += h.table(["T", "variant", "CG steps", "fwd ms", "fwd+bwd ms", "fwd MiB", "fwd+bwd MiB", "fwd GFLOP/s", "of peak",
+                    "fp32 rel. error", "other load"], rows)
+
     out += ["", "## Targets", ""]
-    target_rows = [
-        [f"{s['solver']} {s['mode']}: time T={s['long_length']}/T={s['short_length']}", f"{s['time_ratio']:.2f}x",
-         f"<= {s['target']:.2f}x", _flag(s["time_pass"])]
-        for s in results["scaling"]
-    ] + [
-        [f"{s['solver']} {s['mode']}: memory T={s['long_length']}/T={s['short_length']}", f"{s['memory_ratio']:.2f}x",
-         f"<= {s['target']:.2f}x", _flag(s["memory_pass"])]
-        for s in results["scaling"]
-    ]
-    pf = results["targets"]["forward_peak_fraction"]
-    target_rows.append([f"{pf['solver']} fwd at T={pf['length']}: fraction of matmul peak", f"{100 * pf['fraction']:.1f}%",
-                        f">= {100 * pf['target']:.0f}%", _flag(pf["passed"])])
     if not results["quiet_machine"]["passed"]:
-        out += ["Noisy machine (see the warning above): these flags say little about the operator.", ""]
-    out += _table(["check", "measured", "target", "flag"], target_rows)
-    out += ["", f"## Accuracy against the float64 sequential reference (T={cfg['accuracy_length']})", ""]
-    out += _table(
-        ["solver", "inputs", "rel. error", "worst row rel. error", "CG steps mean / max", "max rel. residual"],
-        [[a["solver"], a["input_dtype"], f"{a['relative_error']:.2e}", f"{a['max_row_relative_error']:.2e}",
-          f"{a['cg_mean_iterations']:.1f} / {a['cg_max_iterations']}", f"{a['cg_max_relative_residual']:.1e}"]
-         for a in results["accuracy"]],
-    )
+        out += ["Noisy machine (see the warning above): the timing flags say little about the operator.", ""]
+    out += h.table(["check", "measured", "target", "flag"],
+                   [[c["check"], _measured(c), _target(c), h.flag(c["passed"])] for c in results["targets"]])
+
+    ref = results["reference_check"]
+    out += ["", "## Accuracy", "",
+            f"Reference: float64 `mesa` with {REFERENCE_SOLVER} at each T; against the sequential float64 "
+            f"`mesa_reference` at T={ref['length']}: rel. error {ref['relative_error']:.1e} (worst row {ref['max_row_relative_error']:.1e}).", ""]
+    out += h.table(["T", "variant", "rel. error", "worst row rel. error", "CG steps mean / max"],
+                   [[a["length"], a["variant"], f"{a['relative_error']:.2e}", f"{a['max_row_relative_error']:.2e}", _steps(a)]
+                    for a in results["accuracy"]])
+
+    if results["decode"]:
+        out += ["", "## Decode", "",
+                f"One token through one layer (H={shape['heads']}, d={shape['dk']}) from a state prefilled to T tokens; "
+                f"`mesa_step` at its defaults ({', '.join(f'{k}={v}' for k, v in results['decode_defaults'].items())}), "
+                f"the peer's `naive_mesa_net_decoding_one_step` with {PEER_STEPS} steps. Median ms per call over blocks of "
+                f"{cfg['decode_inner']} calls; error against a float64 direct solve on the float64 state.", ""]
+        out += h.table(["B", "prefill T", "impl", "ms / token / layer", "rel. error", "CG steps mean / max", "other load"],
+                       [[r["batch"], r["context"], r["impl"], f"{1e3 * r['median_s']:.3f}", f"{r['relative_error']:.1e}",
+                         "-" if not r["cg_steps"] else "direct" if r["cg_steps"]["max"] == 0 else f"{r['cg_steps']['mean']:.1f} / {r['cg_steps']['max']}",
+                         h.percent(r["foreign_cpu_fraction"])] for r in results["decode"]])
+
+    if results["preconditioners"]:
+        out += ["", f"## Preconditioners (tol={PRECONDITIONER_TOL:g}, T={cfg['preconditioner_length']}, forward)", ""]
+        out += [f"- `{kind}`: {text}" for kind, text in INPUT_KINDS.items()] + [""]
+        out += h.table(["inputs", "preconditioner", "CG steps mean / max", "fwd ms", "rel. error", "max rel. residual"],
+                       [[p["inputs"], p["preconditioner"], _steps(p), f"{1e3 * p['median_s']:.1f}",
+                         h.fmt(p.get("relative_error"), ".1e"), h.fmt(p.get("cg_max_relative_residual"), ".1e")]
+                        for p in results["preconditioners"]])
     out += ["", f"Total runtime {results['total_runtime_s']:.1f} s.", ""]
     return "\n".join(out)
-
-
-def write_results(
-    results: dict[str, Any], out_dir: Path, name: str = "mesa_op", render: Callable[[dict], str] | None = None,
-) -> tuple[Path, Path]:
-    """``<name>.json`` and ``<name>.md`` (rendered by ``render``, default this script's table) in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text((render or render_markdown)(results))
-    return json_path, md_path
 
 
 # ---------------------------------------------------------------------------------------------
 # Driver
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
-
-
-def _progress_line(index: int, total: int, r: dict[str, Any]) -> str:
-    line = (f"[{index:2d}/{total}] T={r['length']:<6d} {r['solver']:<10s} {r['mode']:<8s} "
-            f"median {1e3 * r['median_s']:9.1f} ms ({r['repeats']} reps)  peak +{r['peak_memory_mib']:8.1f} MiB  "
-            f"CG {r['cg_mean_iterations']:.1f}/{r['cg_max_iterations']}  other load {_percent(r['foreign_cpu_fraction'])}")
-    if "gflops" in r:
-        line += f"  {r['gflops']:.1f} GFLOP/s"
-    return line
-
-
 def run_benchmark(
     lengths: Sequence[int] = DEFAULT_LENGTHS,
-    solvers: Sequence[SolverSetting] = DEFAULT_SOLVERS,
     *,
+    peer: Optional[str] = None,
     shape: Shape = Shape(),
-    policy: RepeatPolicy = DEFAULT_POLICY,
-    accuracy_length: int = 256,
+    policy: h.RepeatPolicy = DEFAULT_POLICY,
+    decode_contexts: Sequence[int] = DEFAULT_DECODE_CONTEXTS,
+    decode_batches: Sequence[int] = DECODE_BATCHES,
+    decode_policy: h.RepeatPolicy = DECODE_POLICY,
+    decode_inner: int = DECODE_INNER,
+    preconditioners: bool = False,
+    preconditioner_length: int = HEADLINE_LENGTH,
+    reference_length: int = 256,
     matmul_size: int = 4096,
     device: str = "cpu",
     seed: int = 0,
     isolate: bool = True,
-    retries: int = CONTENDED_RETRIES,
-    out_dir: Optional[Path] = DEFAULT_OUT,
-    log: Callable[[str], None] = lambda s: print(s, flush=True),
+    memory: bool = True,
+    retries: int = h.CONTENDED_RETRIES,
+    out_dir: Optional[Path] = h.DEFAULT_OUT,
+    log: h.Log = h.print_log,
 ) -> dict[str, Any]:
-    """Run everything, write ``mesa_op.json`` / ``mesa_op.md`` to ``out_dir`` (unless None), return the results.
+    """Run every section, write ``mesa_op.json`` / ``mesa_op.md`` to ``out_dir`` (unless None), return the results.
 
-    ``isolate=False`` measures in this process instead of two subprocesses per configuration: faster,
-    but on CPU the memory figures are then only lower bounds (memory freed by earlier calls and kept
-    by the allocator hides the peak; see ``MEMORY_WORKER_ENV``).
-    ``retries``: how often a timing disturbed by other processes is taken again (see :func:`measure_config`).
+    ``peer``: path of the peer's ``naive.py`` (the side-by-side columns are skipped, with a note, when it
+    is None or cannot be loaded). ``isolate=False`` measures in this process (faster; CPU memory figures
+    are then only lower bounds). ``memory=False`` skips the memory workers. Empty ``decode_contexts``
+    skips the decode section.
     """
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    started, load_before = time.perf_counter(), h.load_average()
     lengths = sorted(set(lengths))
-    log(f"mesa benchmark on {device}: T={lengths}, solvers={[s.name for s in solvers]}")
-    peak_start = measure_matmul_peak_quietly(matmul_size, device, retries)
-    log(f"fp32 matmul {matmul_size}^2: best {peak_start['best_gflops']:.1f} GFLOP/s, median {peak_start['median_gflops']:.1f} GFLOP/s")
+    peer_module, note = load_peer(peer)
+    peer_path = str(Path(peer).expanduser().resolve()) if peer_module is not None else None
+    peer_info = dict(path=peer_path, loaded=peer_module is not None,
+                     note=f"`{peer_path}` (loaded at run time)" if peer_module is not None else f"skipped ({note})")
+    if peer_module is None:
+        log(f"peer implementation skipped: {note}")
+    variants = [DEFAULT, FIXED_30] + ([PEER] if peer_module is not None else [])
+    if peer_module is not None and any(n % shape.chunk for n in lengths):
+        raise ValueError(f"the peer needs T divisible by the chunk size {shape.chunk}; got T={lengths}")
+    log(f"mesa benchmark on {device}: T={lengths}, variants {[v.name for v in variants]}")
+    peak_start = h.measure_matmul_peak_quietly(matmul_size, device, retries)
+    log(f"fp32 matmul {matmul_size}^2: best {peak_start['best_gflops']:.1f} GFLOP/s")
+    common = dict(shape=asdict(shape), policy=asdict(policy), device=device, seed=seed, retries=retries, peer=peer_path)
 
-    specs = [
-        dict(length=n, solver=asdict(s), mode=mode, shape=asdict(shape), policy=asdict(policy), device=device, seed=seed)
-        for n in lengths for s in solvers for mode in MODES
-    ]
     runs = []
-    for i, spec in enumerate(specs, start=1):
-        runs.append(measure_config(spec, isolate, retries))
-        log(_progress_line(i, len(specs), runs[-1]))
+    for length in lengths:
+        for variant in variants:
+            for mode in MODES:
+                run = measure_config(dict(common, length=length, variant=asdict(variant), mode=mode, inputs="random"), isolate, memory)
+                runs.append(run)
+                log(f"T={length:<6d} {variant.name:<9s} {mode:<8s} median {1e3 * run['median_s']:9.1f} ms ({run['repeats']} reps)  "
+                    f"peak +{h.fmt(run.get('peak_memory_mib'), '.1f')} MiB  CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
+                    f"other load {h.percent(run['foreign_cpu_fraction'])}")
+    accuracy = []
+    for length in lengths:
+        accuracy += check_accuracy(shape, length, variants, seed=seed, device=device, peer=peer_path)
+        log("accuracy T=%d: %s" % (length, ", ".join(f"{a['variant']} {a['relative_error']:.1e}" for a in accuracy[-len(variants):])))
+    reference = check_reference(shape, reference_length, seed=seed)
 
-    accuracy = check_accuracy(shape, accuracy_length, solvers, seed=seed, device=device)
-    for a in accuracy:
-        log(f"accuracy T={a['length']} {a['solver']:<10s} {a['input_dtype']}: rel. error {a['relative_error']:.2e}")
-    peak_end = measure_matmul_peak_quietly(matmul_size, device, retries)
-    log(f"fp32 matmul {matmul_size}^2 again: best {peak_end['best_gflops']:.1f} GFLOP/s")
-    peak = dict(start=peak_start, end=peak_end, size=matmul_size,
-                peak_gflops=max(peak_start["best_gflops"], peak_end["best_gflops"]),
-                drift=peak_end["best_gflops"] / peak_start["best_gflops"] - 1.0)
+    decode = []
+    if decode_contexts:
+        decode_spec = dict(common, policy=asdict(decode_policy), contexts=sorted(set(decode_contexts)),
+                           batches=list(decode_batches), inner=decode_inner)
+        decode = h.call_in_worker("benchmarks.bench_mesa_op:measure_decode", decode_spec, isolate=isolate, log=log)
 
-    machine = dict(machine_info(device), load_average_1m_at_start=load_before)
+    precond = []
+    if preconditioners:
+        for kind in INPUT_KINDS:
+            reference_out = reference_output(shape, preconditioner_length, seed=seed, kind=kind)
+            for name, solver in preconditioner_settings().items():
+                variant = Variant(f"tol-{PRECONDITIONER_TOL:g}-{name}", solver=solver)
+                spec = dict(common, length=preconditioner_length, variant=asdict(variant), mode="fwd", inputs=kind)
+                run = dict(measure_config(spec, isolate, memory=False), preconditioner=name)
+                with torch.no_grad():
+                    out, _ = OpCall(spec).forward()
+                run["relative_error"] = h.relative_errors(out, reference_out)[0]
+                precond.append(run)
+                log(f"preconditioner {name:<8s} {kind:<6s} CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
+                    f"fwd {1e3 * run['median_s']:.1f} ms  rel. error {run['relative_error']:.1e}")
+
+    peak_end = h.measure_matmul_peak_quietly(matmul_size, device, retries)
+    peak = h.matmul_peak_summary(peak_start, peak_end)
+    for run in runs + precond:
+        if "gflops" in run:
+            run["peak_fraction"] = run["gflops"] / peak["peak_gflops"]
+    measured = [(f"T={r['length']} {r['variant']} {r['mode']}", r) for r in runs]
+    measured += [(f"decode {r['impl']} B={r['batch']} T={r['context']}", r) for r in decode]
+    measured += [(f"preconditioner {r['variant']} {r['inputs']}", r) for r in precond]
     results: dict[str, Any] = dict(
-        machine=machine,
-        config=dict(lengths=lengths, solvers=[asdict(s) for s in solvers], shape=asdict(shape), policy=asdict(policy),
-                    accuracy_length=accuracy_length, matmul_size=matmul_size, seed=seed, isolate=isolate, retries=retries,
-                    validate=True, inputs="q,k unit-norm N(0,1); v N(0,1); gamma U[0.8,0.99]; beta U[0,1]; lam=1"),
-        flop_formula=FLOP_FORMULA,
-        matmul_peak=peak,
-        runs=runs,
-        scaling=scaling_checks(runs, lengths, solvers),
-        accuracy=accuracy,
+        machine=dict(h.machine_info(device), load_average_1m_at_start=load_before),
+        config=dict(lengths=lengths, shape=asdict(shape), policy=asdict(policy), variants=[dict(asdict(v), description=v.describe()) for v in variants],
+                    inputs=INPUT_KINDS, decode_contexts=sorted(set(decode_contexts)), decode_batches=list(decode_batches),
+                    decode_policy=asdict(decode_policy), decode_inner=decode_inner, preconditioner_length=preconditioner_length,
+                    reference_solver=REFERENCE_SOLVER.to_dict(), reference_length=reference_length, matmul_size=matmul_size,
+                    seed=seed, isolate=isolate, retries=retries, default_solver=INFERENCE.to_dict(), validate=VALIDATE),
+        peer=peer_info, flop_formula=FLOP_FORMULA, matmul_peak=peak, runs=runs, accuracy=accuracy,
+        reference_check=reference, decode=decode, decode_defaults=decode_defaults(), preconditioners=precond,
     )
-    results["targets"] = dict(
-        forward_peak_fraction=peak_fraction_check(runs, lengths, solvers, peak["peak_gflops"]),
-        linear_scaling_pass=bool(all(s["time_pass"] and s["memory_pass"] for s in results["scaling"])) if results["scaling"] else None,
-    )
-    results["quiet_machine"] = quiet_machine_check(peak, runs)
+    results["targets"] = target_checks(runs, accuracy, decode, lengths)
+    results["quiet_machine"] = h.quiet_machine_check(peak, measured)
     results["total_runtime_s"] = time.perf_counter() - started
     if out_dir is not None:
-        json_path, md_path = write_results(results, Path(out_dir))
-        log(f"wrote {json_path} and {md_path}")
+        paths = h.write_results(results, Path(out_dir), "mesa_op", render_markdown)
+        log(f"wrote {paths[0]} and {paths[1]}")
     return results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="T in {512, 2048}, fewer repeats, smaller matmul")
+    parser.add_argument("--quick", action="store_true", help=f"T={list(QUICK_LENGTHS)}, decode T={list(QUICK_DECODE_CONTEXTS)}, "
+                        "fewer repeats, a small matmul")
+    parser.add_argument("--lengths", type=int, nargs="+", help=f"sequence lengths (default {list(DEFAULT_LENGTHS)})")
+    parser.add_argument("--peer", help="path of flash-linear-attention's fla/ops/mesa_net/naive.py (side by side; skipped without)")
+    parser.add_argument("--preconditioners", action="store_true", help="also compare the preconditioners none / jacobi / chunk")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode section")
+    parser.add_argument("--in-process", action="store_true", help="no worker processes (faster; CPU memory only a lower bound)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=h.DEFAULT_OUT, help=f"output directory (default {h.DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration as JSON
+    parser.add_argument("--retries", type=int, default=h.CONTENDED_RETRIES,
+                        help="how often a timing disturbed by other processes is taken again (0 while developing)")
     args = parser.parse_args(argv)
-    if args.worker is not None:
-        spec = json.loads(args.worker)
-        print(RESULT_MARKER + json.dumps(WORKERS[spec["measure"]](spec)), flush=True)
-        return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but torch.cuda.is_available() is False")
+    options = dict(peer=args.peer, preconditioners=args.preconditioners, device=args.device, seed=args.seed,
+                   isolate=not args.in_process, retries=args.retries, out_dir=args.out)
     if args.quick:
-        results = run_benchmark(QUICK_LENGTHS, policy=QUICK_POLICY, matmul_size=2048, device=args.device,
-                                seed=args.seed, out_dir=args.out)
-    else:
-        results = run_benchmark(device=args.device, seed=args.seed, out_dir=args.out)
+        options.update(lengths=QUICK_LENGTHS, policy=QUICK_POLICY, decode_contexts=QUICK_DECODE_CONTEXTS,
+                       decode_policy=QUICK_POLICY, decode_inner=5, preconditioner_length=QUICK_LENGTHS[-1], matmul_size=1024)
+    if args.lengths:
+        options["lengths"] = args.lengths
+    if args.no_decode:
+        options["decode_contexts"] = ()
+    results = run_benchmark(**options)
     print()
     print(render_markdown(results))
 

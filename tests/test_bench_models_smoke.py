@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+from benchmarks import bench_models as bench
+from benchmarks import harness as h
+
+ONE_CALL = h.RepeatPolicy(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-ONE_CALL = dict(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.slow
 def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
-    bench = _load_script()
     mixers = ["mesa", "gated_deltanet", "attention", "hawk+mesa", "sherman_morrison"]
-    results = bench.run_benchmark(
-        mixers, preset="tiny", config_overrides=dict(cg_max_iter_train=3, cg_max_iter_eval=3, attention_window=16),
-        train_lengths=[32, 64], contexts=[32, 64], policy=bench.RepeatPolicy(**ONE_CALL), train_warmup_s=0.0,
-        decode_steps=2, decode_warmup=1, prefill_chunk=48, matmul_size=128, isolate=False, retries=0,
-        reruns=0, out_dir=tmp_path, log=lambda _: None,
+    results = bench.run_benchmark(  # the Mesa solver stays at the config's defaults
+        mixers, preset="tiny", config_overrides=dict(attention_window=16), train_lengths=[32, 64], contexts=[32, 64],
+        policy=ONE_CALL, train_warmup_s=0.0, decode_steps=2, decode_warmup=1, prefill_chunk=48, matmul_size=64,
+        isolate=False, retries=0, reruns=0, out_dir=tmp_path, log=lambda _: None,
     )
 
     written = json.loads((tmp_path / "models.json").read_text())
@@ -42,6 +32,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     assert {"torch_version", "torch_threads", "cpu_model", "device"} <= set(written["machine"])
     assert written["matmul_peak"]["peak_gflops"] > 0 and isinstance(written["quiet_machine"]["passed"], bool)
     assert written["config"]["model"]["hidden_size"] == 64 and written["config"]["train_lengths"] == [32, 64]
+    assert written["config"]["mesa_solver"]  # read from the config, whatever the field names
 
     assert [m["name"] for m in written["models"]] == mixers
     by_name = {m["name"]: m for m in written["models"]}
@@ -65,14 +56,15 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     assert all(not r.get("skipped") for r in sm["train"]) and all(r["skipped"] and r["reason"] for r in sm["decode"])
 
     targets = written["targets"]
-    assert set(targets) == {"mesa_decode_flat", "attention_decode_grows", "mesa_train_vs_gated_deltanet"}
+    assert set(targets) == {"mesa_decode_flat", "attention_decode_grows", "mesa_train_vs_gated_deltanet",
+                            "mesa_decode_vs_gated_deltanet"}
     for check in targets.values():
         assert isinstance(check["passed"], bool) and check["ratio"] > 0
-    assert targets["mesa_train_vs_gated_deltanet"]["length"] == 64
+    assert targets["mesa_train_vs_gated_deltanet"]["length"] == 64 and targets["mesa_train_vs_gated_deltanet"]["target"] == 1.3
+    assert targets["mesa_decode_vs_gated_deltanet"]["context"] == 64 and targets["mesa_decode_vs_gated_deltanet"]["target"] == 1.5
 
 
 def test_hawk_expansion_matches_the_mesa_mixer():
-    bench = _load_script()
     expansion = bench.matched_hawk_expansion("tiny")
     fields = bench.PRESETS["tiny"]
     hawk = bench._mixer_params("hawk", fields, expansion=expansion)

@@ -1,79 +1,86 @@
-"""Smoke test of benchmarks/bench_mesa_op.py: a tiny run through its function API, subprocess workers included."""
+"""Smoke test of benchmarks/bench_mesa_op.py: tiny runs through its function API (in-process and one
+configuration through the worker subprocesses)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mesa_op.py"
+from benchmarks import bench_mesa_op as bench
+from benchmarks import harness as h
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_mesa_op", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
+STAND_IN_PEER = Path(__file__).resolve().parent / "benchmarks" / "peer_stand_in.py"
 TINY_SHAPE = dict(batch=1, heads=2, dk=16, dv=16, chunk=16)
-ONE_CALL = dict(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0)
+ONE_CALL = h.RepeatPolicy(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0)
 
 
-@pytest.mark.slow
-def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
-    # In-process (isolate=False): each worker subprocess costs ~2-4 s of interpreter start-up;
-    # the worker path has its own test below.
-    bench = _load_script()
-    solvers = [bench.SolverSetting("fixed-2", 2, 0.0), bench.SolverSetting("tol-1e-2", 2, 1e-2)]
-    results = bench.run_benchmark(
-        lengths=[32, 64], solvers=solvers, shape=bench.Shape(**TINY_SHAPE), policy=bench.RepeatPolicy(**ONE_CALL),
-        accuracy_length=32, matmul_size=128, isolate=False, retries=0, out_dir=tmp_path, log=lambda _: None,
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
+
+def _tiny_run(out_dir, peer, **options):
+    tiny = dict(lengths=[32, 64], shape=bench.Shape(**TINY_SHAPE), policy=ONE_CALL, decode_contexts=[32, 64],
+                decode_batches=[1, 2], decode_policy=ONE_CALL, decode_inner=2, reference_length=32, matmul_size=64,
+                isolate=False, retries=0)
+    return bench.run_benchmark(peer=peer, out_dir=out_dir, log=lambda _: None, **dict(tiny, **options))
+
+
+def test_tiny_benchmark_with_a_peer_writes_json_and_markdown(tmp_path):
+    results = _tiny_run(tmp_path, str(STAND_IN_PEER), preconditioners=True, preconditioner_length=32)
     written = json.loads((tmp_path / "mesa_op.json").read_text())
-    assert (tmp_path / "mesa_op.md").read_text().startswith("# Mesa operator benchmark")
-    expected = {"machine", "config", "flop_formula", "matmul_peak", "runs", "scaling", "accuracy", "targets",
-                "quiet_machine", "total_runtime_s"}
+    markdown = (tmp_path / "mesa_op.md").read_text()
+    assert markdown.startswith("# Mesa operator benchmark") and "## Decode" in markdown and "## Preconditioners" in markdown
+    expected = {"machine", "config", "peer", "flop_formula", "matmul_peak", "runs", "accuracy", "reference_check", "decode",
+                "preconditioners", "targets", "quiet_machine", "total_runtime_s"}
     assert expected <= set(written) and expected <= set(results)
-    assert {"torch_version", "torch_threads", "cpu_model", "device"} <= set(written["machine"])
-    assert written["matmul_peak"]["peak_gflops"] > 0 and isinstance(written["quiet_machine"]["passed"], bool)
+    assert written["peer"]["loaded"] and written["matmul_peak"]["peak_gflops"] > 0
 
-    assert len(written["runs"]) == 2 * 2 * 2  # lengths x solvers x modes
+    variants = ["default", "fixed-30", "peer-30"]
+    assert [v["name"] for v in written["config"]["variants"]] == variants
+    assert len(written["runs"]) == 2 * 3 * 2  # lengths x variants x modes
     for run in written["runs"]:
-        assert {"median_s", "peak_memory_bytes", "cg_mean_iterations", "cg_max_iterations", "cg_steps_run"} <= set(run)
-        assert run["median_s"] > 0 and run["cg_max_iterations"] <= 2
-        if run["mode"] == "fwd":
-            assert run["gflops"] > 0
-    assert {(s["solver"], s["mode"]) for s in written["scaling"]} == {(s.name, m) for s in solvers for m in bench.MODES}
-    assert all(isinstance(s["time_pass"], bool) for s in written["scaling"])
-    assert isinstance(written["targets"]["forward_peak_fraction"]["passed"], bool)
-
-    assert len(written["accuracy"]) == len(solvers) * 2  # float32 and float64 inputs
+        assert run["median_s"] > 0 and run["peak_memory_bytes"] >= 0 and run["cg_max_iterations"] <= 30
+        assert (run["mode"] == "fwd") == ("gflops" in run)
+    assert {(a["length"], a["variant"]) for a in written["accuracy"]} == {(n, v) for n in (32, 64) for v in variants}
     for row in written["accuracy"]:
-        assert math.isfinite(row["relative_error"]) and row["relative_error"] < 1.0
+        assert row["relative_error"] < 1e-3  # well-conditioned inputs: every variant converges
+    assert written["reference_check"]["relative_error"] < 1e-10
+
+    assert {(r["impl"], r["batch"], r["context"]) for r in written["decode"]} == {
+        (impl, b, c) for impl in ("mesa_step", "peer-30") for b in (1, 2) for c in (32, 64)}
+    assert all(r["median_s"] > 0 and r["relative_error"] < 1e-4 for r in written["decode"])
+    assert {(p["inputs"], p["preconditioner"]) for p in written["preconditioners"]} == {
+        (kind, name) for kind in ("random", "skewed") for name in bench.preconditioner_settings()}
+    assert {"none", "jacobi", "chunk"} <= set(bench.preconditioner_settings())
+
+    kinds = {c["kind"] for c in written["targets"]}
+    assert {"peer_fwd+bwd", "peer_fwd", "error", "decode_time", "decode_peer", "decode_flat", "scaling", "peak_fraction"} <= kinds
+    headline = [c for c in written["targets"] if c.get("headline")]
+    assert {c["kind"] for c in headline} == {"peer_fwd+bwd", "peer_fwd", "error"} and all(c["length"] == 64 for c in headline)
+    for check in written["targets"]:  # in-process CPU memory can read 0: then its scaling ratio is n/a
+        if "memory" not in check["check"]:
+            assert isinstance(check["passed"], bool) and math.isfinite(check["measured"]), check
+
+
+def test_tiny_benchmark_skips_a_missing_peer(tmp_path):
+    missing = tmp_path / "naive.py"
+    results = _tiny_run(None, str(missing), decode_batches=[1], memory=False)
+    assert not results["peer"]["loaded"] and "not found" in results["peer"]["note"]
+    assert {r["variant"] for r in results["runs"]} == {"default", "fixed-30"}
+    assert {r["impl"] for r in results["decode"]} == {"mesa_step"}
+    assert "skipped" in bench.render_markdown(results)
+    peer_checks = [c for c in results["targets"] if c["kind"] in ("peer_fwd", "peer_fwd+bwd", "decode_peer")]
+    assert peer_checks and all(c["passed"] is None for c in peer_checks)
 
 
 @pytest.mark.slow
-def test_worker_subprocesses_measure_one_configuration():
-    bench = _load_script()
-    spec = dict(length=48, solver=dict(name="tol", max_iter=3, tol=1e-3), mode="fwd+bwd", shape=TINY_SHAPE,
-                policy=ONE_CALL, device="cpu", seed=0)
-    run = bench.measure_config(spec, isolate=True, retries=0)  # a timing and a memory subprocess
-    assert run["length"] == 48 and run["mode"] == "fwd+bwd" and run["repeats"] == 1 and run["timing_attempts"] == 1
-    assert run["median_s"] > 0 and run["peak_memory_bytes"] >= 0 and run["memory_method"]
-    assert 1 <= run["cg_steps_run"] == run["cg_max_iterations"] <= 3
-
-
-def test_flop_formula_at_paper_size():
-    """The documented per-token count at d = dv = C = 64 with 30 steps (a hand-checked number)."""
-    bench = _load_script()
-    states = 2 * 64 * 128
-    solve = 31 * (2 * 64 * 64 + 4 * 64 * 64) + 2 * 64 * 64
-    output = 2 * 64 * 64 * 3
-    assert bench.forward_flops_per_token_head(64, 64, 64, 30) == states + solve + output
+def test_worker_subprocesses_measure_one_configuration(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers inherit the environment (see one_thread)
+    spec = dict(length=48, variant=dict(name="tol", solver=dict(max_iter=3, tol=1e-3)), mode="fwd+bwd", shape=TINY_SHAPE,
+                policy=vars(ONE_CALL), device="cpu", seed=0, retries=0, inputs="random", peer=None)
+    run = bench.measure_config(spec, isolate=True)  # a timing and a memory subprocess
+    assert run["length"] == 48 and run["mode"] == "fwd+bwd" and run["repeats"] == 1 and run["attempts"] == 1
+    assert run["median_s"] > 0 and run["peak_memory_bytes"] >= 0 and "MALLOC_MMAP_THRESHOLD_" in run["memory_method"]
+    assert 1 <= run["cg_max_iterations"] <= 3

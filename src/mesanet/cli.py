@@ -9,16 +9,22 @@
     mesanet mesaopt list                                                # mesa-optimization analyses ("Uncovering ..." paper)
 
 Training also runs under torchrun: ``torchrun --nproc_per_node 2 -m mesanet train configs/small.yaml``.
-Unknown config keys are errors that list the valid ones.
+Unknown config keys are errors that list the valid ones. Options may come anywhere among the positionals. Every
+user error ends in ONE line on stderr, ``mesanet <command>: error: <what was expected, what arrived>``, with exit
+code 2 (usage and config) or 1 (a runtime failure, e.g. a non-finite loss); ``--debug`` anywhere on the command line
+(or ``MESANET_DEBUG=1``) shows the traceback instead (:mod:`mesanet.utils.cli_errors`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from mesanet.utils.cli_errors import add_debug_flag, device_arg, run_cli, split_debug
 
 
 def _config_and_overrides(args: Sequence[str]) -> tuple[Path | None, list[str]]:
@@ -32,12 +38,19 @@ def cmd_train(ns: argparse.Namespace) -> None:
     train_main([*ns.args, *(["--no-progress"] if ns.no_progress else [])])
 
 
+def solver_overrides(ns: argparse.Namespace) -> dict | None:
+    """The solver-report flags that were given (``--tol``, ``--max-iter``, ``--preconditioner``) as
+    :class:`~mesanet.ops.SolverSettings` fields replacing the model's ``solver_inference``; ``None``: none given."""
+    given = {k: v for k, v in (("tol", ns.tol), ("max_iter", ns.max_iter), ("preconditioner", ns.preconditioner)) if v is not None}
+    return given or None
+
+
 def cmd_eval(ns: argparse.Namespace) -> None:
     from mesanet.eval import evaluate_run
 
     report = evaluate_run(
-        ns.path, tol=ns.tol, max_iter=ns.max_iter, extrapolation=tuple(ns.extrapolation), max_windows=ns.max_windows,
-        out_dir=ns.out, progress=not ns.no_progress,
+        ns.path, solver=solver_overrides(ns), extrapolation=tuple(ns.extrapolation), max_windows=ns.max_windows,
+        out_dir=ns.out, progress=not ns.no_progress, verify=not ns.allow_modified_weights,
     )
     print(Path(report["files"]["summary_md"]).read_text())
 
@@ -47,7 +60,7 @@ def cmd_generate(ns: argparse.Namespace) -> None:
     from mesanet.eval.run_files import resolve_model_dir
 
     model_dir, _ = resolve_model_dir(ns.path)
-    loaded = load_checkpoint(model_dir, device=ns.device)
+    loaded = load_checkpoint(model_dir, device=ns.device, verify=not ns.allow_modified_weights)
     print(ns.prompt, end="", flush=True)
     generate_text(
         loaded.model, loaded.tokenizer, ns.prompt, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature,
@@ -82,15 +95,17 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
 
     module = importlib.import_module(DELEGATED[command][0])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return int(module.main(list(argv)) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mesanet {command}: error: {e}", file=sys.stderr)
-        return 2
+    return int(module.main(list(argv)) or 0)
+
+
+#: ``--allow-modified-weights`` (eval, generate): the override of the SHA-256 check of a trained model's files.
+ALLOW_MODIFIED_HELP = "load the model even if its files no longer match the SHA-256 recorded when training wrote them"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mesanet`` parser; ``parser.commands`` maps each non-delegated sub-command to its own parser."""
     parser = argparse.ArgumentParser(prog="mesanet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (a YAML config and key=value overrides)")
@@ -100,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run or model directory; writes eval.json, per_position.csv/png, summary.md")
     p.add_argument("path", help="runs/<name> or a model directory")
-    p.add_argument("--tol", type=float, default=1e-4, help="CG tolerance of the Mesa solver report (default 1e-4)")
+    p.add_argument("--tol", type=float, default=None, help="CG tolerance of the Mesa solver report (default: the model's solver_inference)")
     p.add_argument("--max-iter", type=int, default=None, help="CG step limit of the solver report (default: the model's)")
+    p.add_argument("--preconditioner", choices=("none", "jacobi", "chunk"), default=None, help="CG preconditioner of the solver report (default: the model's)")
     p.add_argument("--extrapolation", type=int, nargs="*", default=[2, 4], help="multiples of the training length (default 2 4)")
     p.add_argument("--max-windows", type=int, default=32, help="windows at the longest length; every length scores the same tokens (default 32)")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("generate", help="stream a continuation of a prompt from a run or model directory")
@@ -116,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("compare", help="train and evaluate several models on the same data and budget; writes a report")
@@ -124,24 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_compare)
 
+    parser.commands = dict(sub.choices)
+    for command in parser.commands.values():
+        add_debug_flag(command)
     for name, (_, text) in DELEGATED.items():
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of `mesanet {name}` (see `mesanet {name} --help`)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Run one command line (``--debug`` already taken off); errors propagate to :func:`run_cli`."""
     if argv and argv[0] in DELEGATED:
         return run_delegated(argv[0], argv[1:])
-    ns = build_parser().parse_args(argv)
+    if argv and argv[0] in parser.commands:  # the sub-command's own parser: options anywhere among the positionals
+        ns = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        ns = parser.parse_args(argv)  # --help, a missing or unknown command
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        ns.run(ns)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
-        print(f"mesanet {ns.command}: error: {e}", file=sys.stderr)
-        return 2
+    ns.run(ns)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mesanet ARGS``; returns the exit code (0, 1 runtime failure, 2 usage or config error, 130 Ctrl-C)."""
+    argv, debug = split_debug(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known = argv and (argv[0] in DELEGATED or argv[0] in parser.commands)
+    return run_cli(f"mesanet {argv[0]}" if known else "mesanet", functools.partial(dispatch, parser), argv, debug=debug)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,32 @@ def test_compare_end_to_end_trains_evaluates_reports_and_resumes(tmp_path):
     again = compare(cfg, progress=False)  # everything finished: reused, nothing retrained or re-evaluated
     assert again.read_text() == text
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_evaluation_reuse_checks_the_solver_overrides(tmp_path):
+    """``eval_solver`` overrides match an evaluation whose resolved settings agree on those fields."""
+    from mesanet.eval.compare import _evaluation_current
+    from mesanet.eval.run_eval import eval_settings
+    from mesanet.ops import INFERENCE
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+
+    def settings(solver, extrapolation=(2,)):
+        return eval_settings(solver=solver, extrapolation=extrapolation, max_windows=4, solver_windows=2)
+
+    (run / "eval.json").write_text(json.dumps({"settings": settings(INFERENCE)}))
+    assert _evaluation_current(run, settings(None)) and _evaluation_current(run, settings({"tol": INFERENCE.tol}))
+    assert not _evaluation_current(run, settings({"tol": 1e-6}))
+    assert not _evaluation_current(run, settings(None, extrapolation=(2, 4)))
+    (run / "eval.json").write_text(json.dumps({"settings": {"tol": 1e-4, "max_iter": 30}}))  # an older eval.json
+    assert not _evaluation_current(run, settings(None))
+
+
+def test_a_bad_eval_solver_fails_before_any_training(tmp_path):
+    from mesanet.eval.compare import CompareConfig, compare
+
+    with pytest.raises(ValueError, match=r"evaluate_run: solver: unknown solver setting\(s\) \['tolerance'\]"):
+        compare(CompareConfig(out_dir=str(tmp_path), eval_solver={"tolerance": 1e-6}), progress=False)
+    assert not any(tmp_path.iterdir())

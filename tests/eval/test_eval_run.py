@@ -16,6 +16,7 @@ import pytest
 from eval_helpers import random_tokens
 from mesanet.eval import CheckpointError, evaluate_lm, evaluate_run
 from mesanet.eval import run_eval
+from mesanet.ops import INFERENCE
 
 TRAIN_LEN = 16
 
@@ -53,8 +54,10 @@ def test_evaluate_run_writes_every_file_with_consistent_numbers(model_dir, tmp_p
 
     solver = report["solver"]
     assert [l["name"] for l in solver["layers"]] == ["model.layers.1.mixer"]
-    assert solver["tol"] == 1e-4 and solver["max_iter"] == model.config.cg_max_iter_eval
-    assert solver["layers"][0]["max_relative_residual"] <= 1e-4 and solver["layers"][0]["converged_fraction"] == 1.0
+    assert solver["solver"] == model.config.solver_inference == INFERENCE.to_dict()  # the model's own settings
+    assert saved["settings"]["solver"] == model.config.solver_inference
+    assert saved["model"]["solver_inference"] == model.config.solver_inference
+    assert solver["layers"][0]["max_relative_residual"] <= INFERENCE.tol and solver["layers"][0]["converged_fraction"] == 1.0
 
     with files["per_position.csv"].open() as fh:
         rows = list(csv.DictReader(fh))
@@ -82,8 +85,10 @@ def test_out_dir_and_model_directory_outside_a_run(model_dir, tmp_path, eval_win
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(tol=-1e-4), "expected tol to be a finite number >= 0, got -0.0001"),
-        (dict(max_iter=-2), "expected max_iter to be None \\(the model's cg_max_iter_eval\\) or an integer >= 0, got -2"),
+        (dict(solver=dict(tol=-1e-4)), "evaluate_run: solver: SolverSettings.tol: expected a finite number >= 0, got -0.0001"),
+        (dict(solver=dict(max_iter=-2)), "evaluate_run: solver: SolverSettings.max_iter: expected an integer >= 0, got -2"),
+        (dict(solver=dict(preconditioner="ilu")), "evaluate_run: solver: SolverSettings.preconditioner"),
+        (dict(solver=3), "evaluate_run: solver: expected SolverSettings, a mapping of its fields or None, got int"),
         (dict(extrapolation=(2, 0)), r"expected extrapolation to be a list of integer factors >= 1, got \(2, 0\)"),
         (dict(extrapolation="24"), "expected extrapolation to be a list of integer factors >= 1"),
         (dict(max_windows=0), "expected max_windows to be None or an integer >= 1, got 0"),
@@ -146,3 +151,22 @@ def test_validation_tokens_come_from_prepare_data_with_the_saved_data_config(mod
     bad = make_run(model_dir, tmp_path, name="bad", data="data:\n  seq_len: 16\n  sequence_length: 3\n")
     with pytest.raises(ValueError, match=r"data: unknown keys \['sequence_length'\]"):
         evaluate_run(bad, progress=False)
+
+
+def test_solver_overrides_replace_fields_of_the_models_own_settings(model_dir, tmp_path, eval_windows):
+    run = make_run(model_dir, tmp_path)
+    report = evaluate_run(run, solver=dict(tol=1e-3, max_iter=60), extrapolation=(), max_windows=2, solver_windows=1,
+                          val_tokens=random_tokens(64, seed=2), progress=False)
+    own = report["model"]["solver_inference"]
+    assert report["solver"]["solver"] == {**own, "tol": 1e-3, "max_iter": 60}  # the rest stays the model's
+    assert report["settings"]["solver"] == report["solver"]["solver"]
+    assert report["solver"]["layers"][0]["max_relative_residual"] <= 1e-3
+
+
+def test_cli_flags_become_solver_overrides():
+    from mesanet.cli import build_parser, solver_overrides
+
+    parser = build_parser()
+    assert solver_overrides(parser.parse_args(["eval", "runs/x"])) is None  # the model's own settings
+    ns = parser.parse_args(["eval", "runs/x", "--tol", "1e-6", "--max-iter", "60", "--preconditioner", "jacobi"])
+    assert solver_overrides(ns) == dict(tol=1e-6, max_iter=60, preconditioner="jacobi")

@@ -15,13 +15,16 @@ from mesanet.layers import (
     GAMMA_CAP, LAMBDA_LOWER_BOUND, MIXERS, DeltaNet, GatedDeltaNet, GatedLinearAttention, Mamba2GLA, MesaLayer,
     RecurrentState, RMSNorm, ShermanMorrisonMesa, build_mixer,
 )
+from mesanet.layers import collect_solver_stats
 from mesanet.layers.recurrent_mixer import forget_gate_bias, gates
 from tolerances import F64_EXACT_RTOL, LAYER_BF16_RTOL, LAYER_CG_F64_RTOL
 
 KINDS = ["mesa", "gla", "mamba2", "deltanet", "gated_deltanet", "sherman_morrison"]
 D, H, DK, DV = 32, 2, 16, 16
-#: CG run far past convergence (3 Dk steps, no tolerance) in both modes, so every path is an exact solve.
-EXACT_MESA = dict(max_iter_training=3 * DK, tol_training=0.0, max_iter_inference=3 * DK, tol_inference=0.0)
+#: CG run far past convergence (3 Dk steps, no tolerance) in both modes, so every path is an exact solve
+#: (decoding by CG too: the Cholesky decode is compared against it below).
+EXACT_SOLVER = dict(max_iter=3 * DK, tol=0.0)
+EXACT_MESA = dict(solver_training=EXACT_SOLVER, solver_inference=dict(EXACT_SOLVER, decode="cg"))
 CHUNK = 8  # several chunks (and a partial last one) at T <= 40
 
 
@@ -152,27 +155,31 @@ def test_train_mode_matches_eval_mode(kind):
 
 def test_mesa_modes_use_their_own_solver_settings():
     mixer = make_mixer(
-        "mesa", max_iter_training=7, tol_training=0.0, max_iter_inference=3, tol_inference=0.0, record_solver_stats=True,
+        "mesa", solver_training=dict(max_iter=7, tol=0.0, preconditioner="none"),
+        solver_inference=dict(max_iter=3, tol=0.0, preconditioner="none", decode="cg"),
     )
     x = make_x(2, 12)
-    y_train = mixer.train()(x)[0]
-    assert mixer.solver_settings() == (7, 0.0) and mixer.last_solver_stats.max_iterations == 7
-    y_eval, state = mixer.eval()(x, use_cache=True)
-    assert mixer.solver_settings() == (3, 0.0) and mixer.last_solver_stats.max_iterations == 3
-    assert mixer.last_solver_stats.iterations.shape == (2, 12, H)
+    with collect_solver_stats(mixer, keep=True) as stats:
+        y_train = mixer.train()(x)[0]
+    assert mixer.solver.max_iter == 7 and stats.summary()[0].max_iterations == 7
+    with collect_solver_stats(mixer, keep=True) as stats:
+        y_eval, state = mixer.eval()(x, use_cache=True)
+        mixer(x[:, :1], state=state)  # decode step: inference settings too
+    assert mixer.solver.max_iter == 3 and stats.summary()[0].max_iterations == 3
+    prefill, step = stats.records[""]
+    assert prefill.iterations.shape == (2, 12, H) and step.iterations.shape == (2, 1, H) and step.max_iterations == 3
     assert rel_err(y_train, y_eval) > 1e-6  # 3 vs 7 steps: the eval path did not use the training settings
-    mixer(x[:, :1], state=state)  # decode step: inference settings too
-    assert mixer.last_solver_stats.max_iterations == 3 and mixer.last_solver_stats.iterations.shape == (2, 1, H)
     # a tolerance stops early: fewer steps on average than the cap
-    loose = make_mixer("mesa", max_iter_inference=3 * DK, tol_inference=1e-4, record_solver_stats=True)
-    loose(x)
-    assert loose.last_solver_stats.mean_iterations < 3 * DK
-    assert loose.last_solver_stats.max_relative_residual <= 1e-4
+    loose = make_mixer("mesa", solver_inference=dict(max_iter=3 * DK, tol=1e-4))
+    with collect_solver_stats(loose) as stats:
+        loose(x)
+    (summary,) = stats.summary()
+    assert summary.mean_iterations < 3 * DK and summary.max_relative_residual <= 1e-4
 
 
 def test_mesa_cholesky_decode_matches_cg():
     x = make_x(2, 10)
-    cg, chol = make_mixer("mesa"), make_mixer("mesa", decode_solver="cholesky")
+    cg, chol = make_mixer("mesa"), make_mixer("mesa", solver_inference=dict(EXACT_SOLVER, decode="cholesky"))
     _, state = cg(x[:, :6], use_cache=True)
     for t in range(6, 10):
         y_cg, s_cg = cg(x[:, t : t + 1], state=state, use_cache=True)
@@ -225,9 +232,11 @@ def test_bad_options_raise_value_error():
     with pytest.raises(ValueError, match="valid kinds: .*gated_deltanet.*mesa"):
         build_mixer("mesa2", D, H, DK)
     for kind, options in [
-        ("mesa", dict(decode_solver="lu")),
-        ("mesa", dict(max_iter_training=-1)),
-        ("mesa", dict(tol_inference=float("nan"))),
+        ("mesa", dict(solver_inference=dict(decode="lu"))),
+        ("mesa", dict(solver_training=dict(max_iter=-1))),
+        ("mesa", dict(solver_inference=dict(tol=float("nan")))),
+        ("mesa", dict(solver_training=dict(max_iters=3))),
+        ("mesa", dict(solver_training="fast")),
         ("mesa", dict(lam_init=0.2)),
         ("gla", dict(gamma_cap=1.5)),
         ("gla", dict(forget_init_range=(0.99, 0.9))),
@@ -344,7 +353,7 @@ def test_rms_norm_keeps_float64():
 @pytest.mark.parametrize("kind", KINDS)
 def test_autocast_bf16(kind):
     """Under CPU autocast the projections run in bf16 but the recurrences and solves stay float32 (the
-    layer switches autocast off around them); backward (outside the context, as recommended) works."""
+    ops switch autocast off around themselves); backward (outside the context, as recommended) works."""
     mixer = make_mixer(kind, dtype=torch.float32).train()
     x = make_x(2, 11, dtype=torch.float32).requires_grad_(True)
     y_ref = mixer(x)[0]

@@ -210,6 +210,7 @@ def test_every_mixer_is_causal(kind):
         (lambda: RegressionMesa(8, 2, 4, variant="nope"), "variant"),
         (lambda: RegressionMesa(8, 2, 4, lam_init=0.0), "lam_init"),
         (lambda: RegressionMesa(8, 2, 4, forget_init=1.0), "forget_init"),
+        (lambda: RegressionMesa(8, 2, 4, solver=dict(max_iter=-1)), r"RegressionMesa: solver: SolverSettings.max_iter"),
     ],
 )
 def test_bad_layer_arguments_raise(build, match):

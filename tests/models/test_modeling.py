@@ -15,6 +15,7 @@ from tolerances import F64_EXACT_RTOL, LAYER_CG_F64_RTOL
 
 VOCAB = 97
 #: one model per mixer kind plus the paper's hybrid; CG runs far past convergence so every path is exact
+EXACT_SOLVER = dict(max_iter=48, tol=0.0)
 MODELS = {kind: [kind, kind] for kind in MIXER_KINDS} | {"hawk_mesa": ["hawk", "mesa"], "attention_mesa": ["sliding_attention", "mesa"]}
 
 
@@ -22,7 +23,7 @@ def make_model(mixers: list[str], *, seed: int = 0, **overrides) -> MesaNetForCa
     torch.manual_seed(seed)
     fields = dict(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=len(mixers), num_heads=2, head_dim=16, mixer_types=mixers,
-        chunk_size=8, attention_window=6, cg_max_iter_train=48, cg_max_iter_eval=48,
+        chunk_size=8, attention_window=6, solver_training=EXACT_SOLVER, solver_inference=EXACT_SOLVER,
     )
     config = MesaNetConfig(**{**fields, **overrides})
     return MesaNetForCausalLM(config).double().eval()
@@ -93,7 +94,7 @@ def test_train_mode_equals_eval_mode_and_gradients_reach_every_parameter(name):
 
 
 def test_eval_mode_uses_the_inference_solver_settings():
-    model = make_model(["mesa"], cg_max_iter_train=48, cg_max_iter_eval=1)
+    model = make_model(["mesa"], solver_inference=dict(max_iter=1, tol=0.0, preconditioner="none"))
     ids = tokens(1, 16)
     eval_logits = model(ids).logits
     model.train()

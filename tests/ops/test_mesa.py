@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from helpers import LEAF_NAMES, leaves, make_inputs, rel_err
-from mesanet.ops import mesa, mesa_reference, mesa_sherman_morrison, mesa_step
+from mesanet.ops import SolverSettings, mesa, mesa_reference, mesa_sherman_morrison, mesa_step
+from mesanet.ops.cg import RESIDUAL_FLOOR_EPS
+from mesanet.ops.solver_settings import PRECONDITIONERS
 from tolerances import BF16_RTOL, F32_RTOL, F64_EXACT_RTOL, F64_RTOL, HOMOGENEITY_RTOL, LARGE_LAMBDA_RTOL
 
 # (batch, T, heads, Dk, Dv, chunk, gate): a curated list, not a product. Each line says what it covers.
@@ -26,14 +28,21 @@ def converged_iters(dk: int) -> int:
     return 3 * dk + 10
 
 
+def fixed(steps: int, preconditioner: str = "chunk", **kw) -> SolverSettings:
+    """``steps`` CG steps with no tolerance (only the residual floor stops a system early)."""
+    return SolverSettings(max_iter=steps, tol=0.0, preconditioner=preconditioner, **kw)
+
+
 def _loss(outputs, weights):
     return sum((o * w).sum() for o, w in zip(outputs, weights))
 
 
+@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
 @pytest.mark.parametrize("batch, length, heads, dk, dv, chunk, gate", SHAPES)
-def test_chunk_matches_exact_reference(batch, length, heads, dk, dv, chunk, gate):
+def test_chunk_matches_exact_reference(batch, length, heads, dk, dv, chunk, gate, preconditioner):
     inputs = make_inputs(batch, length, heads, dk, dv, gate=gate, initial_state=True, requires_grad=True)
-    o, (h, s), _ = mesa(**inputs, output_final_state=True, max_iter=converged_iters(dk), chunk_size=chunk)
+    solver = fixed(converged_iters(dk), preconditioner)
+    o, (h, s), _ = mesa(**inputs, output_final_state=True, solver=solver, chunk_size=chunk)
     ro, (rh, rs) = mesa_reference(**inputs)
     for name, actual, expected in (("output", o, ro), ("H_kk", h, rh), ("S_kv", s, rs)):
         assert rel_err(actual, expected) <= F64_RTOL, name
@@ -46,32 +55,33 @@ def test_chunk_matches_exact_reference(batch, length, heads, dk, dv, chunk, gate
         assert rel_err(actual, expected) <= F64_RTOL, f"d{name}: {rel_err(actual, expected):.2e}"
 
 
-@pytest.mark.parametrize("solver", ["cg", "cholesky"])
-def test_decode_loop_matches_chunk_form(solver):
+@pytest.mark.parametrize("decode", ["cg", "cholesky"])
+def test_decode_loop_matches_chunk_form(decode):
     batch, length, heads, dk, dv = 2, 21, 2, 10, 6
     inputs = make_inputs(batch, length, heads, dk, dv, initial_state=True)
-    o, (h, s), _ = mesa(**inputs, output_final_state=True, max_iter=converged_iters(dk), chunk_size=8)
+    solver = fixed(converged_iters(dk), decode=decode)
+    o, (h, s), _ = mesa(**inputs, output_final_state=True, solver=solver, chunk_size=8)
     state = inputs["initial_state"]
     step_outputs = []
     for t in range(length):
         token = {n: inputs[n][:, t] for n in ("q", "k", "v", "g", "beta")}
-        o_t, state, _ = mesa_step(**token, lam=inputs["lam"], state=state, max_iter=converged_iters(dk), solver=solver)
+        o_t, state, _ = mesa_step(**token, lam=inputs["lam"], state=state, solver=solver)
         step_outputs.append(o_t)
     assert rel_err(torch.stack(step_outputs, dim=1), o) <= F64_EXACT_RTOL
     assert rel_err(state[0], h) <= F64_EXACT_RTOL
     assert rel_err(state[1], s) <= F64_EXACT_RTOL
 
 
-@pytest.mark.parametrize("solver", ["cg", "cholesky"])
-def test_decode_step_gradients_match_reference(solver):
+@pytest.mark.parametrize("decode", ["cg", "cholesky"])
+def test_decode_step_gradients_match_reference(decode):
     inputs = make_inputs(2, 1, 3, 9, 5, initial_state=True, requires_grad=True)
     token = {n: inputs[n][:, 0] for n in ("q", "k", "v", "g", "beta")}
-    o, (h, s), _ = mesa_step(**token, lam=inputs["lam"], state=inputs["initial_state"], max_iter=40, solver=solver)
+    o, (h, s), _ = mesa_step(**token, lam=inputs["lam"], state=inputs["initial_state"], solver=fixed(40, decode=decode))
     ro, (rh, rs) = mesa_reference(**inputs)
     weights = [torch.randn_like(t) for t in (o, h, s)]
     grads = list(torch.autograd.grad(_loss((o, h, s), weights), leaves(inputs)))
     ref_grads = list(torch.autograd.grad(_loss((ro[:, 0], rh, rs), weights), leaves(inputs)))
-    if solver == "cholesky":
+    if decode == "cholesky":
         # Cholesky reads one triangle, so its gradient w.r.t. the (symmetric) key state carries only
         # the symmetric part of the solve's contribution: compare on symmetric perturbations.
         grads[6], ref_grads[6] = ((t + t.mT) / 2 for t in (grads[6], ref_grads[6]))
@@ -81,7 +91,7 @@ def test_decode_step_gradients_match_reference(solver):
 
 def test_split_with_state_passing_equals_whole():
     inputs = make_inputs(2, 50, 2, 12, 8, initial_state=True, requires_grad=True)
-    opts = dict(max_iter=converged_iters(12), chunk_size=16)
+    opts = dict(solver=fixed(converged_iters(12)), chunk_size=16)
     whole, (h, s), _ = mesa(**inputs, output_final_state=True, **opts)
     cut = 23  # inside a chunk, so the second call starts mid-way through the first call's chunking
     first = {n: (inputs[n][:, :cut] if n not in ("lam", "initial_state") else inputs[n]) for n in inputs}
@@ -105,7 +115,7 @@ def test_packed_varlen_equals_per_sequence():
     total = sum(lengths)
     inputs = make_inputs(1, total, heads, dk, dv, initial_state=True, num_states=len(lengths), requires_grad=True)
     cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    opts = dict(max_iter=converged_iters(dk), chunk_size=chunk)
+    opts = dict(solver=fixed(converged_iters(dk)), chunk_size=chunk)
     packed, (h, s), stats = mesa(**inputs, cu_seqlens=cu, output_final_state=True, return_stats=True, **opts)
     assert packed.shape == (1, total, heads, dv) and h.shape == (len(lengths), heads, dk, dk)
     assert stats.iterations.shape == (1, total, heads)
@@ -129,24 +139,24 @@ def test_packed_varlen_equals_per_sequence():
 def test_batch_equals_packed_sequences():
     """A [B, T] batch and the same sequences packed with cu_seqlens are one computation."""
     inputs = make_inputs(3, 20, 2, 8, 8)
-    batched, _, _ = mesa(**inputs, max_iter=34, chunk_size=8)
+    batched, _, _ = mesa(**inputs, solver=fixed(34), chunk_size=8)
     flat = {n: t.reshape(1, 60, *t.shape[2:]) if n != "lam" else t for n, t in inputs.items()}
     cu = torch.tensor([0, 20, 40, 60])
-    packed, _, _ = mesa(**flat, cu_seqlens=cu, max_iter=34, chunk_size=8)
+    packed, _, _ = mesa(**flat, cu_seqlens=cu, solver=fixed(34), chunk_size=8)
     assert rel_err(packed.reshape(3, 20, 2, 8), batched) <= F64_EXACT_RTOL
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 64])
 def test_chunk_size_does_not_change_the_result(chunk):
     inputs = make_inputs(1, 30, 2, 8, 8, initial_state=True)
-    o, _, _ = mesa(**inputs, max_iter=40, chunk_size=chunk)
+    o, _, _ = mesa(**inputs, solver=fixed(40), chunk_size=chunk)
     ref, _ = mesa_reference(**inputs)
     assert rel_err(o, ref) <= F64_RTOL
 
 
 def test_no_forgetting_matches_sherman_morrison():
     inputs = make_inputs(2, 40, 2, 8, 6, gate="none")
-    o, (h, s), _ = mesa(**inputs, max_iter=converged_iters(8), chunk_size=16, output_final_state=True)
+    o, (h, s), _ = mesa(**inputs, solver=fixed(converged_iters(8)), chunk_size=16, output_final_state=True)
     sm, (r, s_sm), _ = mesa_sherman_morrison(**inputs, output_final_state=True)
     assert rel_err(sm, o) <= F64_RTOL
     assert rel_err(s_sm, s) <= F64_EXACT_RTOL
@@ -172,7 +182,7 @@ def test_sherman_morrison_with_forgetting_forgets_the_regulariser():
 @pytest.mark.parametrize("input_dtype, rtol", [(torch.float32, F32_RTOL), (torch.bfloat16, BF16_RTOL)])
 def test_low_precision_inputs_stay_close_to_float64(input_dtype, rtol):
     inputs = make_inputs(2, 100, 2, 16, 16, gate="mid", dtype=input_dtype)
-    o, (h, s), _ = mesa(**inputs, output_final_state=True, max_iter=30)
+    o, (h, s), _ = mesa(**inputs, output_final_state=True, solver=fixed(30))
     assert o.dtype == input_dtype
     assert h.dtype == torch.float32 and s.dtype == torch.float32  # states never drop below fp32
     exact = {n: t.double() for n, t in inputs.items()}  # same rounded inputs, exact arithmetic
@@ -180,10 +190,12 @@ def test_low_precision_inputs_stay_close_to_float64(input_dtype, rtol):
     assert rel_err(o, ref) <= rtol
 
 
+@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
 @pytest.mark.parametrize("tol", [0.0, 1e-8])
-def test_backward_is_homogeneous_in_the_upstream_gradient(tol):
+def test_backward_is_homogeneous_in_the_upstream_gradient(tol, preconditioner):
     inputs = make_inputs(2, 30, 2, 8, 6, initial_state=True, requires_grad=True)
-    o, (h, s), _ = mesa(**inputs, output_final_state=True, max_iter=40, tol=tol, chunk_size=8)
+    solver = SolverSettings(max_iter=40, tol=tol, preconditioner=preconditioner)
+    o, (h, s), _ = mesa(**inputs, output_final_state=True, solver=solver, chunk_size=8)
     weights = [torch.randn_like(t) for t in (o, h, s)]
     base = torch.autograd.grad(_loss((o, h, s), weights), leaves(inputs), retain_graph=True)
     for scale in (1e-6, 1e-3, 1e3):
@@ -195,7 +207,7 @@ def test_backward_is_homogeneous_in_the_upstream_gradient(tol):
 def test_tolerance_stops_early_and_reports_residuals():
     inputs = make_inputs(2, 64, 2, 16, 16, gate="mid", dtype=torch.float32)
     tol = 1e-4
-    o, _, stats = mesa(**inputs, max_iter=100, tol=tol, return_stats=True)
+    o, _, stats = mesa(**inputs, solver=SolverSettings(max_iter=100, tol=tol), return_stats=True)
     assert stats.max_relative_residual <= tol
     assert 0 < stats.mean_iterations < stats.max_iterations < 100  # per-token counts differ; all stopped
     # The reported residual is the solver's own: recompute ||q - (H_t + Lambda) x|| independently.
@@ -204,16 +216,21 @@ def test_tolerance_stops_early_and_reports_residuals():
     assert rel_err(o, ref) <= 100 * tol  # error <= cond * residual; cond ~ 1e2 in this problem
 
 
-def test_fixed_iterations_report_every_system_ran():
+@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
+def test_without_tolerance_only_the_residual_floor_stops_a_system_early(preconditioner):
     inputs = make_inputs(1, 20, 2, 8, 8)
-    _, _, stats = mesa(**inputs, max_iter=3, return_stats=True)
-    assert stats.iterations.shape == (1, 20, 2) and stats.max_iterations == 3 and stats.mean_iterations == 3
+    _, _, stats = mesa(**inputs, solver=fixed(3, preconditioner), return_stats=True)
+    assert stats.iterations.shape == (1, 20, 2) and stats.max_iterations == 3
+    floor = RESIDUAL_FLOOR_EPS * torch.finfo(torch.float64).eps
+    ran_all = stats.iterations == 3
+    assert torch.all(ran_all | (stats.relative_residual <= floor))
+    assert float(ran_all.float().mean()) > 0.5  # most of these systems need more than 3 steps
 
 
 def test_zero_iterations_is_the_jacobi_initial_guess():
-    """max_iter = 0 returns the documented initial guess x0 = q / diag(H_t + Lambda)."""
+    """max_iter = 0 with the Jacobi preconditioner returns the initial guess x0 = q / diag(H_t + Lambda)."""
     inputs = make_inputs(1, 9, 1, 5, 3, initial_state=True)
-    o, _, _ = mesa(**inputs, max_iter=0, chunk_size=4)
+    o, _, _ = mesa(**inputs, solver=fixed(0, "jacobi"), chunk_size=4)
     h, s = (t[0] for t in inputs["initial_state"])  # [H, Dk, Dk], [H, Dk, Dv]
     expected = []
     for t in range(9):
@@ -230,7 +247,7 @@ def test_large_lambda_approaches_gated_linear_attention():
     c = 1e6
     inputs = make_inputs(1, 40, 2, 8, 8, gate="mid")
     inputs["lam"] = torch.full_like(inputs["lam"], c)
-    o, _, _ = mesa(**inputs, max_iter=5)
+    o, _, _ = mesa(**inputs, solver=fixed(5))
     gamma = inputs["g"].exp()
     s = torch.zeros(1, 2, 8, 8, dtype=torch.float64)
     gla = []
@@ -244,7 +261,7 @@ def test_zero_query_gives_zero_output_and_finite_gradients():
     inputs = make_inputs(1, 10, 1, 4, 4, requires_grad=True)
     with torch.no_grad():
         inputs["q"][:, 3:6] = 0
-    o, _, stats = mesa(**inputs, max_iter=10, return_stats=True)
+    o, _, stats = mesa(**inputs, solver=fixed(10), return_stats=True)
     assert torch.all(o[:, 3:6] == 0) and torch.all(stats.iterations[:, 3:6] == 0)
     grads = torch.autograd.grad(o.sum(), leaves(inputs))
     assert all(torch.isfinite(g).all() for g in grads)
@@ -268,7 +285,7 @@ def test_cuda_matches_cpu_reference(batch, length, heads, dk, dv, chunk, gate):
     weights = [torch.randn_like(t) for t in (ro, rh, rs)]
     ref_grads = torch.autograd.grad(_loss((ro, rh, rs), weights), leaves(inputs))
     cuda_inputs = {n: (tuple(t.detach().cuda().requires_grad_() for t in v) if n == "initial_state" else v.detach().cuda().requires_grad_()) for n, v in inputs.items()}
-    o, (h, s), _ = mesa(**cuda_inputs, output_final_state=True, max_iter=converged_iters(dk), chunk_size=chunk)
+    o, (h, s), _ = mesa(**cuda_inputs, output_final_state=True, solver=fixed(converged_iters(dk)), chunk_size=chunk)
     for name, a, e in (("output", o, ro), ("H_kk", h, rh), ("S_kv", s, rs)):
         assert rel_err(a.cpu(), e) <= F64_RTOL, name
     grads = torch.autograd.grad(_loss((o, h, s), [w.cuda() for w in weights]), leaves(cuda_inputs))

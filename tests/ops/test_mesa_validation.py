@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from helpers import make_inputs
-from mesanet.ops import mesa, mesa_sherman_morrison, mesa_step
+from mesanet.ops import SolverSettings, checks, mesa, mesa_sherman_morrison
 
 
-def good(**overrides):
-    inputs = make_inputs(1, 6, 2, 4, 3, dtype=torch.float32, initial_state=True)
-    inputs.update(overrides)
-    return inputs
+def good(batch=1, length=6, heads=2):
+    return make_inputs(batch, length, heads, 4, 3, dtype=torch.float32, initial_state=True)
+
+
+def slightly_indefinite(h):
+    """``h`` shifted so that its smallest eigenvalue is ``-0.01 max|H|``: ten times past the tolerance."""
+    smallest = torch.linalg.eigvalsh(h.double()).amin(-1)[..., None, None].to(h.dtype)
+    return h - (smallest + 0.01 * h.abs().amax((-2, -1), keepdim=True)) * torch.eye(h.shape[-1], dtype=h.dtype)
 
 
 def modified(name, fn):
@@ -48,10 +52,18 @@ CASES = [
     ("state_shape", modified("initial_state", lambda t: (t[0][..., :3, :3], t[1])), {}, r"expected initial_state\[0\] \(H_kk\) of shape \[N, H, Dk, Dk\] = \[1, 2, 4, 4\], got \[1, 2, 3, 3\]"),
     ("state_batch", modified("initial_state", lambda t: (t[0], t[1].repeat(2, 1, 1, 1))), {}, r"expected initial_state\[1\] \(S_kv\) of shape \[N, H, Dk, Dv\] = \[1, 2, 4, 3\], got \[2, 2, 4, 3\]"),
     ("state_asymmetric", modified("initial_state", lambda t: (t[0] + torch.triu(torch.ones(4, 4), 1), t[1])), {}, r"expected initial_state\[0\] \(H_kk\) to be symmetric"),
-    ("max_iter_negative", good(), dict(max_iter=-1), r"expected max_iter to be an integer >= 0, got -1"),
-    ("max_iter_float", good(), dict(max_iter=3.0), r"expected max_iter to be an integer >= 0, got 3.0"),
-    ("tol_nan", good(), dict(tol=float("nan")), r"expected tol to be a finite number >= 0, got nan"),
+    ("state_indefinite", modified("initial_state", lambda t: (t[0] - 2.0 * torch.eye(4), t[1])), {}, re.escape("expected initial_state[0] (H_kk) to be positive semi-definite (smallest eigenvalue >= -0.001 * max|H|), got smallest eigenvalue -")),
+    ("state_slightly_indefinite", modified("initial_state", lambda t: (slightly_indefinite(t[0]), t[1])), {}, re.escape("expected initial_state[0] (H_kk) to be positive semi-definite")),
+    ("state_nan", modified("initial_state", lambda t: (t[0], t[1] * float("nan"))), {}, re.escape("expected finite values in initial_state[1] (S_kv)")),
+    ("batch_zero", good(batch=0), {}, r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[0, 6, 2, 4\] \(B = 0\)"),
+    ("heads_zero", good(heads=0), {}, r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[1, 6, 0, 4\] \(H = 0\)"),
+    ("length_zero", good(length=0), {}, r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[1, 0, 2, 4\] \(T = 0\)"),
+    ("g_missing", modified("g", lambda t: None), {}, r"expected g to be a torch.Tensor of shape \[B, T, H\], got NoneType"),
+    ("keys_overflow", modified("k", lambda t: t * 1e20), {}, r"expected a finite (output|final state \(H_kk \| S_kv\)) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32 \(max\|q\| = .*, max\|k\| = .*e\+19"),
+    ("solver_type", good(), dict(solver="fast"), r"expected solver to be a SolverSettings \(or a mapping of its fields\), got str"),
+    ("solver_unknown_key", good(), dict(solver={"maxiter": 3}), r"solver: unknown solver setting\(s\) \['maxiter'\]"),
     ("chunk_zero", good(), dict(chunk_size=0), r"expected chunk_size to be a positive integer, got 0"),
+    ("chunk_float", good(), dict(chunk_size=8.0), r"expected chunk_size to be a positive integer, got 8.0"),
 ]
 
 
@@ -90,25 +102,37 @@ def test_packed_initial_state_must_have_one_row_per_sequence():
         mesa(**inputs, cu_seqlens=torch.tensor([0, 2, 6]))
 
 
-def step_inputs():
-    inputs = make_inputs(2, 1, 2, 4, 3, dtype=torch.float32)
-    return {n: (t[:, 0] if n != "lam" else t) for n, t in inputs.items()}
-
-
-def test_mesa_step_rejects_bad_input():
-    inputs = step_inputs()
-    with pytest.raises(ValueError, match=r"^mesa_step: expected q of rank 3 \[B, H, Dk\], got rank 4"):
-        mesa_step(**{**inputs, "q": inputs["q"][:, None]})
-    with pytest.raises(ValueError, match=r"^mesa_step: expected solver 'cg' or 'cholesky', got 'lu'"):
-        mesa_step(**inputs, solver="lu")
-    bad_state = (torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4))
-    with pytest.raises(ValueError, match=re.escape("expected state[1] (S_kv) of shape [B, H, Dk, Dv] = [2, 2, 4, 3], got [2, 2, 4, 4]")):
-        mesa_step(**inputs, state=bad_state)
-    with pytest.raises(ValueError, match=r"expected lam > 0"):
-        mesa_step(**{**inputs, "lam": -inputs["lam"]})
-
-
 def test_sherman_morrison_rejects_bad_input():
-    inputs = make_inputs(1, 4, 2, 4, 3)
+    inputs = make_inputs(1, 4, 2, 4, 3, initial_state=True)
     with pytest.raises(ValueError, match=r"^mesa_sherman_morrison: expected lam > 0"):
         mesa_sherman_morrison(**{**inputs, "lam": inputs["lam"] * 0})
+    with pytest.raises(ValueError, match=r"^mesa_sherman_morrison: expected q of shape \[B, T, H, Dk\] with every size >= 1"):
+        mesa_sherman_morrison(**make_inputs(0, 4, 2, 4, 3))
+    r, s = inputs["initial_state"]
+    with pytest.raises(ValueError, match=re.escape("mesa_sherman_morrison: expected initial_state[0] (R) to be positive semi-definite")):
+        mesa_sherman_morrison(**{**inputs, "initial_state": (r - 2.0 * torch.eye(4, dtype=r.dtype), s)})
+    with pytest.raises(ValueError, match=re.escape("mesa_sherman_morrison: expected initial_state[1] (S_kv) of shape [N, H, Dk, Dv] = [1, 2, 4, 3]")):
+        mesa_sherman_morrison(**{**inputs, "initial_state": (r, s[..., :2])})
+    # an overflowing denominator 1 + beta k^T P k would silently drop the update (beta / inf = 0)
+    f32 = {n: (t.float() if isinstance(t, torch.Tensor) else t) for n, t in inputs.items() if n != "initial_state"}
+    with pytest.raises(ValueError, match=r"^mesa_sherman_morrison: expected a finite denominator 1 \+ beta k\^T P k from finite inputs"):
+        mesa_sherman_morrison(**{**f32, "k": f32["k"] * 1e20})
+
+
+def test_chunk_size_is_capped_at_the_longest_sequence():
+    """chunk_size = 10**6 with T = 20 runs as one chunk of 20 (no 10**6 x 10**6 decay matrix)."""
+    inputs = make_inputs(2, 20, 2, 4, 3)
+    solver = SolverSettings(max_iter=30, tol=0.0)
+    huge, _, _ = mesa(**inputs, chunk_size=10**6, solver=solver)
+    exact, _, _ = mesa(**inputs, chunk_size=20, solver=solver)
+    assert torch.equal(huge, exact)
+
+
+def test_validated_mesa_reads_its_input_checks_once(monkeypatch):
+    """Value checks are fused: one read for the inputs (initial state included), one for the result."""
+    reads = []
+    passed = checks.ValueChecks.passed
+    monkeypatch.setattr(checks.ValueChecks, "passed", lambda self: reads.append(1) or passed(self))
+    monkeypatch.setattr(checks, "check_finite", lambda *a, **k: pytest.fail("detailed check ran on valid input"))
+    mesa(**good())
+    assert len(reads) == 2

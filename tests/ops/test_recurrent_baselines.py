@@ -168,6 +168,17 @@ def test_low_precision_long_sequence(op, input_dtype, rtol, gate):
         (lambda x: x.update(cu_seqlens=torch.tensor([0, 4, 9])), r"expected batch size 1 with cu_seqlens"),
         (lambda x: x.update(chunk_size=0), r"expected chunk_size to be a positive integer, got 0"),
         (lambda x: x.update(beta=x["beta"].unsqueeze(-1)), r"expected beta of rank 3"),
+        (lambda x: x.update(initial_state=(x["initial_state"], x["initial_state"])), r"expected initial_state to be a torch.Tensor of shape \[N, H, Dk, Dv\], got tuple"),
+        (lambda x: x.update(k=x["k"].float()), r"expected q, k, v of one dtype, got torch.float64, torch.float32, torch.float64"),
+        (lambda x: x.update(q=x["q"][:0], k=x["k"][:0], v=x["v"][:0]), r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[0, 9, 3, 5\] \(B = 0\)"),
+        (lambda x: x.update(q=x["q"][:, :, :0]), r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[2, 9, 0, 5\] \(H = 0\)"),
+        (lambda x: x.update(v=x["v"][..., :0]), r"expected v of shape \[B, T, H, Dv\] with every size >= 1, got \[2, 9, 3, 0\] \(Dv = 0\)"),
+        (lambda x: x.update(initial_state=x["initial_state"] * float("nan")), r"expected finite values in initial_state, got 120 non-finite entries"),
+        (lambda x: x.update(g=x["g"] * float("nan")), r"expected finite values in g"),
+        (
+            lambda x: x.update({n: x[n].float() * (1e20 if n in "qkv" else 1) for n in ("q", "k", "v", "g", "beta", "initial_state")}),
+            r"expected a finite (output|final state) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32",
+        ),
     ],
 )
 def test_bad_inputs_raise_value_error(op, change, match):
@@ -179,10 +190,46 @@ def test_bad_inputs_raise_value_error(op, change, match):
 
 def test_bad_step_inputs_raise_value_error(op):
     inputs = _tokens(baseline_inputs(2, 1, 3, 5, 4, initial_state=False), 0)
-    with pytest.raises(ValueError, match=r"expected state of shape \[B, H, Dk, Dv\] = \[2, 3, 5, 4\], got \[2, 3, 4, 5\]"):
-        op.step(**inputs, state=torch.zeros(2, 3, 4, 5, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"expected finite values in q"):
-        op.step(**{**inputs, "q": inputs["q"] * float("nan")})
+    state = torch.zeros(2, 3, 5, 4, dtype=torch.float64)
+    cases = [
+        (dict(state=torch.zeros(2, 3, 4, 5, dtype=torch.float64)), r"expected state of shape \[B, H, Dk, Dv\] = \[2, 3, 5, 4\], got \[2, 3, 4, 5\]"),
+        (dict(q=inputs["q"] * float("nan")), r"expected finite values in q"),
+        (dict(k=inputs["k"] * float("nan"), state=state), r"expected finite values in k"),
+        (dict(state=state * float("nan")), r"expected finite values in state, got 120 non-finite entries"),
+        (dict(g=inputs["g"].abs() + 0.1), r"expected g \(log forget gate, log gamma\) <= 0"),
+        (dict(v=inputs["v"].float()), r"expected q, k, v of one dtype, got torch.float64, torch.float64, torch.float32"),
+        ({n: inputs[n][:0] for n in ("q", "k", "v", "g", "beta")}, r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[0, 3, 5\] \(B = 0\)"),
+        ({n: inputs[n][:, :0] for n in ("q", "k", "v", "g", "beta")}, r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[2, 0, 5\] \(H = 0\)"),
+        ({n: inputs[n].float() * (1e20 if n in "qkv" else 1) for n in ("q", "k", "v", "g", "beta")}, r"expected a finite (output|new state) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32"),
+    ]
+    for change, match in cases:
+        with pytest.raises(ValueError, match=r"^\w+_step: " + match):
+            op.step(**{**inputs, **change})
+
+
+def test_chunk_size_is_capped_at_the_sequence_length(op):
+    """chunk_size = 10**6 with T = 20 runs as one chunk of 20 (no 10**6 x 10**6 decay matrix)."""
+    inputs = baseline_inputs(2, 20, 2, 6, 4)
+    huge, s_huge, _ = op.forward(**inputs, chunk_size=10**6, output_final_state=True)
+    exact, s_exact, _ = op.forward(**inputs, chunk_size=20, output_final_state=True)
+    assert torch.equal(huge, exact) and torch.equal(s_huge, s_exact)
+
+
+def test_validated_forward_reads_its_checks_twice_and_step_once(op, monkeypatch):
+    """Value checks are fused: the sequence op reads its input checks and its result check once each, a
+    step reads both together; no detailed (per-argument) check runs on valid input."""
+    from mesanet.ops import checks
+
+    reads = []
+    passed = checks.ValueChecks.passed
+    monkeypatch.setattr(checks.ValueChecks, "passed", lambda self: reads.append(1) or passed(self))
+    monkeypatch.setattr(checks, "check_finite", lambda *a, **k: pytest.fail("detailed check ran on valid input"))
+    inputs = baseline_inputs(2, 9, 3, 5, 4)
+    op.forward(**inputs)
+    assert len(reads) == 2
+    reads.clear()
+    op.step(**_tokens(inputs, 0), state=inputs["initial_state"])
+    assert len(reads) == 1
 
 
 @pytest.mark.gpu

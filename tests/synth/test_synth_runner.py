@@ -16,7 +16,7 @@ from mesanet.synth.report import check_targets
 TINY = [
     "tasks=[in_context_recall,regression]", "mixers=[mesa,gated_deltanet]", "lrs=[3e-3,1e-4]", "weight_decays=[0.1]",
     "seeds=[0]", "steps=3", "batch_size=4", "num_train=16", "num_test=8", "num_train_eval=8", "hidden_size=16",
-    "num_heads=2", "head_dim=8", "cg_max_iter_train=3", "cg_max_iter_eval=3", "progress=false",
+    "num_heads=2", "head_dim=8", "solver_training.max_iter=3", "solver_inference.max_iter=3", "progress=false",
     "task_sizes={in_context_recall: {params: {seq_len: 16}}, regression: {params: {dim: 2, num_pairs: 5, noise_std: 0.5}}}",
 ]
 
@@ -111,6 +111,8 @@ def test_changed_config_is_an_error(tiny_run):
     ("lrs=[]", "at least one"),
     ("task_sizes={bogus: {steps: 1}}", "unknown task"),
     ("task_sizes={regression: {wrong: 1}}", "unknown keys"),
+    ("solver_training.max_iter=-1", r"SynthConfig: solver_training: SolverSettings.max_iter: expected an integer >= 0"),
+    ("solver_inference={tolerance: 1e-3}", r"SynthConfig: solver_inference: unknown solver setting\(s\) \['tolerance'\]"),
 ])
 def test_bad_inputs(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):

@@ -14,7 +14,8 @@ from mesanet.synth.tasks import load_data
 
 
 def _cfg(**kw):
-    base = dict(hidden_size=16, num_heads=2, head_dim=8, num_layers=2, cg_max_iter_train=3, cg_max_iter_eval=3)
+    base = dict(hidden_size=16, num_heads=2, head_dim=8, num_layers=2, solver_training=dict(max_iter=3),
+                solver_inference=dict(max_iter=3))
     return check_config(SynthConfig(**{**base, **kw}))
 
 
@@ -73,3 +74,10 @@ def test_hybrid_backbone_and_warmup():
     assert backbone_config(cfg, "hawk+mesa", 10).mixer_types == ["hawk", "mesa", "hawk", "mesa"]
     opt = optim_config(_cfg(warmup_steps=750, max_warmup_frac=0.1, min_lr=1e-5), 1e-3, 0.1, 500)
     assert opt.warmup_steps == 50 and opt.min_lr_ratio == pytest.approx(1e-2) and opt.weight_decay == 0.1
+
+
+def test_solver_settings_reach_the_backbone():
+    cfg = _cfg(solver_training=dict(max_iter=5, tol=0.0), solver_inference=dict(preconditioner="jacobi"))
+    config = backbone_config(cfg, "hawk+mesa", 10)
+    assert config.solver_training["max_iter"] == 5 and config.solver_training["tol"] == 0.0
+    assert config.solver_inference["preconditioner"] == "jacobi" and config.solver_inference["max_iter"] == 30

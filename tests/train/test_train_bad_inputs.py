@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from train_helpers import tiny_config
+from train_helpers import flip_byte, tiny_config, write_nan_weights
 
 from mesanet.train import CheckpointError, TrainConfig, Trainer, check_config, train
 from mesanet.utils.config import ConfigError, from_dict
@@ -23,7 +23,7 @@ def _snapshot(root: Path) -> dict:
     (dict(grad_accum=0), r"grad_accum: expected an integer >= 1, got 0"),
     (dict(name="a/b"), r"name: expected a directory name"),
     (dict(optim=dict(min_lr_ratio=1.5)), r"optim.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got 1.5"),
-    (dict(optim=dict(lr=0.0)), r"optim.lr: expected > 0"),
+    (dict(optim=dict(lr=0.0)), r"optim.lr: expected 0 < lr <= 1, got 0.0"),
     (dict(model=dict(preset="huge")), r"model: unknown preset 'huge'"),
     (dict(model=dict(overrides=dict(vocab_size=7))), r"model.overrides.vocab_size \(7\) disagrees with the tokenizer"),
     (dict(model=dict(overrides=dict(hiden_size=7))), r"model: MesaNetConfig: unknown keys \['hiden_size'\]"),
@@ -116,6 +116,29 @@ def test_corrupt_checkpoint(finished, make_cfg, damage, message):
         Trainer(make_cfg(max_steps=4, checkpoint_every=2), progress=False)
     assert "to resume from the previous checkpoint (step_000001) instead, move step_000002 out of" in str(info.value)
     assert _snapshot(run) == before
+
+
+def test_resume_refuses_non_finite_weights_and_names_a_checked_older_checkpoint(finished, make_cfg):
+    cfg, run, _ = finished
+    write_nan_weights(run / "checkpoints" / "step_000002")
+    before = _snapshot(run)
+    with pytest.raises(CheckpointError, match=r"step_000002 holds a non-finite parameter .*; step_000001 was checked and is "
+                                              r"intact: to resume from the previous checkpoint \(step_000001\) instead, move "
+                                              r"step_000002 out of"):
+        Trainer(make_cfg(max_steps=4, checkpoint_every=2), progress=False)
+    assert _snapshot(run) == before
+
+
+def test_when_both_newest_checkpoints_are_damaged_none_is_suggested(finished, make_cfg):
+    cfg, run, _ = finished
+    for step in ("step_000001", "step_000002"):
+        flip_byte(run / "checkpoints" / step / "model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        Trainer(make_cfg(max_steps=4, checkpoint_every=2), progress=False)
+    message = str(info.value)
+    assert f"no older checkpoint is usable either (checkpoint {run / 'checkpoints' / 'step_000001'} is corrupt: " \
+           "model.safetensors does not match its recorded size / SHA-256)" in message
+    assert "to resume from" not in message
 
 
 def test_resume_of_a_finished_run_is_a_no_op(finished, make_cfg):

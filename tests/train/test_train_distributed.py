@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tolerances import TRAIN_SPLIT_RTOL
+from tolerances import TRAIN_SPLIT_AFTER_ADAM_RTOL, TRAIN_SPLIT_RTOL
 
 from mesanet.train import read_metrics, train
 from mesanet.train.checkpoint import load_training_state
@@ -44,7 +44,11 @@ def test_ddp_two_cpu_processes_match_single_process(make_cfg, tmp_path):
     for key in ("train_loss", "grad_norm", "val_loss"):
         got = torch.tensor([r[key] or 0.0 for r in rows], dtype=torch.float64)
         want = torch.tensor([r[key] or 0.0 for r in ref], dtype=torch.float64)
-        torch.testing.assert_close(got, want, rtol=TRAIN_SPLIT_RTOL, atol=0, msg=key)
+        if key == "grad_norm":  # after the first AdamW update, see TRAIN_SPLIT_AFTER_ADAM_RTOL
+            torch.testing.assert_close(got[:1], want[:1], rtol=TRAIN_SPLIT_RTOL, atol=0, msg="grad_norm, step 1")
+            torch.testing.assert_close(got, want, rtol=TRAIN_SPLIT_AFTER_ADAM_RTOL, atol=0, msg=key)
+        else:
+            torch.testing.assert_close(got, want, rtol=TRAIN_SPLIT_RTOL, atol=0, msg=key)
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref]
     state = load_training_state(run / "checkpoints" / "step_000003")
     assert len(state["rng"]) == 2 and [len(d) for d in state["data"]] == [2, 2]  # every rank's RNG and data streams

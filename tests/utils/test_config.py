@@ -57,3 +57,47 @@ def test_yaml_overrides_and_round_trip(tmp_path):
         load(Outer, path, ["steps"])
     with pytest.raises(ConfigError, match="does not exist"):
         load(Outer, tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, where", [
+    ("steps: 7\noptim:\n  lr: 0.01\n lr2: 1\n", r"config file '.*c\.yaml': invalid YAML at line 4, column 2: while parsing a block mapping"),
+    ("steps: [1, 2\n", r"config file '.*c\.yaml': invalid YAML at line 2, column 1: while parsing a flow sequence, expected ',' or '\]'"),
+])
+def test_yaml_syntax_error_in_the_file_is_one_config_error_line(tmp_path, text, where):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=where) as info:
+        load(Outer, path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=[1", r"override 'optim.lr=\[1': value '\[1': invalid YAML at line 1, column 3: while parsing a flow sequence"),
+    ("name={a", r"override 'name=\{a': value '\{a': invalid YAML .*flow mapping"),
+    ("=3", r"override '=3': expected KEY=VALUE with a dotted key such as optim.lr, got key ''"),
+    ("optim..lr=3", r"got key 'optim..lr'"),
+])
+def test_bad_override_is_one_config_error_line(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load(Outer, None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_config_files_are_config_errors_naming_the_file(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"config file '.*' does not exist"):
+        load(Outer, tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"config file '.*': expected a file, got a directory"):
+        load(Outer, tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"binary\.yaml': expected UTF-8 text, got an undecodable byte at offset 6"):
+        load(Outer, binary)
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("steps: 1\n")
+
+    def denied(self, *args, **kwargs):  # chmod 000 does not stop root, so refuse the read itself
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(locked), "read_text", denied)
+    with pytest.raises(ConfigError, match=r"locked\.yaml' cannot be read: Permission denied"):
+        load(Outer, locked)

@@ -1,7 +1,8 @@
 """``python -m mesanet.analysis <name> [args]``: dispatch to the analysis registered under ``name``.
 
 Each entry of :data:`ANALYSES` is ``"module:function"``; the function takes the remaining ``argv`` (a list of
-strings) and returns an exit code (``None`` counts as 0). Add one line per analysis.
+strings) and returns an exit code (``None`` counts as 0). Add one line per analysis. A missing or unknown name
+is one line on stderr and exit code 2; the analyses' own errors go to :func:`~mesanet.utils.cli_errors.run_cli`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import importlib
 import sys
 from typing import Sequence
+
+from mesanet.utils.cli_errors import EXIT_USAGE, UsageError, run_cli
+
+PROG = "mesanet mesaopt"
 
 ANALYSES: dict[str, str] = {
     "train": "mesanet.analysis.zoo:main",
@@ -23,30 +28,32 @@ ANALYSES: dict[str, str] = {
 
 def _usage() -> str:
     names = "\n".join(f"  {name:<24} {target}" for name, target in sorted(ANALYSES.items()))
-    return f"usage: python -m mesanet.analysis <name> [args]\n\nanalyses:\n{names}\n"
+    return f"usage: {PROG} <name> [args]  (= python -m mesanet.analysis <name> [args])\n\nanalyses:\n{names}\n"
 
 
 def resolve(name: str):
     """The callable registered under ``name`` (``ValueError`` for an unknown name)."""
     if name not in ANALYSES:
-        raise ValueError(f"unknown analysis {name!r}; expected one of {sorted(ANALYSES)}")
+        raise UsageError(f"unknown analysis {name!r}; expected one of {sorted(ANALYSES)}")
     module, _, func = ANALYSES[name].partition(":")
     return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(_usage(), end="")
-        return 0 if argv else 2
+        return 0
     try:
+        if not argv:
+            raise UsageError(f"expected an analysis name, one of {sorted(ANALYSES)}; got none (see `{PROG} --help`)")
         fn = resolve(argv[0])
-    except ValueError as e:
-        print(f"error: {e}\n\n{_usage()}", end="", file=sys.stderr)
-        return 2
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     code = fn(argv[1:])
     return 0 if code is None else int(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(PROG, main))

@@ -6,10 +6,12 @@ Cache layout under ``DataConfig.cache_dir`` (safe to delete; everything is rebui
     tokenizer/<key>/                    tokenizer.json, tokenizer_config.json, meta.json
                                         key = sha256(recipe, train-split hash, vocab_size)
     tokens/<key>/                       train.bin, val.bin (raw uint16/uint32), meta.json
-                                        key = sha256(recipe, corpus hash, tokenizer hash, dtype)
+                                        key = sha256(recipe, format, corpus hash, tokenizer hash, dtype)
 
 Entries are written atomically and never overwritten or deleted, so a failed or interrupted run (or
-a bad config) loses nothing already built.
+a bad config) loses nothing already built. Each entry records content digests when it is built and is
+checked against them on load; an entry changed afterwards is set aside (``.damaged-*``, named in a
+warning) and rebuilt. Token ids beyond the tokenizer's vocabulary are an error naming the file.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
-from . import corpus_memo, packing
+from . import cache, corpus_memo, packing
 from .config import DataConfig, DataError, EOD_TOKEN, PAD_TOKEN
 from .corpus import Corpus, build_corpus, source_stats
 from .sources import resolve_source
 from .split import select_subset
-from .tokenizer import file_hash, load_or_train, special_ids, tokenizer_key
+from .tokenizer import load_or_train, special_ids, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +109,18 @@ def prepare_data(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     )
     eod_id, pad_id = special_ids(tokenizer)
     key = packing.tokens_key(corpus.corpus_hash, tok_hash, dtype)
-    loaded = packing.load_tokens(root / "tokens" / key)
+    loaded = packing.load_tokens(root / "tokens" / key)  # content digests checked
     hits["tokens"] = loaded is not None
     if loaded is None:
         meta = {"corpus_hash": corpus.corpus_hash, "tokenizer_hash": tok_hash}
         folder, built = packing.build_tokens(root / "tokens", key, tokenizer.backend_tokenizer, texts(), eod_id,
                                              dtype, meta, progress=progress)
         hits["tokens"] = not built
-        loaded = packing.load_tokens(folder)
+        loaded = packing.load_tokens(folder, verify=False)  # just built or verified by build_tokens
         if loaded is None:
             raise RuntimeError(f"token cache {folder} is incomplete right after building it")
     arrays, meta = loaded
+    _check_ids(arrays, len(tokenizer), root / "tokens" / key)
 
     stats = dict(corpus.stats)
     for s, docs in (("train", corpus.train), ("val", corpus.val)):
@@ -144,11 +147,23 @@ def prepare_data(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
 
 def _fully_cached(root: Path, memo: Corpus, vocab_size: int, dtype: np.dtype) -> bool:
     """Whether tokenizer and tokens of a memoised corpus are cached (so no text is needed)."""
-    tok_dir = root / "tokenizer" / tokenizer_key(memo.train.hash, vocab_size)
-    if not (tok_dir / "meta.json").is_file():
+    tok_meta = cache.read_json(root / "tokenizer" / tokenizer_key(memo.train.hash, vocab_size) / "meta.json")
+    tok_hash = tok_meta.get("tokenizer_hash") if tok_meta else None
+    if not isinstance(tok_hash, str):
         return False
-    key = packing.tokens_key(memo.corpus_hash, file_hash(tok_dir), dtype)
-    return packing.load_tokens(root / "tokens" / key) is not None
+    key = packing.tokens_key(memo.corpus_hash, tok_hash, dtype)  # a quick look: the real loads verify the contents
+    return packing.load_tokens(root / "tokens" / key, verify=False) is not None
+
+
+def _check_ids(arrays: dict[str, np.ndarray], vocab_size: int, folder: Path) -> None:
+    """``DataError`` naming the file when a token id does not exist in the tokenizer (the model would fail on it)."""
+    for split, arr in arrays.items():
+        top = int(arr.max()) if arr.size else -1
+        if top >= vocab_size:
+            raise DataError(
+                f"token cache file {folder / f'{split}.bin'} holds token id {top}, but the tokenizer has only {vocab_size} "
+                f"tokens: the cache does not belong to this tokenizer; delete {folder} to rebuild it"
+            )
 
 
 def _check_seq_len(cfg: DataConfig, arrays: dict[str, np.ndarray]) -> None:

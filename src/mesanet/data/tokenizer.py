@@ -8,12 +8,14 @@ special tokens are added on encoding (like GPT-2): ``decode(encode(text)) == tex
 Cache: ``<cache_dir>/tokenizer/<key>/`` with ``tokenizer.json`` + ``tokenizer_config.json`` (what
 ``save_pretrained`` writes, so ``AutoTokenizer.from_pretrained`` loads it) and ``meta.json``;
 ``key`` hashes the recipe, the training split's content hash and ``vocab_size``. The tokenizer's
-identity, ``tokenizer_hash``, is the sha256 of its ``tokenizer.json``.
+identity, ``tokenizer_hash``, is the sha256 of its ``tokenizer.json``; ``meta.json`` records it, and a cached
+``tokenizer.json`` that no longer matches it (or does not load) is named in a warning, set aside and retrained.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +25,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from . import cache
 from .config import EOD_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 
+log = logging.getLogger(__name__)
+
 #: Bump when the training recipe changes (invalidates cached tokenizers).
 TOKENIZER_RECIPE = "bytelevel-bpe-v1"
+#: The files of a cache entry (``save_pretrained`` output plus the entry's meta).
+ENTRY_FILES = ("meta.json", "tokenizer.json", "tokenizer_config.json")
 
 
 def tokenizer_key(train_hash: str, vocab_size: int) -> str:
@@ -68,26 +74,46 @@ def load_or_train(root: Path, train_hash: str, vocab_size: int, texts: Callable[
     """(tokenizer, its folder, tokenizer_hash, cache_hit); ``texts()`` is called only when training."""
     key = tokenizer_key(train_hash, vocab_size)
     folder = root / key
-    hit = _complete(folder)
+    tok, _ = _load_cached(folder)
+    hit = tok is not None
     if not hit:
         with cache.lock(root, key):
-            hit = _complete(folder)
+            tok, problem = _load_cached(folder)
+            hit = tok is not None
             if not hit:
-                if folder.exists():  # damaged by hand (a build is never partial): keep it aside
-                    cache.set_aside(folder)
+                if folder.exists():  # damaged after it was built (a build is never partial): keep it aside
+                    aside = cache.set_aside(folder)
+                    log.warning("%s; moved the entry to %s and retraining the tokenizer", problem, aside)
                 cache.remove_stale_tmp(root, key)
-                tok = train_bpe(texts(), vocab_size, progress=progress)
+                bpe = train_bpe(texts(), vocab_size, progress=progress)
                 with cache.atomic_dir(folder) as tmp:
-                    wrap(tok).save_pretrained(str(tmp))
+                    wrap(bpe).save_pretrained(str(tmp))
                     meta = {"recipe": TOKENIZER_RECIPE, "train_hash": train_hash, "vocab_size": vocab_size,
-                            "actual_vocab_size": tok.get_vocab_size(with_added_tokens=True),
+                            "actual_vocab_size": bpe.get_vocab_size(with_added_tokens=True),
                             "tokenizer_hash": file_hash(tmp)}
                     cache.write_json_atomic(tmp / "meta.json", meta)
-    return load_tokenizer(folder), folder, file_hash(folder), hit
+                tok = load_tokenizer(folder)
+    return tok, folder, file_hash(folder), hit
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in ("meta.json", "tokenizer.json", "tokenizer_config.json"))
+def _load_cached(folder: Path) -> tuple[PreTrainedTokenizerFast | None, str | None]:
+    """``(tokenizer, None)`` from an intact cache entry; ``(None, None)`` without one; ``(None, problem)`` for a
+    damaged one, the problem naming the file (missing, changed since it was built, or not loadable)."""
+    if not folder.exists():
+        return None, None
+    missing = [name for name in ENTRY_FILES if not (folder / name).is_file()]
+    if missing:
+        return None, f"cached tokenizer {folder} is incomplete: {', '.join(missing)} missing"
+    meta = cache.read_json(folder / "meta.json")
+    if meta is None:
+        return None, f"cached tokenizer file {folder / 'meta.json'} is unreadable"
+    if file_hash(folder) != meta.get("tokenizer_hash"):
+        return None, (f"cached tokenizer file {folder / 'tokenizer.json'} does not match the sha256 recorded in "
+                      "meta.json when it was built (changed or damaged since)")
+    try:
+        return load_tokenizer(folder), None
+    except Exception as e:  # noqa: BLE001 - whatever a broken file raises (UnicodeDecodeError, JSON, tokenizers)
+        return None, f"cached tokenizer {folder / 'tokenizer.json'} does not load ({type(e).__name__}: {e})"
 
 
 def special_ids(tok: PreTrainedTokenizerFast) -> tuple[int, int]:

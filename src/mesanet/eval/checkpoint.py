@@ -3,7 +3,9 @@
 Checked before and while loading: the directory exists and has ``config.json``; the config is valid JSON of
 ``model_type == "mesanet"`` (another model type is named in the error); a weights file is there and readable
 (a truncated or garbled safetensors file is reported as corrupt); every weight of the model is in it (no
-silently re-initialised tensors); the tokenizer loads.
+silently re-initialised tensors); the tokenizer loads. A directory written by training (``final/``, a checkpoint)
+is first checked against the sizes and SHA-256 that training recorded: a modified or damaged file is refused
+unless the caller passes ``verify=False`` (the command line's ``--allow-modified-weights``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Any, Optional
 import torch
 
 from ..models import MesaNetConfig, MesaNetForCausalLM  # importing registers the Auto classes
-from .run_files import MODEL_CONFIG
+from ..utils.files import sha256_file
+from .run_files import MODEL_CONFIG, TRAINER_STATE, recorded_checksums
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+#: How to load a directory whose files no longer match their recorded SHA-256 anyway.
+OVERRIDE_HINT = "pass --allow-modified-weights (verify=False in Python) to load it anyway"
 
 
 class CheckpointError(ValueError):
@@ -67,6 +72,33 @@ def check_model_dir(path: str | Path) -> dict:
     return config
 
 
+def verify_checksums(path: str | Path) -> int:
+    """Check every file training recorded for ``path`` (``checksums.json`` / ``trainer_state.json``; the optimizer
+    state excepted) against its recorded size and SHA-256; returns how many were checked (0: nothing recorded,
+    e.g. a free-standing ``save_pretrained`` directory). ``CheckpointError`` naming the file otherwise."""
+    path = Path(path)
+    try:
+        record, files = recorded_checksums(path)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}; {OVERRIDE_HINT}") from None
+    if record is None:
+        return 0
+    checked = 0
+    for name, meta in files.items():
+        if name == TRAINER_STATE:
+            continue
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r}: {name} is missing (recorded in {record.name}); {OVERRIDE_HINT}")
+        if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: {name} does not match the size / SHA-256 that training recorded in {record.name} "
+                f"(modified or damaged since it was written); {OVERRIDE_HINT}"
+            )
+        checked += 1
+    return checked
+
+
 def _check_safetensors(file: Path) -> None:
     from safetensors import safe_open
 
@@ -80,11 +112,14 @@ def _check_safetensors(file: Path) -> None:
 
 
 def load_model(
-    path: str | Path, *, device: str | torch.device | None = "cpu", dtype: Optional[torch.dtype] = None
+    path: str | Path, *, device: str | torch.device | None = "cpu", dtype: Optional[torch.dtype] = None, verify: bool = True,
 ) -> MesaNetForCausalLM:
-    """``MesaNetForCausalLM.from_pretrained(path)`` in eval mode, after :func:`check_model_dir`; every weight
-    must be present in the checkpoint (``CheckpointError`` listing the missing ones otherwise)."""
+    """``MesaNetForCausalLM.from_pretrained(path)`` in eval mode, after :func:`check_model_dir` and (``verify``)
+    :func:`verify_checksums`; every weight must be present in the checkpoint (``CheckpointError`` listing the
+    missing ones otherwise)."""
     check_model_dir(path)
+    if verify:
+        verify_checksums(path)
     from transformers.utils import logging as hf_logging
 
     kwargs = {} if dtype is None else {"dtype": dtype}
@@ -120,10 +155,11 @@ def load_tokenizer(path: str | Path):
 
 def load_checkpoint(
     path: str | Path, *, device: str | torch.device | None = "cpu", dtype: Optional[torch.dtype] = None,
-    tokenizer: bool = True,
+    tokenizer: bool = True, verify: bool = True,
 ) -> LoadedCheckpoint:
-    """Model (eval mode, on ``device``) and, when ``tokenizer``, its tokenizer from a model directory."""
-    model = load_model(path, device=device, dtype=dtype)
+    """Model (eval mode, on ``device``) and, when ``tokenizer``, its tokenizer from a model directory; ``verify``:
+    refuse files that differ from the SHA-256 training recorded (:func:`verify_checksums`)."""
+    model = load_model(path, device=device, dtype=dtype, verify=verify)
     tok = load_tokenizer(path) if tokenizer else None
     if tok is not None and len(tok) > model.config.vocab_size:
         raise CheckpointError(
@@ -132,4 +168,7 @@ def load_checkpoint(
     return LoadedCheckpoint(model=model, tokenizer=tok, path=Path(path))
 
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "check_model_dir", "load_checkpoint", "load_model", "load_tokenizer", "resolve_device"]
+__all__ = [
+    "CheckpointError", "LoadedCheckpoint", "check_model_dir", "load_checkpoint", "load_model", "load_tokenizer", "resolve_device",
+    "verify_checksums",
+]

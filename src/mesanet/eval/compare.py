@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..models import PRESETS
+from ..ops import INFERENCE
 from ..train import TrainConfig, train
 from ..train.config import RESUMABLE_CHANGES, ModelSection
 from ..utils.config import to_dict
 from .checkpoint import resolve_device
 from .compare_report import RunSummary, summarize_run, write_compare_report
-from .run_eval import EVAL_JSON, eval_settings, evaluate_run
+from .run_eval import EVAL_JSON, eval_settings, evaluate_run, report_solver
 from .run_files import FINAL, MODEL_CONFIG, METRICS, load_run_config, read_metrics
 
 
@@ -62,16 +63,16 @@ def default_variants() -> list[CompareVariant]:
 @dataclass
 class CompareConfig:
     """``base``: the shared TrainConfig (its ``name`` / ``out_dir`` are replaced per variant); ``out_dir``:
-    where the runs (``runs/<variant>``) and the report go. Evaluation: Mesa CG report at ``eval_tol``
-    (``eval_max_iter``: default the model's ``cg_max_iter_eval``), perplexity at the ``extrapolation`` factors
-    of the training length, ``max_windows`` windows per length. ``reuse``: skip finished runs / evaluations."""
+    where the runs (``runs/<variant>``) and the report go. Evaluation: Mesa CG report with each model's
+    ``solver_inference``, fields replaced by ``eval_solver`` (e.g. ``{tol: 1.0e-6}``; empty: the model's own),
+    perplexity at the ``extrapolation`` factors of the training length, ``max_windows`` windows per length.
+    ``reuse``: skip finished runs / evaluations."""
 
     base: TrainConfig = field(default_factory=TrainConfig)
     variants: list[CompareVariant] = field(default_factory=default_variants)
     out_dir: str = "runs/compare"
     title: str = "Model comparison"
-    eval_tol: float = 1e-4
-    eval_max_iter: Optional[int] = None
+    eval_solver: dict = field(default_factory=dict)
     extrapolation: list[int] = field(default_factory=lambda: [2, 4])
     max_windows: int = 32
     solver_windows: int = 8
@@ -138,8 +139,10 @@ def _evaluation_current(run_dir: Path, settings: dict) -> bool:
         saved = json.loads(path.read_text()).get("settings", {})
     except json.JSONDecodeError:
         return False
-    keys = [k for k in settings if not (k == "max_iter" and settings[k] is None)]
-    return all(saved.get(k) == settings[k] for k in keys)
+    wanted = settings.get("solver") or {}  # overrides of the model's own settings: the saved (resolved) ones must agree
+    if not isinstance(saved.get("solver"), dict) or any(saved["solver"].get(k) != v for k, v in wanted.items()):
+        return False
+    return all(saved.get(k) == settings[k] for k in settings if k != "solver")
 
 
 def tokens_per_run(tc: TrainConfig) -> int:
@@ -168,8 +171,9 @@ def compare(
             raise ValueError(f"compare: run names must be unique, got {names}")
         settings_cfg, out = CompareConfig(base=configs[0], variants=[]), Path(out_dir)
 
+    report_solver(settings_cfg.eval_solver or None, INFERENCE.to_dict())  # a bad eval_solver fails before any training
     settings = eval_settings(
-        tol=settings_cfg.eval_tol, max_iter=settings_cfg.eval_max_iter, extrapolation=settings_cfg.extrapolation,
+        solver=settings_cfg.eval_solver or None, extrapolation=settings_cfg.extrapolation,
         max_windows=settings_cfg.max_windows, solver_windows=settings_cfg.solver_windows,
     )
     summaries: list[RunSummary] = []
@@ -179,7 +183,7 @@ def compare(
             train(tc, progress=progress)
         if not (settings_cfg.reuse and _evaluation_current(run_dir, settings)):
             evaluate_run(
-                run_dir, tol=settings_cfg.eval_tol, max_iter=settings_cfg.eval_max_iter, extrapolation=settings_cfg.extrapolation,
+                run_dir, solver=settings_cfg.eval_solver or None, extrapolation=settings_cfg.extrapolation,
                 max_windows=settings_cfg.max_windows, solver_windows=settings_cfg.solver_windows,
                 device=str(resolve_device(tc.device)), progress=progress,
             )

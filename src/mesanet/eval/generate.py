@@ -169,9 +169,10 @@ def generate_text(
     return tokenizer.decode(ids, **DECODE_KWARGS)
 
 
-def generate_from_checkpoint(path: str | Path, prompt: str, *, device: str = "cpu", **kwargs) -> str:
-    """:func:`generate_text` with the model and tokenizer loaded from a model directory (``runs/<name>/final``)."""
-    loaded = load_checkpoint(path, device=device)
+def generate_from_checkpoint(path: str | Path, prompt: str, *, device: str = "cpu", verify: bool = True, **kwargs) -> str:
+    """:func:`generate_text` with the model and tokenizer loaded from a model directory (``runs/<name>/final``);
+    ``verify=False`` loads files that no longer match the SHA-256 training recorded."""
+    loaded = load_checkpoint(path, device=device, verify=verify)
     return generate_text(loaded.model, loaded.tokenizer, prompt, **kwargs)
 
 

@@ -52,6 +52,8 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from mesanet.utils.cli_errors import device_arg, one_line, run_cli
+
 from .checkpoint import load_checkpoint
 from .evaluate import model_device
 from .plots import _save
@@ -667,7 +669,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-len", type=int, default=None, help="training length (for a model directory outside a run)")
     parser.add_argument("--out", default=None, help="output folder (default: the run directory)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -677,7 +679,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             progress=not args.no_progress,
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(result.to_markdown())
     print(f"({result.seconds:.1f} s)")
@@ -691,4 +693,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli("mesanet needle", main))

@@ -9,27 +9,31 @@ the process; ``prepare_data`` keeps its own on-disk cache), then measures
 * CG iterations and residuals of every Mesa layer at the tolerance ``tol``,
 
 and writes ``eval.json``, ``per_position.csv``, ``per_position.png`` and ``summary.md`` into the run directory
-(or ``out_dir``). Losses are measured with the model's own evaluation solver settings (``cg_max_iter_eval`` /
-``cg_tol_eval``); only the solver report uses ``tol`` / ``max_iter``.
+(or ``out_dir``). Losses are measured with the model's own evaluation solver settings (``solver_inference``);
+only the solver report uses ``solver`` (by default those same settings).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..layers import solver_settings
+from ..ops import INFERENCE, SolverSettings
 from ..utils.config import from_dict
 from .checkpoint import load_checkpoint
 from .evaluate import ExtrapolationResult, check_tokens
 from .evaluate import extrapolation as run_extrapolation
 from .plots import plot_per_position
-from .run_files import load_run_config, resolve_model_dir, train_seq_len
+from .run_files import load_run_config, recorded_cache_dir, resolve_model_dir, train_seq_len
 from .solver import solver_report
 
 EVAL_JSON = "eval.json"
@@ -43,38 +47,66 @@ PLOT_BINS_PER_DECADE = 20
 _VAL_CACHE: dict[str, np.ndarray] = {}
 
 
-def validation_tokens(data_section: dict, progress: bool = True) -> np.ndarray:
+def user_cache_dir() -> Path:
+    """The user's data-cache folder: ``$XDG_CACHE_HOME/mesanet``, else ``~/.cache/mesanet``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mesanet"
+
+
+def resolve_cache_dir(cache_dir: str, run_dir: Optional[Path]) -> str:
+    """Where evaluation keeps the data caches of a run whose config says ``cache_dir``. A relative path meant the
+    training process's working directory, not ours: it becomes the absolute folder training recorded (when it
+    exists and is writable), else :func:`user_cache_dir`. Never a folder relative to the current directory."""
+    path = Path(cache_dir).expanduser()
+    if path.is_absolute():
+        return str(path)
+    recorded = recorded_cache_dir(run_dir) if run_dir is not None else None
+    if recorded is not None and recorded.is_dir() and os.access(recorded, os.W_OK | os.X_OK):
+        return str(recorded)
+    return str(user_cache_dir())
+
+
+def validation_tokens(data_section: dict, progress: bool = True, run_dir: Optional[Path] = None) -> np.ndarray:
     """The validation split of the data config ``data_section`` (a run's ``config.yaml`` ``data:`` mapping),
-    rebuilt with :func:`mesanet.data.prepare_data`; cached per config within the process."""
+    rebuilt with :func:`mesanet.data.prepare_data` (caches where :func:`resolve_cache_dir` says); cached per
+    config within the process."""
     from ..data import DataConfig, prepare_data
 
     if not isinstance(data_section, dict):
         raise ValueError(f"expected the run config's data section to be a mapping, got {type(data_section).__name__}")
-    key = json.dumps(data_section, sort_keys=True, default=str)
+    cfg = from_dict(DataConfig, data_section, "data")
+    if hasattr(cfg, "cache_dir"):
+        cfg = dataclasses.replace(cfg, cache_dir=resolve_cache_dir(cfg.cache_dir, run_dir))
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     if key not in _VAL_CACHE:
-        prepared = prepare_data(from_dict(DataConfig, data_section, "data"), progress=progress)
-        _VAL_CACHE[key] = np.asarray(prepared.val)
+        _VAL_CACHE[key] = np.asarray(prepare_data(cfg, progress=progress).val)
     return _VAL_CACHE[key]
 
 
-def eval_settings(*, tol, max_iter, extrapolation, max_windows, solver_windows) -> dict:
+def eval_settings(*, solver, extrapolation, max_windows, solver_windows) -> dict:
     """What decides an evaluation's numbers (stored in ``eval.json``; an evaluation with the same settings of
-    an unchanged model can be reused)."""
-    return dict(tol=float(tol), max_iter=max_iter, extrapolation=sorted({1, *extrapolation}), max_windows=max_windows,
-                solver_windows=solver_windows)
+    an unchanged model can be reused). ``solver``: the solver report's settings as a dict (or the overrides
+    asked for, ``None`` = the model's own)."""
+    solver = solver.to_dict() if isinstance(solver, SolverSettings) else (None if solver is None else dict(solver))
+    return dict(solver=solver, extrapolation=sorted({1, *extrapolation}), max_windows=max_windows, solver_windows=solver_windows)
+
+
+def report_solver(solver: SolverSettings | Mapping[str, Any] | None, model_solver: Mapping[str, Any]) -> SolverSettings:
+    """The solver report's settings: ``solver`` as given, a mapping's fields replacing the model's
+    ``solver_inference`` (``model_solver``), or (``None``) the model's own."""
+    if isinstance(solver, SolverSettings):
+        return solver
+    own = solver_settings(model_solver, INFERENCE, "the model's solver_inference")
+    return solver_settings(solver, own, "evaluate_run: solver")
 
 
 def _is_int(value, minimum: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
 
 
-def _check_arguments(tol, max_iter, extrapolation, max_windows, solver_windows, batch_size) -> None:
+def _check_arguments(solver, extrapolation, max_windows, solver_windows, batch_size) -> None:
     """The cheap checks, before a model or any data is loaded."""
     where = "evaluate_run"
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"{where}: expected tol to be a finite number >= 0, got {tol!r}")
-    if max_iter is not None and not _is_int(max_iter, 0):
-        raise ValueError(f"{where}: expected max_iter to be None (the model's cg_max_iter_eval) or an integer >= 0, got {max_iter!r}")
+    report_solver(solver, INFERENCE.to_dict())  # the same check as against the model's settings
     if isinstance(extrapolation, (str, bytes)) or not all(_is_int(f, 1) for f in extrapolation):
         raise ValueError(f"{where}: expected extrapolation to be a list of integer factors >= 1, got {extrapolation!r}")
     if max_windows is not None and not _is_int(max_windows, 1):
@@ -92,8 +124,7 @@ def _finite_or_none(x: Optional[float]) -> Optional[float]:
 def evaluate_run(
     path: str | Path,
     *,
-    tol: float = 1e-4,
-    max_iter: Optional[int] = None,
+    solver: SolverSettings | Mapping[str, Any] | None = None,
     extrapolation: Sequence[int] = (2, 4),
     max_windows: Optional[int] = 32,
     solver_windows: int = 8,
@@ -103,19 +134,22 @@ def evaluate_run(
     train_len: Optional[int] = None,
     device: str = "cpu",
     progress: bool = True,
+    verify: bool = True,
 ) -> dict:
     """Evaluate the run directory (``runs/<name>``) or model directory ``path``; returns what ``eval.json`` holds.
 
-    ``max_iter``: CG step limit of the solver report (default: the model's ``cg_max_iter_eval``).
+    ``solver``: settings of the solver report: a :class:`~mesanet.ops.SolverSettings`, a mapping of fields that
+    replace the model's ``solver_inference`` (e.g. ``{"tol": 1e-6}``), or ``None`` (the model's own).
     ``max_windows``: windows at the longest length (every length scores the same tokens); ``solver_windows``: windows
     for the solver report.
     ``val_tokens`` / ``train_len``: give the validation tokens / training length directly instead of reading
-    them from the run's ``config.yaml`` (needed for a model directory outside a run).
+    them from the run's ``config.yaml`` (needed for a model directory outside a run). ``verify=False``: evaluate
+    weights that no longer match the SHA-256 training recorded (refused otherwise).
     """
     started = time.perf_counter()
-    _check_arguments(tol, max_iter, extrapolation, max_windows, solver_windows, batch_size)
+    _check_arguments(solver, extrapolation, max_windows, solver_windows, batch_size)
     model_dir, run_dir = resolve_model_dir(path)
-    loaded = load_checkpoint(model_dir, device=device)
+    loaded = load_checkpoint(model_dir, device=device, verify=verify)
     model, config = loaded.model, loaded.model.config
     run_config = load_run_config(run_dir) if run_dir is not None else None
     where = str(Path(run_dir) / "config.yaml") if run_dir is not None else str(model_dir)
@@ -129,15 +163,14 @@ def evaluate_run(
             raise ValueError(f"{str(path)!r} is a model directory outside a run: pass val_tokens= (the validation split)")
         if "data" not in run_config:
             raise ValueError(f"{where}: no data section to rebuild the validation split from")
-        val_tokens = validation_tokens(run_config["data"], progress=progress)
+        val_tokens = validation_tokens(run_config["data"], progress=progress, run_dir=Path(run_dir))
     val_tokens = check_tokens(val_tokens, "evaluate_run")
     if len(val_tokens) and int(val_tokens.max()) >= config.vocab_size:
         raise ValueError(
             f"evaluate_run: validation token ids reach {int(val_tokens.max())} but the model's vocabulary has "
             f"{config.vocab_size} entries: the data config does not belong to this model"
         )
-    if max_iter is None:
-        max_iter = config.cg_max_iter_eval
+    settings = report_solver(solver, config.solver_inference)
 
     factors = sorted({1, *extrapolation})
     results = run_extrapolation(model, val_tokens, train_len, factors, max_windows=max_windows, batch_size=batch_size, progress=progress)
@@ -148,7 +181,7 @@ def evaluate_run(
     from ..data import eval_windows
 
     solver = solver_report(
-        model, eval_windows(val_tokens, train_len, max_windows=solver_windows), tol=tol, max_iter=max_iter,
+        model, eval_windows(val_tokens, train_len, max_windows=solver_windows), settings,
         batch_size=batch_size, progress=progress,
     )
 
@@ -163,10 +196,10 @@ def evaluate_run(
         model_dir=str(model_dir), run_dir=None if run_dir is None else str(run_dir),
         model=dict(
             params=sum(p.numel() for p in model.parameters()), mixer_types=list(config.mixer_types),
-            cg_max_iter_eval=config.cg_max_iter_eval, cg_tol_eval=config.cg_tol_eval,
+            solver_inference=dict(config.solver_inference),
         ),
         train_len=train_len, val_split_tokens=int(len(val_tokens)),
-        settings=eval_settings(tol=tol, max_iter=max_iter, extrapolation=factors, max_windows=max_windows, solver_windows=solver_windows),
+        settings=eval_settings(solver=settings, extrapolation=factors, max_windows=max_windows, solver_windows=solver_windows),
         val=dict(loss=base.loss, ppl=_finite_or_none(base.ppl), tokens=base.result.tokens, windows=base.result.windows),
         extrapolation={str(f): _jsonable(r.to_dict()) for f, r in results.items()},
         solver=solver.to_dict(),
@@ -210,7 +243,9 @@ def _summary_markdown(report: dict, results: dict[int, ExtrapolationResult], sol
         f"- training length: {report['train_len']} tokens; validation split: {report['val_split_tokens']:,} tokens",
     ]
     if "mesa" in kinds:
-        lines.append(f"- Mesa solver for the losses below: max_iter = {model['cg_max_iter_eval']}, tol = {model['cg_tol_eval']:g} (the model's evaluation settings)")
+        own = model["solver_inference"]
+        lines.append(f"- Mesa solver for the losses below: max_iter = {own['max_iter']}, tol = {own['tol']:g}, "
+                     f"preconditioner = {own['preconditioner']} (the model's solver_inference)")
     lines += [
         "",
         "## Validation loss and length extrapolation",

@@ -7,6 +7,10 @@ Run directory layout (written by :mod:`mesanet.train`)::
     runs/<name>/metrics.csv                  step, lr, train_loss, grad_norm, tokens_per_s, val_loss, elapsed
     runs/<name>/final/                       save_pretrained model + tokenizer
     runs/<name>/checkpoints/step_XXXXXX/     the same plus trainer_state.pt
+    runs/<name>/data_stats.json              data hashes and sizes; ``cache_dir``: the absolute cache folder used
+
+Training records the size and SHA-256 of every file of ``final/`` (``checksums.json``) and of a checkpoint
+(``trainer_state.json``, beside the rest of its summary).
 
 Nothing here imports the training code: these are plain files.
 """
@@ -14,6 +18,7 @@ Nothing here imports the training code: these are plain files.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -27,6 +32,11 @@ METRICS = "metrics.csv"
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
 MODEL_CONFIG = "config.json"
+DATA_STATS = "data_stats.json"
+#: Where training recorded each file's size and SHA-256: ``final/`` and a checkpoint, respectively.
+CHECKSUM_RECORDS = ("checksums.json", "trainer_state.json")
+#: The optimizer state of a checkpoint: recorded, but not needed to evaluate or generate.
+TRAINER_STATE = "trainer_state.pt"
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -79,6 +89,31 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, Optional[Path]]:
     raise ValueError(
         f"{str(path)!r} is neither a model directory (no {MODEL_CONFIG}) nor a run directory (no {RUN_CONFIG})"
     )
+
+
+def recorded_checksums(model_dir: str | Path) -> tuple[Optional[Path], Optional[dict]]:
+    """``(record file, {name: {"bytes", "sha256"}})`` written by training for ``model_dir``, or ``(None, None)``
+    for a directory training did not write (a free-standing ``save_pretrained``). An unreadable record is an error."""
+    for name in CHECKSUM_RECORDS:
+        record = Path(model_dir) / name
+        if record.is_file():
+            try:
+                files = json.loads(record.read_text())["files"]
+                if isinstance(files, dict) and all({"bytes", "sha256"} <= set(m) for m in files.values()):
+                    return record, files
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise ValueError(f"{record} is damaged: it does not list the files' sizes and SHA-256")
+    return None, None
+
+
+def recorded_cache_dir(run_dir: str | Path) -> Optional[Path]:
+    """The absolute data-cache folder training used (``data_stats.json``), or ``None`` when not recorded."""
+    try:
+        value = json.loads((Path(run_dir) / DATA_STATS).read_text()).get("cache_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(value) if isinstance(value, str) and Path(value).is_absolute() else None
 
 
 def load_run_config(run_dir: str | Path) -> dict:
@@ -139,6 +174,7 @@ def _number(cell: Optional[str], path: Path, line: int, column: str) -> float:
 
 
 __all__ = [
-    "CHECKPOINTS", "FINAL", "METRICS", "MODEL_CONFIG", "RUN_CONFIG", "is_model_dir", "is_run_dir", "latest_checkpoint",
-    "load_run_config", "read_metrics", "resolve_model_dir", "train_seq_len",
+    "CHECKPOINTS", "CHECKSUM_RECORDS", "DATA_STATS", "FINAL", "METRICS", "MODEL_CONFIG", "RUN_CONFIG", "TRAINER_STATE",
+    "is_model_dir", "is_run_dir", "latest_checkpoint", "load_run_config", "read_metrics", "recorded_cache_dir",
+    "recorded_checksums", "resolve_model_dir", "train_seq_len",
 ]

@@ -1,27 +1,24 @@
 """CG solver diagnostics of a model's Mesa layers at a chosen stopping rule.
 
-``solver_report`` sets every :class:`~mesanet.layers.MesaLayer` to the requested inference settings
-(``max_iter_inference``, ``tol_inference``) with ``record_solver_stats`` on, runs the windows through the
-model in eval mode, and restores every layer's settings (and the model's training flag) afterwards, also
-when something fails. A system is one (token, head) solve; its relative residual is ``||q - (H+Lambda)x|| / ||q||``
-at exit, and it counts as converged when that is ``<= tol``.
+``solver_report`` runs the windows through the model in eval mode inside
+:func:`mesanet.layers.collect_solver_stats` (which may override the layers' solver settings for the duration;
+no layer attribute is written) and restores the model's training flag afterwards, also when something fails.
+A system is one (token, head) solve; its relative residual is ``||q - (H+Lambda)x|| / ||q||`` at exit, and it
+counts as converged when that is ``<= tol``.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layers import MesaLayer
+from ..layers import collect_solver_stats, mesa_layers, solver_settings
+from ..ops import INFERENCE, SolverSettings
 from .evaluate import check_windows, model_device
-
-_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -38,11 +35,21 @@ class LayerSolverReport:
 
 @dataclass(frozen=True)
 class SolverReport:
-    tol: float
-    max_iter: int
+    """``solver``: the settings the report ran with (``SolverSettings.to_dict()``; ``None`` when the layers
+    used their own settings and those differ between layers)."""
+
+    solver: Optional[dict]
     tokens: int
     layers: list[LayerSolverReport]
     message: Optional[str] = None  # set when there was nothing to measure (no Mesa layer)
+
+    @property
+    def tol(self) -> Optional[float]:
+        return None if self.solver is None else self.solver["tol"]
+
+    @property
+    def max_iter(self) -> Optional[int]:
+        return None if self.solver is None else self.solver["max_iter"]
 
     @property
     def has_mesa(self) -> bool:
@@ -60,7 +67,7 @@ class SolverReport:
 
     def to_dict(self) -> dict:
         return dict(
-            tol=self.tol, max_iter=self.max_iter, tokens=self.tokens, message=self.message,
+            solver=self.solver, tol=self.tol, max_iter=self.max_iter, tokens=self.tokens, message=self.message,
             mean_iterations=self.mean_iterations, max_relative_residual=self.max_relative_residual,
             layers=[asdict(layer) for layer in self.layers],
         )
@@ -68,7 +75,9 @@ class SolverReport:
     def to_markdown(self) -> str:
         if not self.layers:
             return f"{self.message[0].upper()}{self.message[1:]}.\n"
-        head = f"CG at tol = {self.tol:g}, max_iter = {self.max_iter}, over {self.tokens} tokens"
+        rule = "each layer's own settings" if self.solver is None else (
+            f"tol = {self.tol:g}, max_iter = {self.max_iter}, preconditioner = {self.solver['preconditioner']}")
+        head = f"CG at {rule}, over {self.tokens} tokens"
         rows = [
             "| layer | mean iters | max iters | mean rel. residual | max rel. residual | converged |",
             "|---|---:|---:|---:|---:|---:|",
@@ -81,75 +90,55 @@ class SolverReport:
         return head + ":\n\n" + "\n".join(rows) + "\n"
 
 
-def mesa_layers(model: nn.Module) -> list[tuple[str, MesaLayer]]:
-    """``(module path, layer)`` of every Mesa layer in ``model``, in order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, MesaLayer)]
-
-
-def _check_settings(tol, max_iter) -> None:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"solver_report: expected tol to be a finite number >= 0, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"solver_report: expected max_iter to be an integer >= 0, got {max_iter!r}")
-
-
 @torch.no_grad()
 def solver_report(
-    model: nn.Module, windows, tol: float = 1e-4, max_iter: int = 30, *, batch_size: int = 8, progress: bool = True
+    model: nn.Module, windows, solver: SolverSettings | Mapping[str, Any] | None = None, *, batch_size: int = 8,
+    progress: bool = True,
 ) -> SolverReport:
-    """Per Mesa layer: mean / max CG iterations and mean / max final relative residual on ``windows [N, T]``
-    at the stopping rule ``(max_iter, tol)``. A model without Mesa layers is not run; the report says so."""
-    _check_settings(tol, max_iter)
+    """Per Mesa layer: mean / max CG iterations and mean / max final relative residual on ``windows [N, T]``.
+
+    ``solver``: the :class:`~mesanet.ops.SolverSettings` to measure (a mapping replaces fields of
+    :data:`~mesanet.ops.INFERENCE`); ``None``: each layer's own ``solver_inference``. A model without Mesa
+    layers is not run; the report says so."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"solver_report: expected batch_size to be an integer >= 1, got {batch_size!r}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     windows = check_windows(windows, vocab, where="solver_report")
+    solver = None if solver is None else solver_settings(solver, INFERENCE, "solver_report: solver")
     layers = mesa_layers(model)
-    if not layers:
-        kinds = getattr(getattr(model, "config", None), "mixer_types", None)
-        detail = f" (mixers: {sorted(set(kinds))})" if kinds else ""
-        return SolverReport(float(tol), max_iter, 0, [], f"the model has no Mesa layer{detail}: no CG solver to report on")
-
-    saved = [(layer, layer.max_iter_inference, layer.tol_inference, layer.record_solver_stats, layer.last_solver_stats) for _, layer in layers]
-    was_training = model.training
-    totals = [dict(systems=0, iters=0.0, max_iters=0, residual=0.0, max_residual=0.0, converged=0) for _ in layers]
-    device = model_device(model)
-    try:
-        model.eval()
-        for _, layer in layers:
-            layer.max_iter_inference, layer.tol_inference, layer.record_solver_stats = max_iter, float(tol), True
-        for start in tqdm(range(0, len(windows), batch_size), desc=f"CG stats (tol {tol:g})", unit="batch", disable=not progress, leave=False):
-            for _, layer in layers:
-                layer.last_solver_stats = None
-            model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
-            for (name, layer), total in zip(layers, totals):
-                stats = layer.last_solver_stats
-                if stats is None:
-                    raise RuntimeError(f"solver_report: Mesa layer {name} recorded no solver statistics")
-                iters = stats.iterations.double()
-                residual = stats.relative_residual.double()
-                total["systems"] += iters.numel()
-                total["iters"] += float(iters.sum())
-                total["max_iters"] = max(total["max_iters"], int(iters.max()))
-                total["residual"] += float(residual.sum())
-                total["max_residual"] = max(total["max_residual"], float(residual.max()))
-                total["converged"] += int((residual <= tol).sum())
-    finally:
-        for layer, iters, tol_saved, record, last in saved:
-            layer.max_iter_inference, layer.tol_inference, layer.record_solver_stats, layer.last_solver_stats = iters, tol_saved, record, last
-        model.train(was_training)
-
-    reports = []
-    for (name, _), total in zip(layers, totals):
-        n = total["systems"]
-        match = _LAYER_INDEX.search(name + ".")
-        reports.append(LayerSolverReport(
-            name=name, layer_index=int(match.group(1)) if match else None, systems=n,
-            mean_iterations=total["iters"] / n, max_iterations=total["max_iters"],
-            mean_relative_residual=total["residual"] / n, max_relative_residual=total["max_residual"],
-            converged_fraction=total["converged"] / n,
-        ))
-    return SolverReport(float(tol), max_iter, int(windows.numel()), reports)
+    with collect_solver_stats(model, solver) as collector:
+        if not layers:
+            kinds = getattr(getattr(model, "config", None), "mixer_types", None)
+            detail = f" (mixers: {sorted(set(kinds))})" if kinds else ""
+            settings = None if collector.solver is None else collector.solver.to_dict()
+            return SolverReport(settings, 0, [], f"the model has no Mesa layer{detail}: no CG solver to report on")
+        was_training = model.training
+        device = model_device(model)
+        label = "own settings" if collector.solver is None else f"tol {collector.solver.tol:g}"
+        try:
+            model.eval()
+            for start in tqdm(range(0, len(windows), batch_size), desc=f"CG stats ({label})", unit="batch", disable=not progress, leave=False):
+                model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
+        finally:
+            model.train(was_training)
+    summaries = {s.name: s for s in collector.summary()}
+    missing = [name for name, _ in layers if name not in summaries]
+    if missing:
+        raise RuntimeError(f"solver_report: Mesa layer(s) {missing} recorded no solver statistics")
+    reports = [
+        LayerSolverReport(
+            name=s.name, layer_index=s.layer_index, systems=s.systems, mean_iterations=s.mean_iterations,
+            max_iterations=s.max_iterations, mean_relative_residual=s.mean_relative_residual,
+            max_relative_residual=s.max_relative_residual, converged_fraction=s.converged_fraction,
+        )
+        for s in (summaries[name] for name, _ in layers)
+    ]
+    if collector.solver is not None:
+        settings = collector.solver.to_dict()
+    else:
+        own = {layer.solver_inference for _, layer in layers}
+        settings = own.pop().to_dict() if len(own) == 1 else None
+    return SolverReport(settings, int(windows.numel()), reports)
 
 
 __all__ = ["LayerSolverReport", "SolverReport", "mesa_layers", "solver_report"]

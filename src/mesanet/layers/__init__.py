@@ -18,6 +18,7 @@ from .sherman_morrison_layer import ShermanMorrisonMesa
 from .short_conv import ShortConvolution
 from .single_state_mixer import SingleStateMixer
 from .softmax_self_attention import SoftmaxSelfAttention
+from .solver_stats import LayerSolverSummary, SolverStatsCollector, collect_solver_stats, mesa_layers, solver_settings
 
 __all__ = [
     "Attention", "DeltaNet", "DeltaRuleMixer", "GAMMA_CAP", "GatedDeltaNet", "GatedLinearAttention", "GatedMLP",
@@ -25,4 +26,5 @@ __all__ = [
     "RecurrentState", "RotaryEmbedding", "ShermanMorrisonMesa", "ShortConvolution", "SingleStateMixer", "SlidingWindowAttention",
     "WindowKVState", "apply_rotary", "build_mixer", "mark_no_weight_decay", "register_mixer", "rg_lru_scan",
     "LinearSelfAttention", "REGRESSION_MESA_VARIANTS", "RegressionMesa", "SoftmaxSelfAttention",
+    "LayerSolverSummary", "SolverStatsCollector", "collect_solver_stats", "mesa_layers", "solver_settings",
 ]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import checks
 from ..ops.mesa import mesa
 from ..ops.mesa_decode import mesa_step
-from ..ops.numerics import DEFAULT_MAX_ITER
 from ..ops.results import SolverStats
+from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings
 from .recurrent_mixer import RecurrentMixer, mark_no_weight_decay
+from .solver_stats import active_collectors, solver_settings
 
 #: ``lam = LAMBDA_LOWER_BOUND + softplus(lam_raw)``: the paper's lower bound (App. G.5), which keeps
 #: ``cond(H_t + Lambda)`` bounded for heads that forget.
@@ -22,9 +22,6 @@ LAMBDA_LOWER_BOUND = 0.25
 
 #: Initial ridge regulariser: ``Lambda = I`` (paper and fla).
 LAMBDA_INIT = 1.0
-
-#: Paper: "30 steps or eps = 1e-4 for evaluation"; with a tolerance, CG stops each system early (~9 steps).
-DEFAULT_TOL_INFERENCE = 1e-4
 
 
 def lambda_raw_init(lam_init: float = LAMBDA_INIT) -> float:
@@ -64,15 +61,14 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
     ``S_t = gamma_t S_{t-1} + beta_t k_t v_t^T`` (states ``recurrent = (H_kk [B, H, Dk, Dk], S_kv [B, H, Dk, Dv])``).
 
     Args (besides :class:`RecurrentMixer`'s):
-        max_iter_training, tol_training: CG stopping rule in training mode (paper: 30 steps, no tolerance).
-        max_iter_inference, tol_inference: CG stopping rule in eval mode, for prefill and decoding
-            (paper: 30 steps or ``eps = 1e-4``). ``self.training`` picks the pair.
-        decode_solver: ``"cg"`` (same stopping rule as the chunk form) or ``"cholesky"`` (exact direct
-            solve) for the one-token step.
-        record_solver_stats: store the CG diagnostics of the last call in ``self.last_solver_stats``
-            (:class:`SolverStats`, ``[B, T, H]``; padded positions have ``q = 0`` and report 0 iterations).
+        solver_training: :class:`~mesanet.ops.SolverSettings` in training mode (default
+            :data:`~mesanet.ops.TRAINING`); a mapping replaces fields of the default.
+        solver_inference: the same in eval mode, for prefill and decoding (``decode`` picks the one-token
+            solver); default :data:`~mesanet.ops.INFERENCE`. ``self.training`` picks one of the two.
         lam_init: initial ``Lambda`` (1.0), must exceed :data:`LAMBDA_LOWER_BOUND`.
 
+    CG statistics: open :func:`mesanet.layers.collect_solver_stats` around the forward (the layer then asks
+    its op for :class:`SolverStats`); the layer itself keeps no per-call state.
     Gradients are exact only when the forward solve converged (implicit backward); see :func:`mesanet.ops.mesa`.
     """
 
@@ -84,28 +80,18 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
         num_heads: int,
         head_dim: int,
         *,
-        max_iter_training: int = DEFAULT_MAX_ITER,
-        tol_training: float = 0.0,
-        max_iter_inference: int = DEFAULT_MAX_ITER,
-        tol_inference: float = DEFAULT_TOL_INFERENCE,
-        decode_solver: Literal["cg", "cholesky"] = "cg",
-        record_solver_stats: bool = False,
+        solver_training: SolverSettings | Mapping[str, Any] | None = None,
+        solver_inference: SolverSettings | Mapping[str, Any] | None = None,
         lam_init: float = LAMBDA_INIT,
         **options,
     ):
         where = type(self).__name__
-        checks.check_solver_options(where + " (training)", max_iter_training, tol_training)
-        checks.check_solver_options(where + " (inference)", max_iter_inference, tol_inference)
-        if decode_solver not in ("cg", "cholesky"):
-            raise ValueError(f"{where}: expected decode_solver 'cg' or 'cholesky', got {decode_solver!r}")
+        training = solver_settings(solver_training, TRAINING, f"{where}: solver_training")
+        inference = solver_settings(solver_inference, INFERENCE, f"{where}: solver_inference")
         lambda_raw_init(lam_init)  # validates
         self.lam_init = float(lam_init)
         super().__init__(hidden_size, num_heads, head_dim, **options)
-        self.max_iter_training, self.tol_training = max_iter_training, float(tol_training)
-        self.max_iter_inference, self.tol_inference = max_iter_inference, float(tol_inference)
-        self.decode_solver = decode_solver
-        self.record_solver_stats = bool(record_solver_stats)
-        self.last_solver_stats: Optional[SolverStats] = None
+        self.solver_training, self.solver_inference = training, inference
 
     def _make_parameters(self, factory: dict) -> None:
         self._make_lambda(factory)
@@ -114,19 +100,13 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
         super().reset_parameters()
         self._reset_lambda()
 
-    def solver_settings(self) -> tuple[int, float]:
-        """``(max_iter, tol)`` for the current mode (training or eval)."""
-        if self.training:
-            return self.max_iter_training, self.tol_training
-        return self.max_iter_inference, self.tol_inference
+    @property
+    def solver(self) -> SolverSettings:
+        """The settings of the current mode: ``solver_training`` in training, else ``solver_inference``."""
+        return self.solver_training if self.training else self.solver_inference
 
     def extra_repr(self) -> str:
-        return (
-            super().extra_repr()
-            + f", max_iter_training={self.max_iter_training}, tol_training={self.tol_training}"
-            + f", max_iter_inference={self.max_iter_inference}, tol_inference={self.tol_inference}"
-            + f", decode_solver={self.decode_solver!r}"
-        )
+        return super().extra_repr() + f", solver_training={self.solver_training}, solver_inference={self.solver_inference}"
 
     @staticmethod
     def _dense_gates(q: Tensor, g: Optional[Tensor], beta: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -137,25 +117,27 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
 
     def _parallel(self, q, k, v, g, beta, initial_state, cu_seqlens, output_final_state):
         g, beta = self._dense_gates(q, g, beta)
-        max_iter, tol = self.solver_settings()
+        override, collectors = active_collectors(self)
+        settings = self.solver if override is None else override
         out = mesa(
             q, k, v, g, beta, self.lam,
-            initial_state=initial_state, output_final_state=output_final_state, max_iter=max_iter, tol=tol,
-            chunk_size=self.chunk_size, cu_seqlens=cu_seqlens, return_stats=self.record_solver_stats,
+            initial_state=initial_state, output_final_state=output_final_state, solver=settings,
+            chunk_size=self.chunk_size, cu_seqlens=cu_seqlens, return_stats=bool(collectors),
             validate=self.validate_inputs,
         )
-        if self.record_solver_stats:
-            self.last_solver_stats = out.stats
+        for collector in collectors:
+            collector.record(self, out.stats, settings)
         return out.output, out.final_state
 
     def _step(self, q, k, v, g, beta, state):
         g, beta = self._dense_gates(q, g, beta)
-        max_iter, tol = self.solver_settings()
+        override, collectors = active_collectors(self)
+        settings = self.solver if override is None else override
         out = mesa_step(
-            q, k, v, g, beta, self.lam, state, max_iter=max_iter, tol=tol, solver=self.decode_solver,
-            return_stats=self.record_solver_stats, validate=self.validate_inputs,
+            q, k, v, g, beta, self.lam, state, solver=settings, return_stats=bool(collectors), validate=self.validate_inputs,
         )
-        if self.record_solver_stats:
-            stats = out.stats
-            self.last_solver_stats = SolverStats(stats.iterations.unsqueeze(1), stats.relative_residual.unsqueeze(1))
+        if collectors:
+            stats = SolverStats(out.stats.iterations.unsqueeze(1), out.stats.relative_residual.unsqueeze(1))  # [B, 1, H]
+            for collector in collectors:
+                collector.record(self, stats, settings)
         return out.output, out.final_state

@@ -36,7 +36,6 @@ Mesa's ``lam_raw``. Norm gains are left to the trainer's own rule (e.g. "no deca
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
@@ -104,15 +103,6 @@ def forget_gate_bias(num_heads: int, gamma_range: tuple[float, float] = FORGET_I
         log_one_minus = torch.linspace(a, b, num_heads, dtype=torch.float64)
     gamma = 1.0 - log_one_minus.exp()
     return gamma.log() - (-gamma).log1p()  # logit(gamma)
-
-
-def autocast_disabled(device: torch.device):
-    """Context that switches autocast off on ``device``: the recurrences and the CG solve run in float32
-    (or float64) on the float32 q/k/v/gates the layer hands them, never in autocast's bf16/fp16."""
-    available = getattr(torch.amp, "is_autocast_available", None)
-    if available is not None and not available(device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -343,15 +333,15 @@ class RecurrentMixer(nn.Module):
             q, k, v = q * m, k * m, v * m
 
         recurrent = tuple(state.recurrent) if state is not None and state.recurrent else None
-        with autocast_disabled(x.device):
-            if state is not None and length == 1:
-                o, final = self._step(
-                    q[:, 0], k[:, 0], v[:, 0], None if g is None else g[:, 0], None if beta is None else beta[:, 0],
-                    recurrent,
-                )
-                o = o.unsqueeze(1)
-            else:
-                o, final = self._parallel(q, k, v, g, beta, recurrent, cu_seqlens, use_cache)
+        # the ops run with autocast off themselves (mesanet.ops.numerics.without_autocast)
+        if state is not None and length == 1:
+            o, final = self._step(
+                q[:, 0], k[:, 0], v[:, 0], None if g is None else g[:, 0], None if beta is None else beta[:, 0],
+                recurrent,
+            )
+            o = o.unsqueeze(1)
+        else:
+            o, final = self._parallel(q, k, v, g, beta, recurrent, cu_seqlens, use_cache)
         if mask is not None:
             o = o * mask[..., None, None].to(o.dtype)
         y = self.o_proj(self.o_norm(o).to(x.dtype).reshape(batch, length, h * dv))

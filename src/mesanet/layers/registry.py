@@ -1,7 +1,7 @@
 """Mixer registry: the ``mixer`` names used in model configs -> token-mixer classes.
 
 Every class takes ``(hidden_size, num_heads, head_dim, **options)`` (``head_dim`` is the key/query head
-size; options are class-specific keyword arguments, e.g. ``max_iter_training`` for ``"mesa"``) and follows
+size; options are class-specific keyword arguments, e.g. ``solver_training`` for ``"mesa"``) and follows
 the contract of :mod:`mesanet.layers.base`. To add a mixer, add one ``"name": Class`` line to
 :data:`MIXERS` (or call :func:`register_mixer`).
 """

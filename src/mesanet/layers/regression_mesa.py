@@ -20,34 +20,40 @@ The operators' ``lam`` is the diagonal added to the key covariance, so they rece
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import mesa, mesa_sherman_morrison
+from ..ops import SolverSettings, mesa, mesa_sherman_morrison
 from .recurrent_mixer import mark_no_weight_decay
+from .solver_stats import solver_settings
 
 __all__ = ["RegressionMesa", "REGRESSION_MESA_VARIANTS"]
 
 REGRESSION_MESA_VARIANTS = ("mesa", "mesa_forget", "sherman_morrison")
 
+#: Solver of the ``ops.mesa`` variants: 30 CG steps, no tolerance (the systems are small, ``Dk`` ~ 20, so
+#: this is the exact solution up to the working precision; the analyses compare against closed forms).
+REGRESSION_SOLVER = SolverSettings(max_iter=30, tol=0.0)
+
 
 class RegressionMesa(nn.Module):
     """``RegressionMesa(dim, num_heads, key_size, value_size=None, variant="mesa", qk_norm=False, lam_init=1.0,
-    init_std=0.05, forget_init=0.99, max_iter=30, chunk_size=16)``; ``max_iter`` / ``chunk_size``: CG steps and chunk
+    init_std=0.05, forget_init=0.99, solver=None, chunk_size=16)``; ``solver`` / ``chunk_size``: the
+    :class:`~mesanet.ops.SolverSettings` (default :data:`REGRESSION_SOLVER`; a mapping replaces its fields) and chunk
     length of the ``ops.mesa`` variants (16 was the fastest on CPU at T = 50, Dk = 20)."""
 
     def __init__(
         self, dim: int, num_heads: int, key_size: int, value_size: Optional[int] = None, *,
         variant: str = "mesa", qk_norm: bool = False, lam_init: float = 1.0, init_std: float = 0.05,
-        forget_init: float = 0.99, max_iter: int = 30, chunk_size: int = 16,
+        forget_init: float = 0.99, solver: SolverSettings | Mapping[str, Any] | None = None, chunk_size: int = 16,
     ) -> None:
         super().__init__()
         value_size = key_size if value_size is None else value_size
         for name, val in (("dim", dim), ("num_heads", num_heads), ("key_size", key_size), ("value_size", value_size),
-                          ("max_iter", max_iter), ("chunk_size", chunk_size)):
+                          ("chunk_size", chunk_size)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"RegressionMesa: {name} expected an int >= 1, got {val!r}")
         if variant not in REGRESSION_MESA_VARIANTS:
@@ -59,7 +65,8 @@ class RegressionMesa(nn.Module):
         if not 0.0 < forget_init < 1.0:
             raise ValueError(f"RegressionMesa: forget_init expected in (0, 1), got {forget_init!r}")
         self.dim, self.num_heads, self.key_size, self.value_size = dim, num_heads, key_size, value_size
-        self.variant, self.qk_norm, self.max_iter, self.chunk_size = variant, bool(qk_norm), max_iter, chunk_size
+        self.solver = solver_settings(solver, REGRESSION_SOLVER, "RegressionMesa: solver")
+        self.variant, self.qk_norm, self.chunk_size = variant, bool(qk_norm), chunk_size
         self.lam_init, self.init_std, self.forget_init = float(lam_init), float(init_std), float(forget_init)
         self.w_q = nn.Parameter(torch.empty(num_heads, key_size, dim))
         self.w_k = nn.Parameter(torch.empty(num_heads, key_size, dim))
@@ -114,7 +121,7 @@ class RegressionMesa(nn.Module):
         if self.variant == "sherman_morrison":
             out = mesa_sherman_morrison(q, k, v, g, beta, reg).output
         else:
-            out = mesa(q, k, v, g, beta, reg, max_iter=self.max_iter, chunk_size=self.chunk_size).output
+            out = mesa(q, k, v, g, beta, reg, solver=self.solver, chunk_size=self.chunk_size).output
         return torch.einsum("hdv,bthv->btd", self.proj, out)
 
     def extra_repr(self) -> str:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+
+from ..layers.solver_stats import solver_settings
+from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings
 
 #: Mixer kinds a layer can be (see :mod:`mesanet.layers.registry`), and how Hugging Face classifies them.
 MIXER_KINDS = {
@@ -26,6 +31,45 @@ _HF_BOOKKEEPING_KEYS = {
     "attn_implementation",
 }
 
+#: Solver keys of configs saved before :class:`~mesanet.ops.SolverSettings`: ``old key -> (new field, setting)``.
+#: They are mapped onto the new fields (with a ``DeprecationWarning``); giving both spellings is an error.
+#: A config with any legacy key keeps the old defaults for the legacy settings it leaves out
+#: (:data:`LEGACY_DEFAULTS`: 30 steps, no tolerance, CG decoding); the preconditioner is the new default.
+LEGACY_SOLVER_KEYS = {
+    "cg_max_iter_train": ("solver_training", "max_iter"),
+    "cg_tol_train": ("solver_training", "tol"),
+    "cg_max_iter_eval": ("solver_inference", "max_iter"),
+    "cg_tol_eval": ("solver_inference", "tol"),
+    "decode_solver": ("solver_inference", "decode"),
+}
+LEGACY_DEFAULTS = {"solver_training": dict(max_iter=30, tol=0.0), "solver_inference": dict(max_iter=30, tol=0.0, decode="cg")}
+
+#: Integer fields that must be >= 1 (``value_head_dim`` / ``num_kv_heads`` once their ``None`` defaults are filled).
+POSITIVE_INT_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "value_head_dim", "num_kv_heads",
+    "conv_size", "chunk_size", "attention_window",
+)
+#: Number fields that must be finite and strictly above a bound: ``name -> bound`` (RoPE needs a base > 1).
+LOWER_BOUNDED_FIELDS = {"mlp_expansion": 0.0, "rms_norm_eps": 0.0, "rope_theta": 1.0, "hawk_expansion": 0.0}
+BOOL_FIELDS = ("use_cache", "tie_word_embeddings")
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+#: Mixer kinds with rotary position embeddings, which rotate channel pairs (``head_dim`` must be even).
+ROPE_KINDS = ("attention", "sliding_attention")
+#: ``logit_soft_cap`` value that meant "no cap" before ``None`` did; loads as ``None`` with a ``DeprecationWarning``.
+LEGACY_NO_CAP = 0
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad(name: str, expected: str, value) -> ValueError:
+    return ValueError(f"MesaNetConfig.{name}: expected {expected}, got {value!r}")
+
 
 @strict
 class MesaNetConfig(PreTrainedConfig):
@@ -33,9 +77,13 @@ class MesaNetConfig(PreTrainedConfig):
     -> RMSNorm -> logits soft-capped at ``logit_soft_cap`` (``None``: no cap).
 
     ``mixer_types``: one mixer kind per layer (default: all ``"mesa"``), e.g. ``["hawk", "mesa"] * 7`` for
-    Hawk-Mesa, ``["attention"] * 14`` for the Transformer. Mesa solver settings are separate for training
-    (``cg_max_iter_train``, ``cg_tol_train``) and evaluation/inference (``cg_max_iter_eval``, ``cg_tol_eval``).
-    Unknown keys and inconsistent values are errors.
+    Hawk-Mesa, ``["attention"] * 14`` for the Transformer. Mesa solver settings: ``solver_training`` and
+    ``solver_inference`` (evaluation, prefill and decoding), each a plain dict of
+    :class:`~mesanet.ops.SolverSettings` fields (JSON-serialisable); a partial dict replaces fields of
+    :data:`~mesanet.ops.TRAINING` / :data:`~mesanet.ops.INFERENCE` and is stored complete. Configs with the
+    old keys (:data:`LEGACY_SOLVER_KEYS`, e.g. ``cg_max_iter_train``) load with those mapped onto the new fields.
+    Unknown keys and every invalid or inconsistent value are a ``ValueError`` naming the field, what was expected
+    and what arrived (:meth:`check_values`); an old config's ``logit_soft_cap: 0`` loads as ``None``.
     """
 
     model_type = "mesanet"
@@ -53,12 +101,9 @@ class MesaNetConfig(PreTrainedConfig):
     logit_soft_cap: float | None = 30.0
     conv_size: int = 4
     gamma_cap: float = 0.9975
-    cg_max_iter_train: int = 30
-    cg_tol_train: float = 0.0
-    cg_max_iter_eval: int = 30
-    cg_tol_eval: float = 0.0
+    solver_training: dict | None = None
+    solver_inference: dict | None = None
     chunk_size: int = 64
-    decode_solver: str = "cg"
     rope_theta: float = 10000.0
     attention_window: int = 512
     num_kv_heads: int | None = None
@@ -70,37 +115,93 @@ class MesaNetConfig(PreTrainedConfig):
     pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
+        self._solver_fields(kwargs)
         unknown = sorted(k for k in kwargs if k not in _HF_BOOKKEEPING_KEYS and not k.startswith("_"))
         if unknown:
             valid = sorted(f.name for f in dataclasses.fields(self))
             raise ValueError(f"MesaNetConfig: unknown keys {unknown}; valid keys: {valid}")
-        if self.mixer_types is None:
+        if self.mixer_types is None and _is_int(self.num_hidden_layers):
             self.mixer_types = ["mesa"] * self.num_hidden_layers
-        self.mixer_types = list(self.mixer_types)
-        bad = sorted(set(self.mixer_types) - set(MIXER_KINDS))
-        if bad:
-            raise ValueError(f"MesaNetConfig: unknown mixer types {bad}; valid: {sorted(MIXER_KINDS)}")
+        if isinstance(self.mixer_types, tuple):
+            self.mixer_types = list(self.mixer_types)
         if self.value_head_dim is None:
             self.value_head_dim = self.head_dim
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        if _is_number(self.logit_soft_cap) and self.logit_soft_cap == LEGACY_NO_CAP:
+            warnings.warn("MesaNetConfig.logit_soft_cap: 0 for 'no cap' is deprecated; mapped to None (write None)",
+                          DeprecationWarning, stacklevel=4)
+            self.logit_soft_cap = None
+        self.check_values()  # here, so that a bad value is a plain ValueError (strict's validators wrap theirs)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-        """Part of ``@strict`` validation: consistent sizes, known mixer kinds and solver settings."""
-        if len(self.mixer_types) != self.num_hidden_layers:
-            raise ValueError(f"MesaNetConfig: expected {self.num_hidden_layers} mixer_types (num_hidden_layers), got {len(self.mixer_types)}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "value_head_dim", "conv_size", "chunk_size", "attention_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MesaNetConfig: expected {name} >= 1, got {getattr(self, name)}")
+        """Part of ``@strict`` validation (at construction and before saving): :meth:`check_values`."""
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Every field's type and range, and the sizes' consistency: a ``ValueError`` naming the field, what was
+        expected and what arrived (the solver fields are checked by :meth:`_solver_fields`)."""
+        for name in POSITIVE_INT_FIELDS:
+            value = getattr(self, name)
+            if not (_is_int(value) and value >= 1):
+                raise _bad(name, "an integer >= 1", value)
+        for name, bound in LOWER_BOUNDED_FIELDS.items():
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value > bound):
+                raise _bad(name, f"a finite number > {bound:g}", value)
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, "true or false", getattr(self, name))
+        if not (_is_number(self.gamma_cap) and 0 < self.gamma_cap <= 1):
+            raise _bad("gamma_cap", "a number in (0, 1]", self.gamma_cap)
+        cap = self.logit_soft_cap
+        if cap is not None and not (_is_number(cap) and math.isfinite(cap) and cap > 0):
+            raise _bad("logit_soft_cap", "None (no cap) or a finite number > 0", cap)
+        if round(self.mlp_expansion * self.hidden_size) < 1:
+            raise _bad("mlp_expansion", f"at least one MLP unit (round(mlp_expansion x hidden_size {self.hidden_size}) >= 1)", self.mlp_expansion)
+        if round(self.hawk_expansion * self.head_dim) < 1:
+            raise _bad("hawk_expansion", f"at least one Hawk channel per head (round(hawk_expansion x head_dim {self.head_dim}) >= 1)", self.hawk_expansion)
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"MesaNetConfig: num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
-        if self.decode_solver not in ("cg", "cholesky"):
-            raise ValueError(f"MesaNetConfig: expected decode_solver 'cg' or 'cholesky', got {self.decode_solver!r}")
-        if not 0 < self.gamma_cap <= 1:
-            raise ValueError(f"MesaNetConfig: expected 0 < gamma_cap <= 1, got {self.gamma_cap}")
-        if min(self.cg_max_iter_train, self.cg_max_iter_eval) < 0 or min(self.cg_tol_train, self.cg_tol_eval) < 0:
-            raise ValueError("MesaNetConfig: CG iteration counts and tolerances must be >= 0")
+            raise ValueError(f"MesaNetConfig.num_kv_heads: expected a divisor of num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        self._check_mixers()
+        self._check_token_ids()
+
+    def _check_mixers(self) -> None:
+        kinds = self.mixer_types
+        if not (isinstance(kinds, list) and all(isinstance(k, str) for k in kinds)):
+            raise _bad("mixer_types", "a list of mixer kinds, one per layer", kinds)
+        bad = sorted(set(kinds) - set(MIXER_KINDS))
+        if bad:
+            raise ValueError(f"MesaNetConfig: unknown mixer types {bad}; valid: {sorted(MIXER_KINDS)}")
+        if len(kinds) != self.num_hidden_layers:
+            raise ValueError(f"MesaNetConfig: expected {self.num_hidden_layers} mixer_types (num_hidden_layers), got {len(kinds)}")
+        if self.head_dim % 2 and any(k in ROPE_KINDS for k in kinds):
+            raise _bad("head_dim", f"an even number (RoPE rotates channel pairs in the {'/'.join(ROPE_KINDS)} layers)", self.head_dim)
+
+    def _check_token_ids(self) -> None:
+        for name in TOKEN_ID_FIELDS:
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+                raise _bad(name, f"None or a token id in [0, vocab_size) = [0, {self.vocab_size - 1}]", value)
+
+    def _solver_fields(self, kwargs: dict) -> None:
+        """Map legacy solver keys out of ``kwargs``, then store both solver fields as complete, validated dicts."""
+        legacy = {k: kwargs.pop(k) for k in list(kwargs) if k in LEGACY_SOLVER_KEYS}
+        for name, default in (("solver_training", TRAINING), ("solver_inference", INFERENCE)):
+            value = getattr(self, name)
+            if not isinstance(value, (dict, SolverSettings, type(None))):
+                raise ValueError(f"MesaNetConfig.{name}: expected a dict of solver settings or None, got {type(value).__name__}")
+            old = sorted(k for k in legacy if LEGACY_SOLVER_KEYS[k][0] == name)
+            if old and value is not None:
+                raise ValueError(f"MesaNetConfig.{name}: given together with the legacy keys {old}; use {name} only")
+            if legacy and value is None:  # an old-style config: the old defaults, then the legacy values
+                value = {**LEGACY_DEFAULTS[name], **{LEGACY_SOLVER_KEYS[k][1]: legacy[k] for k in old}}
+            setattr(self, name, solver_settings(value, default, f"MesaNetConfig.{name}").to_dict())
+        if legacy:
+            mapped = ", ".join(f"{k} -> {'.'.join(LEGACY_SOLVER_KEYS[k])}" for k in sorted(legacy))
+            warnings.warn(f"MesaNetConfig: legacy solver keys mapped onto the new fields ({mapped})", DeprecationWarning, stacklevel=4)
 
     @property
     def layer_types(self) -> list[str]:
@@ -108,4 +209,4 @@ class MesaNetConfig(PreTrainedConfig):
         return [MIXER_KINDS[kind] for kind in self.mixer_types]
 
 
-__all__ = ["MesaNetConfig", "MIXER_KINDS"]
+__all__ = ["LEGACY_DEFAULTS", "LEGACY_SOLVER_KEYS", "MesaNetConfig", "MIXER_KINDS"]

@@ -28,6 +28,35 @@ IGNORE_INDEX = -100
 
 _ATTENTION_KINDS = ("attention", "sliding_attention")
 
+#: Index dtypes ``nn.Embedding`` accepts; labels of either dtype are cast to int64 for the loss.
+TOKEN_ID_DTYPES = (torch.int64, torch.int32)
+
+
+def check_token_ids(where: str, vocab_size: int, input_ids: Optional[Tensor], labels: Optional[Tensor] = None) -> None:
+    """``ValueError`` unless ``input_ids`` (and ``labels``, which may also be :data:`IGNORE_INDEX`) are integer
+    tensors of ids in ``[0, vocab_size)``: one ``aminmax`` per tensor and ONE host sync for both; labels that are
+    ``input_ids`` are not checked twice; the value check is skipped while compiling and on the meta device."""
+    given = [(name, t) for name, t in (("input_ids", input_ids), ("labels", labels)) if t is not None]
+    for name, ids in given:
+        if ids.dtype not in TOKEN_ID_DTYPES:
+            raise ValueError(f"{where}: expected {name} of an integer dtype (torch.int64 or torch.int32), got {ids.dtype}")
+    if labels is not None and labels is input_ids:
+        given = given[:1]
+    given = [(name, t) for name, t in given if t.numel() and not t.is_meta]
+    if not given or torch.compiler.is_compiling():
+        return
+    ranges = []
+    for name, ids in given:
+        if name == "labels":  # ignored positions count as a valid id
+            ids = ids.masked_fill(ids == IGNORE_INDEX, 0)
+        ranges.append(torch.stack(torch.aminmax(ids)).long())
+    for (name, _), (low, high) in zip(given, torch.stack(ranges).tolist()):
+        if low < 0 or high >= vocab_size:
+            allowed = f" or {IGNORE_INDEX} (ignored)" if name == "labels" else ""
+            raise ValueError(
+                f"{where}: expected {name} in [0, vocab_size) = [0, {vocab_size - 1}]{allowed}, got values from {low} to {high}"
+            )
+
 
 def mixer_options(config: MesaNetConfig, kind: str) -> dict:
     """Constructor options of the mixer ``kind`` taken from the model config."""
@@ -40,11 +69,7 @@ def mixer_options(config: MesaNetConfig, kind: str) -> dict:
         return dict(conv_size=config.conv_size, expansion=config.hawk_expansion, chunk_size=config.chunk_size)
     options = dict(value_head_dim=config.value_head_dim, conv_size=config.conv_size, gamma_cap=config.gamma_cap, chunk_size=config.chunk_size)
     if kind == "mesa":
-        options.update(
-            max_iter_training=config.cg_max_iter_train, tol_training=config.cg_tol_train,
-            max_iter_inference=config.cg_max_iter_eval, tol_inference=config.cg_tol_eval,
-            decode_solver=config.decode_solver,
-        )
+        options.update(solver_training=config.solver_training, solver_inference=config.solver_inference)
     return options
 
 
@@ -147,12 +172,16 @@ class MesaNetModel(MesaNetPreTrainedModel):
         output_attentions: Optional[bool] = None,
         cu_seqlens: Optional[Tensor] = None,
         return_dict: Optional[bool] = None,
+        check_ids: bool = True,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """``check_ids=False``: the caller has checked ``input_ids`` with :func:`check_token_ids` already."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("MesaNetModel: pass exactly one of input_ids [B, T] and inputs_embeds [B, T, D]")
         if input_ids is not None and input_ids.dim() != 2:
             raise ValueError(f"MesaNetModel: expected input_ids of shape [B, T], got {list(input_ids.shape)}")
+        if check_ids:
+            check_token_ids("MesaNetModel", self.config.vocab_size, input_ids)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         use_cache = use_cache and not self.training and cu_seqlens is None
         if output_attentions:
@@ -243,14 +272,16 @@ class MesaNetForCausalLM(MesaNetPreTrainedModel, GenerationMixin):
         return_dict: Optional[bool] = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        if input_ids is not None and input_ids.dim() == 2:  # ids and labels in one check (the model checks shapes)
+            check_token_ids("MesaNetForCausalLM", self.config.vocab_size, input_ids, labels)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions, cu_seqlens=cu_seqlens,
+            output_attentions=output_attentions, cu_seqlens=cu_seqlens, check_ids=input_ids is None or input_ids.dim() != 2,
         )
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[:, -logits_to_keep:]
         logits = self.lm_head(hidden).float()
-        if self.config.logit_soft_cap:
+        if self.config.logit_soft_cap is not None:
             cap = self.config.logit_soft_cap
             logits = cap * torch.tanh(logits / cap)
         loss = None
@@ -259,8 +290,10 @@ class MesaNetForCausalLM(MesaNetPreTrainedModel, GenerationMixin):
                 raise ValueError(f"MesaNetForCausalLM: expected labels of shape [B, T] = {list(out.last_hidden_state.shape[:2])}, got {list(labels.shape)}")
             if logits_to_keep:
                 raise ValueError("MesaNetForCausalLM: labels need the logits of every position (logits_to_keep = 0)")
+            if input_ids is None:  # inputs_embeds: the labels were not checked above
+                check_token_ids("MesaNetForCausalLM", self.config.vocab_size, None, labels)
             loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).long(), ignore_index=IGNORE_INDEX
             )
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,

@@ -13,9 +13,13 @@ from .mesa_reference import mesa_reference
 from .recurrent_reference import delta_rule_reference, gla_reference
 from .results import MesaOutput, SolverStats
 from .sherman_morrison import mesa_sherman_morrison
+from .solver_settings import INFERENCE, TRAINING, SolverSettings
 
 __all__ = [
     "CGOptions",
+    "INFERENCE",
+    "SolverSettings",
+    "TRAINING",
     "CGResult",
     "MesaOutput",
     "SolverStats",

@@ -1,24 +1,21 @@
 """Shared machinery of the chunkwise recurrences (Mesa, GLA, DeltaNet): design sections 2 and 8.
 
 Every baseline keeps one state ``S [Dk, Dv]`` per head, reads out ``o_t = S_t^T q_t`` and has the
-same public boundary as :func:`mesanet.ops.mesa`: ``[B, T, H, D]`` inputs, optional ``cu_seqlens``
-packing, float32/float64 compute, output in ``v.dtype``. This module holds that boundary
-(validation, casting, chunk packing) once, plus the in-chunk decay matrix and the cross-chunk scan
-of a linear (GLA-type) state; the Mesa states ``(H_kk, S_kv)`` are its ``X = [K | V]`` instance.
+same public boundary as :func:`mesanet.ops.mesa` (:mod:`mesanet.ops.inputs`): ``[B, T, H, D]`` inputs,
+optional ``cu_seqlens`` packing, float32/float64 compute, output in ``v.dtype``. This module holds the
+in-chunk decay matrix and the cross-chunk scan of a linear (GLA-type) state (the Mesa states
+``(H_kk, S_kv)`` are its ``X = [K | V]`` instance), and runs a single-state op on the chunked layout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
-from . import checks
 from .chunk_layout import ChunkLayout
-from .numerics import solver_dtype
+from .inputs import LINEAR, prepare_sequences
 from .results import MesaOutput
 
 #: ``(q, k, v [NC, H, C, D], g, beta [NC, H, C], initial [N, H, Dk, Dv], layout) -> (o [NC, H, C, Dv], final [N, H, Dk, Dv])``
@@ -72,73 +69,19 @@ def run_recurrent_op(
     cu_seqlens: Optional[Tensor],
     validate: bool,
 ) -> MesaOutput:
-    """Validate, cast, pack into chunks, run ``forward`` on the chunked layout and unpack.
+    """A single-state op on the shared input path: prepare (:func:`~mesanet.ops.inputs.prepare_sequences`),
+    pack into chunks, run ``forward`` on the chunked layout, unpack and check the result.
 
-    ``g = None`` means no forgetting (``gamma = 1``), ``beta = None`` means ``beta = 1``. Shapes, dtypes,
-    devices and ``cu_seqlens`` are always checked; with ``validate`` also finiteness and ``g <= 0``.
+    ``g = None`` means no forgetting (``gamma = 1``), ``beta = None`` means ``beta = 1``.
     Returns ``MesaOutput(o [B, T, H, Dv] in v.dtype, S [N, H, Dk, Dv] in the compute dtype or None, None)``.
     """
-    checks.check_chunk_size(where, chunk_size)
-    batch, length, heads, dk, dv = checks.check_recurrent_inputs(where, q, k, v, g, beta)
-    if initial_state is not None:
-        checks.check_tensor(where, "initial_state", initial_state, "N H Dk Dv")
-    named = dict(q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu_seqlens, initial_state=initial_state)
-    checks.check_same_device(where, named)
-    if cu_seqlens is not None:
-        lengths = checks.check_cu_seqlens(where, cu_seqlens, batch, length, q.device)
-    else:
-        lengths = [length] * batch
-    n = len(lengths)
-    if initial_state is not None:
-        checks.check_shape(where, "initial_state", initial_state, (n, heads, dk, dv), "N H Dk Dv")
-    if validate:
-        del named["cu_seqlens"]
-        checks.check_finite(where, named)
-        checks.check_log_decay(where, g)
-
-    dtype = solver_dtype(q, k, v, g, beta, initial_state)
-    layout = ChunkLayout.from_lengths(lengths, chunk_size, q.device)
-    if g is None:
-        g = q.new_zeros((batch, length, heads), dtype=dtype)
-    if beta is None:
-        beta = q.new_ones((batch, length, heads), dtype=dtype)  # padding slots still pack to beta = 0
-
-    def pack(x: Tensor) -> Tensor:  # [B, T, H(, D)] -> [NC, H, C(, D)]
-        return layout.pack(rearrange(x.to(dtype), "b t ... -> (b t) ..."))
-
-    if initial_state is None:
-        initial = q.new_zeros((n, heads, dk, dv), dtype=dtype)
-    else:
-        initial = initial_state.to(dtype)
-    o, final = forward(pack(q), pack(k), pack(v), pack(g), pack(beta), initial, layout)
-    output = layout.unpack(o).reshape(batch, length, heads, dv).to(v.dtype)  # [B, T, H, Dv]
-    return MesaOutput(output, final if output_final_state else None, None)
-
-
-@dataclass(frozen=True)
-class StepInputs:
-    """One decoding token, cast to the compute dtype: ``q, k [B, H, Dk]``, ``v [B, H, Dv]``,
-    ``gamma, beta [B, H, 1, 1]`` (ready to scale a state), ``state [B, H, Dk, Dv]``."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    gamma: Tensor
-    beta: Tensor
-    state: Tensor
-
-
-def prepare_step(where: str, q, k, v, g, beta, state, validate: bool) -> StepInputs:
-    """Boundary of the ``*_step`` decoders: checks as :func:`run_recurrent_op`, zeros for a missing state."""
-    batch, heads, dk, dv = checks.check_recurrent_step_inputs(where, q, k, v, g, beta, state)
-    named = dict(q=q, k=k, v=v, g=g, beta=beta, state=state)
-    checks.check_same_device(where, named)
-    if validate:
-        checks.check_finite(where, named)
-        checks.check_log_decay(where, g)
-    dtype = solver_dtype(q, k, v, g, beta, state)
-    q, k, v = (t.to(dtype) for t in (q, k, v))
-    gamma = q.new_ones((batch, heads)) if g is None else g.to(dtype).exp()  # [B, H]
-    beta = q.new_ones((batch, heads)) if beta is None else beta.to(dtype)  # [B, H]
-    state = q.new_zeros((batch, heads, dk, dv)) if state is None else state.to(dtype)
-    return StepInputs(q, k, v, gamma[..., None, None], beta[..., None, None], state)
+    x = prepare_sequences(where, LINEAR, q, k, v, g, beta, None, initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, validate=validate)
+    layout = x.layout(chunk_size)
+    (initial,) = x.initial_state()
+    o, final = forward(
+        x.pack(layout, x.q), x.pack(layout, x.k), x.pack(layout, x.v), x.pack(layout, x.g), x.pack(layout, x.beta),
+        initial, layout,
+    )  # padding slots pack to beta = 0
+    output = x.unpack(layout, o)  # [B, T, H, Dv]
+    x.check_results(output=output, **{"final state": final})
+    return MesaOutput(output.to(x.out_dtype), final if output_final_state else None, None)

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from .chunk_layout import ChunkLayout
-from .chunk_recurrence import prepare_step, run_recurrent_op
+from .chunk_recurrence import run_recurrent_op
 from .chunk_recurrence import intra_chunk_decay
+from .inputs import LINEAR, prepare_step
 from .numerics import DEFAULT_CHUNK_SIZE, without_autocast
 from .results import MesaOutput
 
@@ -99,11 +100,13 @@ def delta_rule(
         initial_state: ``S [N, H, Dk, Dv]``, ``N = B`` (or the number of packed sequences); zeros when
             omitted. Gradients flow into it.
         output_final_state: also return the state after the last token of every sequence.
-        chunk_size: tokens per chunk ``C``; any ``T`` works (the last chunk is padded).
+        chunk_size: tokens per chunk ``C``; any ``T`` works (the last chunk is padded); capped at the
+            longest sequence.
         cu_seqlens: ``[N + 1]`` int offsets of ``N`` sequences packed along ``T`` (``B`` must be 1);
             state never crosses a boundary.
-        validate: check values (finite, ``g <= 0``); shapes, dtypes and devices are always checked.
-            Every failure raises ``ValueError``.
+        validate: check values (finite, ``g <= 0``) in one host synchronisation, and that the result is
+            finite (an overflow of the compute dtype is an error, not a silent NaN); shapes, sizes (all
+            ``>= 1``), dtypes and devices are always checked. Every failure raises ``ValueError``.
 
     Returns:
         :class:`MesaOutput` ``(output [B, T, H, Dv] in v.dtype, final_state, None)``. For this
@@ -133,10 +136,17 @@ def delta_rule_step(
 ) -> tuple[Tensor, Tensor]:
     """One decoding token of :func:`delta_rule`: ``q, k [B, H, Dk]``, ``v [B, H, Dv]``, ``g, beta [B, H]``
     (or ``None``), ``state S [B, H, Dk, Dv]`` (zeros when omitted) -> ``(o [B, H, Dv] in v.dtype, S')``,
-    ``S'`` in float32 (float64 if any input is float64). Differentiable in every input."""
-    x = prepare_step("delta_rule_step", q, k, v, g, beta, state, validate)
-    recalled = torch.einsum("bhkv,bhk->bhv", x.state, x.k)  # S^T k  [B, H, Dv]
-    # gamma (I - beta k k^T) S + beta k v^T = gamma S + beta k (v - gamma S^T k)^T
-    state = x.gamma * x.state + x.beta * x.k.unsqueeze(-1) * (x.v - x.gamma.squeeze(-1) * recalled).unsqueeze(-2)
-    o = torch.einsum("bhkv,bhk->bhv", state, x.q)
-    return o.to(v.dtype), state
+    ``S'`` in float32 (float64 if any input is float64). Differentiable in every input. ``validate`` as in
+    :func:`delta_rule` (read in one synchronisation after the step, with the finiteness of ``o`` and ``S'``)."""
+    x = prepare_step("delta_rule_step", LINEAR, q, k, v, g, beta, None, state, validate)
+    kb = x.k if x.beta is None else x.k * x.beta.unsqueeze(-1)  # beta k  [B, H, Dk]
+    if x.state is None:
+        new = kb.unsqueeze(-1) * x.v.unsqueeze(-2)
+    else:
+        # gamma (I - beta k k^T) S + beta k v^T = gamma S + beta k (v - (gamma S)^T k)^T
+        decayed = x.decayed(x.state[0])  # gamma S  [B, H, Dk, Dv]
+        recalled = torch.matmul(x.k.unsqueeze(-2), decayed).squeeze(-2)  # (gamma S)^T k  [B, H, Dv]
+        new = decayed + kb.unsqueeze(-1) * (x.v - recalled).unsqueeze(-2)
+    o = torch.matmul(x.q.unsqueeze(-2), new).squeeze(-2)  # S'^T q  [B, H, Dv]
+    x.finish({"output": o, "new state": new})
+    return o.to(x.out_dtype), new

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from .chunk_layout import ChunkLayout
-from .chunk_recurrence import linear_chunk_states, prepare_step, run_recurrent_op
+from .chunk_recurrence import linear_chunk_states, run_recurrent_op
 from .chunk_recurrence import intra_chunk_decay
+from .inputs import LINEAR, prepare_step
 from .numerics import DEFAULT_CHUNK_SIZE, without_autocast
 from .results import MesaOutput
 
@@ -61,11 +62,13 @@ def gla(
         initial_state: ``S [N, H, Dk, Dv]``, ``N = B`` (or the number of packed sequences); zeros when
             omitted. Gradients flow into it.
         output_final_state: also return the state after the last token of every sequence.
-        chunk_size: tokens per chunk ``C``; any ``T`` works (the last chunk is padded).
+        chunk_size: tokens per chunk ``C``; any ``T`` works (the last chunk is padded); capped at the
+            longest sequence.
         cu_seqlens: ``[N + 1]`` int offsets of ``N`` sequences packed along ``T`` (``B`` must be 1);
             state never crosses a boundary.
-        validate: check values (finite, ``g <= 0``); shapes, dtypes and devices are always checked.
-            Every failure raises ``ValueError``.
+        validate: check values (finite, ``g <= 0``) in one host synchronisation, and that the result is
+            finite (an overflow of the compute dtype is an error, not a silent NaN); shapes, sizes (all
+            ``>= 1``), dtypes and devices are always checked. Every failure raises ``ValueError``.
 
     Returns:
         :class:`MesaOutput` ``(output [B, T, H, Dv] in v.dtype, final_state, None)``. For this
@@ -93,8 +96,13 @@ def gla_step(
 ) -> tuple[Tensor, Tensor]:
     """One decoding token of :func:`gla`: ``q, k [B, H, Dk]``, ``v [B, H, Dv]``, ``g, beta [B, H]`` (or
     ``None``), ``state S [B, H, Dk, Dv]`` (zeros when omitted) -> ``(o [B, H, Dv] in v.dtype, S')``,
-    ``S'`` in float32 (float64 if any input is float64). Differentiable in every input."""
-    x = prepare_step("gla_step", q, k, v, g, beta, state, validate)
-    state = x.gamma * x.state + x.beta * x.k.unsqueeze(-1) * x.v.unsqueeze(-2)  # [B, H, Dk, Dv]
-    o = torch.einsum("bhkv,bhk->bhv", state, x.q)
-    return o.to(v.dtype), state
+    ``S'`` in float32 (float64 if any input is float64). Differentiable in every input. ``validate`` as in
+    :func:`gla` (read in one synchronisation after the step, with the finiteness of ``o`` and ``S'``)."""
+    x = prepare_step("gla_step", LINEAR, q, k, v, g, beta, None, state, validate)
+    kb = x.k if x.beta is None else x.k * x.beta.unsqueeze(-1)  # beta k  [B, H, Dk]
+    new = kb.unsqueeze(-1) * x.v.unsqueeze(-2)  # beta k v^T  [B, H, Dk, Dv]
+    if x.state is not None:
+        new = new + x.decayed(x.state[0])
+    o = torch.matmul(x.q.unsqueeze(-2), new).squeeze(-2)  # S'^T q  [B, H, Dv]
+    x.finish({"output": o, "new state": new})
+    return o.to(x.out_dtype), new

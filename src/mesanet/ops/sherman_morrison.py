@@ -18,8 +18,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import checks
-from .numerics import solver_dtype, without_autocast
+from .inputs import SHERMAN_MORRISON, prepare_sequences
+from .numerics import without_autocast
 from .results import MesaOutput
 
 
@@ -32,40 +32,34 @@ def mesa_sherman_morrison(
     validate: bool = True,
 ) -> MesaOutput:
     """Shapes as :func:`mesanet.ops.mesa`; the state is ``(R [B, H, Dk, Dk], S_kv [B, H, Dk, Dv])``
-    (``R`` the inverse regularised key covariance, ``diag(1 / lam)`` when omitted). ``validate`` as in
-    :func:`mesanet.ops.mesa` (shapes and devices are always checked).
+    (``R`` the inverse regularised key covariance, ``diag(1 / lam)`` when omitted; checked symmetric
+    positive semi-definite like a key state). ``validate`` as in :func:`mesanet.ops.mesa` (shapes, sizes
+    and devices are always checked).
 
     Output ``o_t = S_t^T R_t q_t`` in ``v.dtype``; the recursion runs in float32 or float64.
     """
-    where = "mesa_sherman_morrison"
-    batch, length, heads, dk, dv = checks.check_sequence_inputs(where, q, k, v, g, beta, lam, initial_state)
-    if initial_state is not None:
-        checks.check_shape(where, "initial_state[0] (R)", initial_state[0], (batch, heads, dk, dk), "B H Dk Dk")
-        checks.check_shape(where, "initial_state[1] (S_kv)", initial_state[1], (batch, heads, dk, dv), "B H Dk Dv")
-    checks.check_same_device(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
-    if validate:
-        checks.check_finite(where, dict(q=q, k=k, v=v, g=g, beta=beta, lam=lam))
-        checks.check_gates(where, g, beta)
-        checks.check_lam(where, lam, heads, dk)
-
-    dtype = solver_dtype(q, k, v, g, beta, lam)
-    q, k, v, g, beta, lam = (t.to(dtype) for t in (q, k, v, g, beta, lam))
-    if initial_state is None:
-        r = torch.diag_embed(1.0 / lam).expand(batch, heads, dk, dk)  # R_0 = Lambda^{-1}
-        s = q.new_zeros((batch, heads, dk, dv))
+    seq = prepare_sequences("mesa_sherman_morrison", SHERMAN_MORRISON, q, k, v, g, beta, lam, initial_state, validate=validate)
+    q, k, v, g, beta, lam = seq.q, seq.k, seq.v, seq.g, seq.beta, seq.lam
+    if seq.state is None:
+        r = torch.diag_embed(1.0 / lam).expand(seq.batch, seq.heads, seq.dk, seq.dk)  # R_0 = Lambda^{-1}
+        s = q.new_zeros((seq.batch, seq.heads, seq.dk, seq.dv))
     else:
-        r, s = (t.to(dtype) for t in initial_state)
-    outputs = []
-    for t in range(length):
+        r, s = seq.state
+    outputs, denominators = [], []
+    for t in range(seq.length):
         gamma = g[:, t].exp()[..., None, None]  # [B, H, 1, 1]
         b = beta[:, t][..., None, None]
         k_t = k[:, t]  # [B, H, Dk]
         p = r / gamma
         pk = torch.einsum("bhij,bhj->bhi", p, k_t)  # P k (P symmetric)  [B, H, Dk]
         denom = 1.0 + beta[:, t] * torch.linalg.vecdot(k_t, pk)  # [B, H]
+        denominators.append(denom)
         r = p - (b / denom[..., None, None]) * pk.unsqueeze(-1) * pk.unsqueeze(-2)
         s = gamma * s + b * k_t.unsqueeze(-1) * v[:, t].unsqueeze(-2)
         x = torch.einsum("bhij,bhj->bhi", r, q[:, t])
         outputs.append(torch.einsum("bhkv,bhk->bhv", s, x))
-    o = torch.stack(outputs, dim=1).to(v.dtype)
-    return MesaOutput(o, (r, s) if output_final_state else None, None)
+    o = torch.stack(outputs, dim=1)
+    final_state = (r, s) if output_final_state else None
+    # an overflowing denominator silently drops the update (beta / inf = 0): check it with the results
+    seq.check_results(output=o, **{"denominator 1 + beta k^T P k": torch.stack(denominators), "final state (R)": r, "final state (S_kv)": s})
+    return MesaOutput(o.to(seq.out_dtype), final_state, None)

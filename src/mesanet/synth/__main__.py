@@ -1,5 +1,6 @@
 """``python -m mesanet.synth [CONFIG.yaml] [key=value ...] [--quick] [--out DIR]``: run the grid, then write
-``results.csv``, ``summary.csv``, ``summary.md`` and the plots into the output dir."""
+``results.csv``, ``summary.csv``, ``summary.md`` and the plots into the output dir. Errors are one line on stderr
+(exit 2: usage or config, 1: a runtime failure; ``--debug`` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+from mesanet.utils.cli_errors import add_debug_flag, run_cli
 
 from .config import CONFIG_DIR, SynthConfig, load_config
 from .plots import write_plots
@@ -44,7 +47,8 @@ def parse_args(argv: list[str] | None) -> tuple[SynthConfig, argparse.Namespace]
     parser.add_argument("--quick", action="store_true", help=f"use the quick preset ({QUICK_PRESET.name}); out dir runs/synth-quick")
     parser.add_argument("--out", default=None, help="output directory (overrides out_dir)")
     parser.add_argument("--report-only", action="store_true", help="only write the report from the cells finished so far")
-    args = parser.parse_args(argv)
+    add_debug_flag(parser)
+    args = parser.parse_intermixed_args(argv)
     items = list(args.items)
     path = None
     if items and "=" not in items[0]:
@@ -71,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("python -m mesanet.synth", main))

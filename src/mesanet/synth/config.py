@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mesanet.data.synthetic import MAD_TASKS
+from mesanet.layers import solver_settings
+from mesanet.ops import INFERENCE, TRAINING
 from mesanet.models import MIXER_KINDS
 from mesanet.utils.config import ConfigError, from_dict, load, to_dict
 
@@ -48,7 +50,8 @@ class SynthConfig:
     ``(seq_len, num_pairs)`` with ``4 * num_pairs <= seq_len``; regression one setting) x ``mixers`` (a
     registry kind, or a hybrid ``"hawk+mesa"`` whose kinds alternate over the layers) x ``lrs`` x
     ``weight_decays`` x ``seeds``. Model: ``num_layers`` blocks of width ``hidden_size`` with ``num_heads``
-    heads of ``head_dim``. Training: ``steps`` AdamW steps of ``batch_size`` sequences (``epochs > 0``
+    heads of ``head_dim``; Mesa solves with ``solver_training`` / ``solver_inference`` (SolverSettings fields, e.g.
+    ``{max_iter: 30, tol: 0.0}``; empty: the defaults). Training: ``steps`` AdamW steps of ``batch_size`` sequences (``epochs > 0``
     instead sets steps = ceil(epochs * num_train / batch_size)), linear warm-up over
     ``min(warmup_steps, max_warmup_frac * steps)`` steps, cosine to ``min_lr``. The seed sets the model
     init and batch order; the data of a setting is fixed by ``data_seed`` (train set first, then test set).
@@ -67,8 +70,8 @@ class SynthConfig:
     head_dim: int = 16
     mlp_expansion: float = 3.0
     chunk_size: int = 32
-    cg_max_iter_train: int = 30
-    cg_max_iter_eval: int = 30
+    solver_training: dict = field(default_factory=dict)  # SolverSettings fields replacing mesanet.ops.TRAINING's
+    solver_inference: dict = field(default_factory=dict)  # ... and mesanet.ops.INFERENCE's (evaluation)
     # optimisation
     steps: int = 1000
     epochs: float = 0.0
@@ -149,6 +152,8 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
         for name in ("num_train", "num_test", "steps", "batch_size"):
             value = getattr(size, name)
             need(value is None or value >= 1, f"task_sizes.{task}.{name}: expected None or an int >= 1, got {value}")
+    for name, default in (("solver_training", TRAINING), ("solver_inference", INFERENCE)):
+        solver_settings(getattr(cfg, name), default, f"SynthConfig: {name}")  # ValueError naming the field
     if "mqar" in cfg.tasks:
         need(bool(cfg.mqar_seq_lens) and bool(cfg.mqar_num_pairs), "mqar_seq_lens and mqar_num_pairs: expected non-empty lists")
     return cfg

@@ -7,6 +7,9 @@ A checkpoint is a directory ``<run>/checkpoints/step_NNNNNN/`` with
   data-iterator positions, the train config and the last metrics (``torch.load(weights_only=True)``-safe);
 * ``trainer_state.json``: a human-readable summary plus the size and SHA-256 of every other file, written last.
 
+``final/`` (the model and tokenizer of the last step) records the same sizes and SHA-256 in ``checksums.json``;
+evaluation and generation verify them (:mod:`mesanet.eval.checkpoint`).
+
 Atomicity: everything is written into ``.tmp-step_NNNNNN-<pid>/``, every file and the directory are
 fsync'ed, and only then is the directory renamed into place (``os.replace``), so a directory named
 ``step_NNNNNN`` is complete by construction; a crash mid-write leaves only a ``.tmp-*`` directory, which
@@ -17,7 +20,6 @@ after the fact is reported as corrupt instead of being half-loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -33,9 +35,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mesanet.models import MesaNetConfig
+from mesanet.utils.files import sha256_file
 
 STATE_FILE = "trainer_state.pt"
 SUMMARY_FILE = "trainer_state.json"
+#: Sizes and SHA-256 of the files of ``final/`` (a checkpoint records them in ``SUMMARY_FILE``).
+CHECKSUMS_FILE = "checksums.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -72,14 +77,6 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _remove(path: Path) -> None:
@@ -126,8 +123,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_pretrained(directory: Path, model: nn.Module, tokenizer: Any | None) -> None:
-    """``model.save_pretrained`` (safetensors) and ``tokenizer.save_pretrained`` into ``directory``, quietly."""
+def save_pretrained(directory: Path, model: nn.Module, tokenizer: Any | None, *, checksums: bool = False) -> None:
+    """``model.save_pretrained`` (safetensors) and ``tokenizer.save_pretrained`` into ``directory``, quietly;
+    ``checksums``: then record every file's size and SHA-256 in ``checksums.json``."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -139,6 +137,17 @@ def save_pretrained(directory: Path, model: nn.Module, tokenizer: Any | None) ->
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    if checksums:
+        payload = {"format": FORMAT_VERSION, "files": file_records(directory)}
+        (directory / CHECKSUMS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def file_records(directory: Path) -> dict:
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.rglob("*")) if p.is_file()
+    }
 
 
 def write_training_state(directory: Path, state: dict) -> None:
@@ -147,11 +156,7 @@ def write_training_state(directory: Path, state: dict) -> None:
 
 def write_summary(directory: Path, summary: dict) -> None:
     """``trainer_state.json``: ``summary`` plus size and SHA-256 of every file already in ``directory``."""
-    files = {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(directory.rglob("*")) if p.is_file()
-    }
-    payload = {"format": FORMAT_VERSION, **summary, "files": files}
+    payload = {"format": FORMAT_VERSION, **summary, "files": file_records(directory)}
     (directory / SUMMARY_FILE).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
@@ -203,7 +208,7 @@ def verify_checkpoint(path: str | Path) -> dict:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing")
-        if file.stat().st_size != meta["bytes"] or _sha256(file) != meta["sha256"]:
+        if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
             raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its recorded size / SHA-256")
     return summary
 
@@ -300,7 +305,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 __all__ = [
-    "CheckpointError", "STATE_FILE", "SUMMARY_FILE", "atomic_directory", "atomic_write_text", "capture_rng_state",
+    "CHECKSUMS_FILE", "CheckpointError", "STATE_FILE", "SUMMARY_FILE", "file_records", "atomic_directory", "atomic_write_text", "capture_rng_state",
     "check_model_config", "checkpoint_path", "list_checkpoints", "load_checkpoint", "load_model_weights", "load_training_state", "restore_rng_state",
     "save_checkpoint", "save_pretrained", "verify_checkpoint",
 ]

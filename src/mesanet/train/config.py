@@ -5,9 +5,10 @@ The resolved config is written to ``<out_dir>/<name>/config.yaml`` with every ru
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from mesanet.data import DataConfig
 from mesanet.models import MesaNetConfig, preset_config
@@ -15,11 +16,25 @@ from mesanet.models import MesaNetConfig, preset_config
 #: Fields that may differ between a checkpoint's config and the config that resumes it. Everything else
 #: (model, data, batch_size, seed, optim, ...) decides the loss trace, so a change there is an error.
 #: ``max_steps`` may grow or shrink (the cosine horizon then moves, with a warning); ``grad_accum`` only
-#: changes how the same global batch is split; ``precision`` / ``device`` are execution options.
+#: changes how the same global batch is split; ``precision`` / ``device`` are execution options; dotted
+#: names are single fields of a section.
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "grad_accum", "precision", "device", "log_every", "eval_every", "eval_batches",
-    "checkpoint_every", "keep_last", "resume", "out_dir",
+    "checkpoint_every", "keep_last", "resume", "out_dir", "data.cache_dir",
 })
+
+
+def resumable_change(key: str) -> bool:
+    """Whether the dotted config key ``key`` may differ on resume (a listed field or a field inside a listed section).
+    ``data.cache_dir`` is only where the caches live: the data themselves are checked by their content hashes."""
+    return key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES
+
+
+#: Upper ends of the optimizer numbers: an AdamW step moves every weight by about ``lr`` (beyond 1 a model is
+#: wrecked in one step, and far beyond it the update overflows float32); ``eps`` >= 1 swamps the second-moment
+#: estimate, so the model silently stops learning.
+MAX_LR = 1.0
+MAX_EPS = 1.0
 
 
 @dataclass
@@ -38,7 +53,8 @@ class ModelSection:
 class OptimConfig:
     """AdamW with the paper's settings (App. G.3): linear warm-up from ~0 over ``warmup_steps``, then cosine
     decay to ``min_lr_ratio * lr`` at the last step; gradients clipped to global norm ``grad_clip``
-    (``0`` disables clipping; the norm is still computed and guarded)."""
+    (``None`` / YAML ``null`` disables clipping; the norm is still computed and guarded). Every number must be
+    finite and in range (:func:`check_optim`)."""
 
     lr: float = 3e-3
     weight_decay: float = 0.1
@@ -46,7 +62,7 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: Optional[float] = 1.0
 
 
 @dataclass
@@ -105,21 +121,36 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         )
     if cfg.data.seq_len < 2:
         raise ValueError(f"data.seq_len: expected >= 2 (next-token prediction), got {cfg.data.seq_len}")
-    o = cfg.optim
-    if not o.lr > 0:
-        raise ValueError(f"optim.lr: expected > 0, got {o.lr}")
-    if o.weight_decay < 0:
-        raise ValueError(f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise ValueError(f"optim.betas: expected two values in [0, 1), got {o.betas}")
-    if not o.eps > 0:
-        raise ValueError(f"optim.eps: expected > 0, got {o.eps}")
-    if o.warmup_steps < 0:
-        raise ValueError(f"optim.warmup_steps: expected >= 0, got {o.warmup_steps}")
+    check_optim(cfg.optim)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_optim(o: OptimConfig, where: str = "optim") -> None:
+    """``ValueError`` naming the field for any optimizer number that is not finite or out of range (a NaN or inf
+    learning rate, decay or epsilon would otherwise train to NaN weights or silently learn nothing)."""
+    finite = dict(lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, min_lr_ratio=o.min_lr_ratio)
+    for key, value in finite.items():
+        if not _number(value):
+            raise ValueError(f"{where}.{key}: expected a finite number, got {value!r}")
+    if not 0 < o.lr <= MAX_LR:
+        raise ValueError(f"{where}.lr: expected 0 < lr <= {MAX_LR:g}, got {o.lr}")
+    if not 0 <= o.weight_decay * o.lr < 1:
+        raise ValueError(f"{where}.weight_decay: expected >= 0 with lr x weight_decay < 1 (every step multiplies the "
+                         f"decayed weights by 1 - lr x weight_decay), got {o.weight_decay} (lr {o.lr})")
+    betas = tuple(o.betas) if isinstance(o.betas, (list, tuple)) else ()
+    if len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"{where}.betas: expected two finite values in [0, 1), got {o.betas!r}")
+    if not 0 < o.eps < MAX_EPS:
+        raise ValueError(f"{where}.eps: expected 0 < eps < {MAX_EPS:g}, got {o.eps}")
+    if isinstance(o.warmup_steps, bool) or not isinstance(o.warmup_steps, int) or o.warmup_steps < 0:
+        raise ValueError(f"{where}.warmup_steps: expected an integer >= 0, got {o.warmup_steps!r}")
     if not 0 <= o.min_lr_ratio <= 1:
-        raise ValueError(f"optim.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got {o.min_lr_ratio}")
-    if o.grad_clip < 0:
-        raise ValueError(f"optim.grad_clip: expected >= 0 (0 = no clipping), got {o.grad_clip}")
+        raise ValueError(f"{where}.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got {o.min_lr_ratio}")
+    if o.grad_clip is not None and not (_number(o.grad_clip) and o.grad_clip > 0):
+        raise ValueError(f"{where}.grad_clip: expected a finite number > 0, or null for no clipping, got {o.grad_clip!r}")
 
 
 def build_model_config(
@@ -145,4 +176,7 @@ def build_model_config(
         raise ValueError(f"model: {e}") from e
 
 
-__all__ = ["ModelSection", "OptimConfig", "RESUMABLE_CHANGES", "TrainConfig", "build_model_config", "check_config"]
+__all__ = [
+    "ModelSection", "OptimConfig", "RESUMABLE_CHANGES", "TrainConfig", "build_model_config", "check_config", "check_optim",
+    "resumable_change",
+]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import OptimConfig
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, clip_norm
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,7 +72,7 @@ def fit_steps(
             raise NonFiniteLossError(f"{desc}: non-finite loss {value} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
+        max_norm = clip_norm(optim.grad_clip)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(f"{desc}: non-finite gradient norm {grad_norm} at step {step}")

@@ -53,6 +53,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     )
 
 
+def clip_norm(grad_clip: float | None) -> float:
+    """The ``max_norm`` of ``clip_grad_norm_`` for ``OptimConfig.grad_clip``: ``None`` (no clipping) is ``inf``.
+    ``0`` still means no clipping for the experiment loops that pass it (:func:`~.loop.fit_steps`); a
+    :class:`~.config.TrainConfig` rejects it (write ``null``)."""
+    return math.inf if grad_clip is None or grad_clip == 0 else float(grad_clip)
+
+
 def lr_multiplier(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
     """Learning rate of 0-based optimizer step ``step`` as a fraction of the peak.
 
@@ -76,4 +83,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_multiplier", "no_decay_reason", "param_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "clip_norm", "lr_multiplier", "no_decay_reason", "param_groups"]

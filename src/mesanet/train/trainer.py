@@ -9,7 +9,12 @@ global batch: any split gives the same loss trace up to floating-point reduction
 
 Order inside a step: forward/backward of every micro-batch (bf16 autocast around the forward only, as
 PyTorch recommends) -> global mean loss -> gradient norm (clipped to ``grad_clip``) -> non-finite guard
-(:class:`NonFiniteError`, raised before ``optimizer.step()``) -> AdamW step -> scheduler step.
+(:class:`NonFiniteError`, raised before ``optimizer.step()``) -> AdamW step -> scheduler step -> parameters and
+optimizer state checked finite (nothing non-finite is ever saved). The Mesa layers' CG steps of every step go to
+the metrics and the progress bar (:class:`~.solver_monitor.SolverMonitor`).
+
+One process trains a run directory at a time (:mod:`.run_lock`); SIGINT / SIGTERM stop it at the next step
+boundary with a checkpoint (:mod:`.interrupts`).
 """
 
 from __future__ import annotations
@@ -37,25 +42,17 @@ from mesanet.models import MesaNetForCausalLM
 from mesanet.utils.config import to_dict
 
 from . import checkpoint as ckpt
-from . import distributed
-from .config import RESUMABLE_CHANGES, TrainConfig, build_model_config, check_config
+from . import distributed, guards
+from .config import TrainConfig, build_model_config, check_config
+from .guards import NonFiniteError
+from .interrupts import StopRequests, TrainingInterrupted
 from .metrics import MetricsLogger
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, clip_norm
+from .resume import check_resumable
+from .run_lock import RunLock, remove_leftovers
+from .solver_monitor import SolverMonitor
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or the gradient norm of a step is NaN / inf; raised before that step's optimizer update."""
-
-    def __init__(self, step: int, quantity: str, value: float, last_checkpoint: Optional[Path]):
-        self.step, self.quantity, self.value = step, quantity, value
-        where = f"the last checkpoint ({last_checkpoint}) is intact" if last_checkpoint else "no checkpoint was written yet"
-        super().__init__(
-            f"non-finite {quantity} ({value}) at step {step}: training stopped before the optimizer step of step {step}, "
-            f"so the weights are those after step {step - 1} and {where}. Try a lower optim.lr, a smaller "
-            "optim.grad_clip, precision: fp32, or check the data"
-        )
 
 
 @dataclass
@@ -75,17 +72,6 @@ class TrainResult:
     checkpoint: Optional[Path] = None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "overrides":
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
 class Trainer:
     """Sets up a run (process group, data, model, optimizer, resume) in ``__init__`` and trains in :meth:`fit`.
 
@@ -96,11 +82,18 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
         self.dist = distributed.setup(getattr(cfg, "device", "auto"))
+        self.lock = None
         try:
             self._setup(cfg, progress)
         except BaseException:
-            distributed.teardown(self.dist)
+            self.close()
             raise
+
+    def close(self) -> None:
+        """Release the run lock and the process group (after :meth:`fit`, or to abandon a Trainer unfitted)."""
+        if self.lock is not None:
+            self.lock.release()
+        distributed.teardown(self.dist)
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -110,6 +103,10 @@ class Trainer:
         d, device = self.dist, self.dist.device
         self.run_dir = Path(cfg.out_dir) / cfg.name
         self.ckpt_root = self.run_dir / "checkpoints"
+        if d.is_main:  # one process per run: a second one stops here, before reading or writing anything
+            self.lock = RunLock(self.run_dir).acquire()
+            for leftover in remove_leftovers(self.run_dir, "checkpoints"):  # of writers killed mid-write
+                log.info("removed %s (left by an interrupted write)", leftover)
         existing = ckpt.list_checkpoints(self.ckpt_root)
         if not cfg.resume and (existing or (self.run_dir / "metrics.csv").exists() or (self.run_dir / "final").exists()):
             raise ValueError(
@@ -133,10 +130,9 @@ class Trainer:
             try:
                 summary, state = ckpt.load_checkpoint(self.resumed_from, self.model_config)
             except ckpt.CheckpointError as e:
-                hint = (f"; to resume from the previous checkpoint ({existing[-2].name}) instead, move {self.resumed_from.name} "
-                        f"out of {self.ckpt_root}" if len(existing) > 1 else "")
+                hint = guards.older_checkpoint_hint(existing, self.model_config)  # names only checkpoints it checked
                 raise ckpt.CheckpointError(f"{e}{hint} (nothing was modified)") from None
-            self._check_resumable(summary, state)
+            check_resumable(self.resumed_from, summary, state, cfg, self.prepared.corpus_hash, self.prepared.tokenizer_hash)
 
         # Model, optimizer, schedule (same seed on every rank: identical initial weights).
         random.seed(cfg.seed)
@@ -157,6 +153,10 @@ class Trainer:
         self.last_checkpoint: Optional[Path] = None
         if state is not None:
             self._restore(state)
+            bad = guards.nonfinite_part(self.model, self.optimizer)
+            if bad is not None:
+                hint = guards.older_checkpoint_hint(existing, self.model_config)
+                raise ckpt.CheckpointError(f"checkpoint {self.resumed_from} holds a non-finite {bad}{hint} (nothing was modified)")
 
         self.ddp = None
         if d.distributed:
@@ -177,32 +177,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             p = self.prepared
-            stats = {"corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash, "eod_id": p.eod_id, **p.stats}
+            stats = {"corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash, "eod_id": p.eod_id, **p.stats,
+                     "cache_dir": str(Path(cfg.data.cache_dir).expanduser().resolve())}  # where evaluation finds the caches
             ckpt.atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2, default=str) + "\n")
-        self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main)
-
-    def _check_resumable(self, summary: dict, state: dict) -> None:
-        cfg, path = self.cfg, self.resumed_from
-        p = self.prepared
-        if (summary.get("corpus_hash"), summary.get("tokenizer_hash")) != (p.corpus_hash, p.tokenizer_hash):
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} was trained on other data (corpus {summary.get('corpus_hash')}, tokenizer "
-                f"{summary.get('tokenizer_hash')}; now corpus {p.corpus_hash}, tokenizer {p.tokenizer_hash}): "
-                "its data position means nothing here; start a new run (another name)"
-            )
-        saved, now = _flatten(state["config"]), _flatten(to_dict(cfg))
-        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-        fixed = [k for k in changed if k.split(".")[0] not in RESUMABLE_CHANGES]
-        if fixed:
-            listing = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in fixed)
-            raise ckpt.CheckpointError(
-                f"cannot resume {path}: the config changed in fields that decide the training trajectory ({listing}). "
-                "Restore them, or start a new run (another name)"
-            )
-        if state["step"] > cfg.max_steps:
-            raise ValueError(f"max_steps ({cfg.max_steps}) is below the step of the checkpoint to resume ({path}, step {state['step']})")
-        if "max_steps" in changed and state["step"] < cfg.max_steps:
-            warnings.warn(f"max_steps changed from {saved['max_steps']} to {cfg.max_steps} on resume: the cosine schedule now ends at the new horizon", stacklevel=3)
+        self.solver_monitor = SolverMonitor(self.model, enabled=d.is_main)  # CG steps of the Mesa layers (rank 0's)
+        self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main, extra_columns=self.solver_monitor.columns)
 
     def _restore(self, state: dict) -> None:
         d, path = self.dist, self.resumed_from
@@ -245,35 +224,55 @@ class Trainer:
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def train_step(self, step: int) -> tuple[float, float, float]:
-        """Optimizer step number ``step`` (1-based): ``(global mean loss, gradient norm before clipping, lr)``."""
+        """Optimizer step number ``step`` (1-based): ``(global mean loss, gradient norm before clipping, lr)``.
+        A :class:`NonFiniteError` leaves no gradient behind (every ``.grad`` is ``None``)."""
+        try:
+            return self._step(step)
+        except NonFiniteError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+
+    def _nonfinite(self, step: int, quantity: str, value, after_update: bool = False) -> NonFiniteError:
+        last_good = guards.last_good_checkpoint(self.ckpt_root, self.model_config)  # checked on disk, not assumed
+        return NonFiniteError(step, quantity, value, last_good, after_update=after_update)
+
+    def _require_finite(self, step: int) -> None:
+        """:class:`NonFiniteError` unless the parameters and the optimizer state are finite (after an update, before a save)."""
+        bad = guards.nonfinite_part(self.model, self.optimizer)
+        if bad is not None:
+            raise self._nonfinite(step, bad, "NaN/inf", after_update=True)
+
+    def _step(self, step: int) -> tuple[float, float, float]:
         cfg, model = self.cfg, self.ddp if self.ddp is not None else self.model
         self.model.train()
         lr = self.scheduler.get_last_lr()[0]
         total = torch.zeros((), device=self.dist.device)
-        for a, batches in enumerate(self.batches):
-            ids = next(batches).to(self.dist.device, non_blocking=True)
-            sync = self.ddp is None or a == cfg.grad_accum - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with self._autocast():
-                    loss = model(input_ids=ids, labels=ids).loss
-                (loss / cfg.grad_accum).backward()
-            total += loss.detach()
+        with self.solver_monitor.collect():
+            for a, batches in enumerate(self.batches):
+                ids = next(batches).to(self.dist.device, non_blocking=True)
+                sync = self.ddp is None or a == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                    with self._autocast():
+                        loss = model(input_ids=ids, labels=ids).loss
+                    (loss / cfg.grad_accum).backward()
+                total += loss.detach()
+        self.solver_monitor.check(step)
         loss_value = float(distributed.all_reduce_mean(total / cfg.grad_accum, self.dist))
         if not math.isfinite(loss_value):
-            raise NonFiniteError(step, "loss", loss_value, self.last_checkpoint)
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            raise self._nonfinite(step, "loss", loss_value)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm(cfg.optim.grad_clip)))
         if not math.isfinite(grad_norm):
-            raise NonFiniteError(step, "grad_norm", grad_norm, self.last_checkpoint)
+            raise self._nonfinite(step, "grad_norm", grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._require_finite(step)
         return loss_value, grad_norm, lr
 
     @torch.no_grad()
     def evaluate(self) -> Optional[float]:
         """Mean next-token loss over the validation windows (all ranks), in ``eval()`` mode (Mesa layers then use
-        ``cg_max_iter_eval``); the previous train/eval mode is restored. ``None`` without validation windows."""
+        ``solver_inference``); the previous train/eval mode is restored. ``None`` without validation windows."""
         if self.num_val_windows == 0:
             return None
         was_training = self.model.training
@@ -292,7 +291,9 @@ class Trainer:
         return float(sums[0] / sums[1])
 
     def save_checkpoint(self, elapsed: float) -> Path:
-        """Checkpoint of the current step (rank 0 writes; every rank contributes its RNG and data positions)."""
+        """Checkpoint of the current step (rank 0 writes; every rank contributes its RNG and data positions); never
+        of non-finite weights or optimizer state."""
+        self._require_finite(self.step)
         rng = distributed.all_gather_objects(ckpt.capture_rng_state(), self.dist)
         data = distributed.all_gather_objects([b.state_dict() for b in self.batches], self.dist)
         path = ckpt.checkpoint_path(self.ckpt_root, self.step)
@@ -317,7 +318,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train from the current step to ``max_steps``; evaluate, checkpoint and write ``final/`` at the end."""
         try:
-            result = self._fit()
+            with StopRequests(self.dist) as stop:
+                result = self._fit(stop)
             distributed.barrier(self.dist)  # every rank leaves together, after rank 0 has written final/
             return result
         finally:
@@ -326,9 +328,9 @@ class Trainer:
             # destroy_process_group (when the Trainer goes out of scope) intermittently hangs gloo at exit.
             self.ddp = None
             gc.collect()
-            distributed.teardown(self.dist)
+            self.close()
 
-    def _fit(self) -> TrainResult:
+    def _fit(self, stop: StopRequests) -> TrainResult:
         cfg, d = self.cfg, self.dist
         start_step, start = self.step, time.perf_counter()
         tokens_per_step = cfg.batch_size * cfg.data.seq_len
@@ -356,19 +358,26 @@ class Trainer:
                 if last or self.step % cfg.log_every == 0 or val_loss is not None:
                     self.logger.log(self.step, lr=lr, train_loss=loss, grad_norm=grad_norm,
                                     tokens_per_s=window_tokens / max(window_time, 1e-9), elapsed=elapsed, val_loss=val_loss,
-                                    tokens=self.step * tokens_per_step)
+                                    tokens=self.step * tokens_per_step, extra=self.solver_monitor.metrics())
                     window_tokens, window_time = 0, 0.0
                 postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_step / max(dt, 1e-9):,.0f}"}
                 if self.last_val_loss is not None:
                     postfix["val"] = f"{self.last_val_loss:.4f}"
+                if self.solver_monitor.enabled:
+                    postfix["cg"] = self.solver_monitor.progress_text()
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
-                if last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                saved = last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                if saved:
                     self.save_checkpoint(elapsed)
+                signum = 0 if last else stop.requested()  # the last step finishes the run anyway
+                if signum:
+                    raise TrainingInterrupted(signum, self.step, self.last_checkpoint if saved else self.save_checkpoint(elapsed))
         finally:
             bar.close()
         if d.is_main:
-            ckpt.atomic_directory(self.run_dir / "final", lambda tmp: ckpt.save_pretrained(tmp, self.model, self.tokenizer))
+            self._require_finite(self.step)
+            ckpt.atomic_directory(self.run_dir / "final", lambda tmp: ckpt.save_pretrained(tmp, self.model, self.tokenizer, checksums=True))
         val = self.last_val_loss
         return TrainResult(
             run_dir=self.run_dir, steps=self.step, start_step=start_step, final_train_loss=self.last_train_loss,

@@ -1,7 +1,8 @@
 """Typed dataclass configs from YAML / dicts: unknown keys are errors, values are type-checked.
 
 ``from_dict(Cls, data)`` builds a (nested) dataclass, rejecting unknown keys with the list of valid ones;
-``load(Cls, path, overrides)`` reads YAML and applies ``a.b=value`` overrides (values parsed as YAML);
+``load(Cls, path, overrides)`` reads YAML and applies ``a.b=value`` overrides (values parsed as YAML); a missing or
+unreadable file and a YAML syntax error are one-line ``ConfigError`` messages too;
 ``to_dict`` / ``save`` write the resolved config back (saved with every run).
 """
 
@@ -104,8 +105,36 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node[part] = dict(child)
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(raw)
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key such as optim.lr, got key {key!r}")
+        node[parts[-1]] = parse_yaml(raw, f"override {item!r}: value {raw!r}")
     return data
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``; a syntax error becomes a one-line :class:`ConfigError` saying where (line and
+    column, counted from 1) and what the parser expected."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = ", ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ConfigError(f"{where}: invalid YAML{at}: {' '.join(problem.split())}") from e
+
+
+def read_text(path: Path, what: str = "config file") -> str:
+    """The text of ``path``; a missing, unreadable or non-UTF-8 file is a :class:`ConfigError` naming it."""
+    if not path.exists():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r}: expected a file, got a directory or special file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r}: expected UTF-8 text, got an undecodable byte at offset {e.start}") from e
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -113,9 +142,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(read_text(path), f"config file {str(path)!r}") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return from_dict(cls, apply_overrides(data, overrides))

@@ -1,0 +1,98 @@
+"""CG steps of a trained model's Mesa layers, per preconditioner: the statistics the solver is tuned on.
+
+Loads a training run's model (``runs/small`` by default, the ``make run`` job), runs its validation windows
+at ``--length`` tokens through the model in eval mode once per solver setting, and reports per layer the CG
+steps to the tolerance (mean and max over every token x head system). Steps only: they do not depend on the
+machine's load; the time per setting is measured by ``bench_mesa_op.py --preconditioners``. Settings: ``none``, ``jacobi``, ``chunk`` (once per chunk) and ``chunk/16`` (refreshed every 16 tokens),
+all at ``--tol`` (default 1e-4, the paper's inference tolerance) with at most 30 steps.
+
+Usage::
+
+    python -m benchmarks.bench_solver_steps [RUN_DIR] [--length 1024] [--windows 2] [--tol 1e-4] [--out DIR]
+
+Writes ``solver_steps.json`` and ``solver_steps.md`` (default ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from benchmarks import harness as h
+from mesanet.data import eval_windows
+from mesanet.eval.checkpoint import load_checkpoint
+from mesanet.eval.run_eval import validation_tokens
+from mesanet.eval.run_files import load_run_config, resolve_model_dir
+from mesanet.layers import collect_solver_stats
+from mesanet.ops import SolverSettings
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUN = REPO / "runs" / "small"
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+
+#: (label, preconditioner, precondition_every) compared at one tolerance.
+SETTINGS = (("none", "none", None), ("jacobi", "jacobi", None), ("chunk", "chunk", None), ("chunk/16", "chunk", 16))
+
+#: The issue's targets for the chunk preconditioner on the trained model: max steps at tol 1e-4.
+MAX_STEPS_TARGET, MAX_STEPS_STRETCH = 6, 4
+
+
+def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int = 30) -> dict[str, Any]:
+    model_dir, run = resolve_model_dir(run_dir)
+    model = load_checkpoint(model_dir).model.eval()
+    config = load_run_config(run)
+    tokens = validation_tokens(config["data"], progress=False, run_dir=Path(run))
+    inputs = eval_windows(tokens, length, max_windows=windows)  # [windows, length]
+    rows = []
+    for label, preconditioner, every in SETTINGS:
+        solver = SolverSettings(max_iter=max_iter, tol=tol, preconditioner=preconditioner, precondition_every=every)
+        with torch.no_grad(), collect_solver_stats(model, solver) as collector:
+            model(input_ids=inputs, use_cache=False)
+            summary = collector.summary()
+        rows.append(dict(
+            setting=label, preconditioner=preconditioner, precondition_every=every,
+            layers=[dict(layer=s.layer_index, mean=s.mean_iterations, max=s.max_iterations,
+                         max_residual=s.max_relative_residual) for s in summary],
+        ))
+    return dict(run=str(run_dir), length=length, windows=int(inputs.shape[0]), tol=tol, max_iter=max_iter, rows=rows,
+                target=dict(max_steps=MAX_STEPS_TARGET, stretch=MAX_STEPS_STRETCH))
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    layers = [entry["layer"] for entry in results["rows"][0]["layers"]]
+    out = [
+        "# CG steps on a trained model", "",
+        f"Run `{results['run']}`: {results['windows']} validation windows of {results['length']} tokens; "
+        f"tol {results['tol']:g}, at most {results['max_iter']} steps. Steps mean / max over every (token, head) "
+        f"system of each Mesa layer. Target for `chunk`: max <= {results['target']['max_steps']} "
+        f"(stretch <= {results['target']['stretch']}).", "",
+    ]
+    header = ["setting", *[f"layer {i}" for i in layers], "mean over layers", "max over layers"]
+    body = []
+    for row in results["rows"]:
+        cells = [f"{e['mean']:.1f} / {e['max']}" for e in row["layers"]]
+        mean = sum(e["mean"] for e in row["layers"]) / len(row["layers"])
+        body.append([f"`{row['setting']}`", *cells, f"{mean:.1f}", max(e["max"] for e in row["layers"])])
+    return "\n".join(out + h.table(header, body)) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", type=Path, default=DEFAULT_RUN, help=f"training run directory (default {DEFAULT_RUN})")
+    parser.add_argument("--length", type=int, default=1024, help="tokens per window (default 1024)")
+    parser.add_argument("--windows", type=int, default=2, help="validation windows (default 2)")
+    parser.add_argument("--tol", type=float, default=1e-4, help="CG tolerance (default 1e-4)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    if not args.run.is_dir():
+        parser.error(f"expected a training run directory, got {str(args.run)!r} (train one with `make run`)")
+    results = measure(args.run, args.length, args.windows, args.tol)
+    _, md = h.write_results(results, args.out, "solver_steps", render_markdown)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The FLOP model of the chunkwise Mesa forward, stated once (checked against
+``torch.utils.flop_counter.FlopCounterMode`` in ``tests/benchmarks/test_bench_flops.py``).
+
+Per token and head, with key size ``d``, value size ``dv``, chunk ``C`` and ``s`` batched CG steps::
+
+    states  = 2 d (d + dv)                  chunk state update K^T diag(w) [K | V]
+    matvec  = 2 d^2 + 4 C d                 exp(b) (P H_c^T) + (M o (P K^T)) K: one operator application
+    solve   = (s + 1) matvec                +1: the initial residual q - A x0
+    precond = 0                             "none"
+              2 C d                         "jacobi": the diagonal M (K o K) (applying it is element-wise)
+              (s + 2) 2 d^2                 "chunk": r P^{-1} for x0, z0 and once per step
+    output  = 2 d dv + 2 C d + 2 C dv       exp(b) (X S_c) + (M o (X K^T)) V
+    total   = states + solve + precond + output
+
+A multiply-add counts as 2 FLOPs; only matrix products are counted, as ``FlopCounterMode`` counts them:
+element-wise work (gates, masks, CG vector updates and dot products), the chunk-boundary state
+recurrence and the exponentials are left out, and so is the chunk preconditioner's factorisation
+(one Cholesky and one ``cholesky_inverse`` of a ``d x d`` matrix per chunk and head, about
+``4/3 d^3 / C`` per token: 5.5k of ~0.8M FLOPs at d = C = 64). The intra-chunk ``C x C`` products are
+counted dense, as computed (the causal mask halves the *useful* work). Tokens are counted after
+padding ``T`` up to a multiple of the chunk (``min(C, T)``). ``s`` is the number of steps the batched
+loop ran: ``stats.max_iterations`` (the loop stops once every system has; on a CPU the solve runs in
+cache-sized blocks of chunks that stop separately, so this is an upper bound there). The peer's
+``naive_mesa_net_CG`` computes the same products with ``s = max_CG_iteration`` and no preconditioner.
+"""
+
+from __future__ import annotations
+
+import math
+
+PRECONDITIONERS = ("none", "jacobi", "chunk")
+
+FLOP_FORMULA = (
+    "forward FLOPs per token per head = 2d(d+dv) [states] + (s+1)(2d^2 + 4Cd) [CG solve] "
+    "+ {0 | 2Cd | (s+2) 2d^2} [preconditioner none | jacobi | chunk] + 2d*dv + 2Cd + 2C*dv [output]; "
+    "multiply-add = 2 FLOPs, matrix products only (no factorisations), intra-chunk CxC products counted dense, "
+    "s = CG steps the batched loop ran (stats.max_iterations), tokens padded to a multiple of C"
+)
+
+
+def forward_flops_per_token_head(dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: str = "none") -> int:
+    """Matrix-product FLOPs of the chunkwise forward per token and head (see the module docstring)."""
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"preconditioner: expected one of {PRECONDITIONERS}, got {preconditioner!r}")
+    states = 2 * dk * (dk + dv)
+    matvec = 2 * dk * dk + 4 * chunk * dk
+    solve = (cg_steps + 1) * matvec
+    precond = {"none": 0, "jacobi": 2 * chunk * dk, "chunk": (cg_steps + 2) * 2 * dk * dk}[preconditioner]
+    output = 2 * dk * dv + 2 * chunk * dk + 2 * chunk * dv
+    return states + solve + precond + output
+
+
+def forward_flops(batch: int, heads: int, length: int, dk: int, dv: int, chunk: int, cg_steps: int,
+                  preconditioner: str = "none") -> int:
+    """Forward FLOPs of one ``mesa`` call on ``[batch, length, heads, *]`` inputs."""
+    chunk = min(chunk, length)
+    padded = math.ceil(length / chunk) * chunk
+    return forward_flops_per_token_head(dk, dv, chunk, cg_steps, preconditioner) * padded * batch * heads

@@ -1,0 +1,182 @@
+"""Mesa solver settings for layers, and CG statistics collected from a context instead of layer attributes.
+
+:func:`solver_settings` turns what a config holds (a :class:`~mesanet.ops.SolverSettings`, a mapping of its
+fields, or ``None``) into settings, one ``ValueError`` naming the field per bad value.
+
+:func:`collect_solver_stats` is a context manager: while it is open, every
+:class:`~mesanet.layers.MesaLayer` of ``model`` asks its op for :class:`~mesanet.ops.SolverStats` and hands
+them to the yielded :class:`SolverStatsCollector` (optionally solving with other settings for the
+duration). The layers' attributes are never written; the context is a :class:`contextvars.ContextVar`.
+Accumulation stays on the device (a few reductions per forward, no host synchronisation) until
+:meth:`SolverStatsCollector.summary` reads it back once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.results import SolverStats
+from ..ops.solver_settings import INFERENCE, SolverSettings
+
+_ACTIVE: contextvars.ContextVar[tuple["SolverStatsCollector", ...]] = contextvars.ContextVar("mesa_solver_stats", default=())
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
+
+
+def solver_settings(value: SolverSettings | Mapping[str, Any] | None, default: SolverSettings, where: str) -> SolverSettings:
+    """``value`` as :class:`SolverSettings`: ``None`` -> ``default``; a mapping -> ``default`` with those fields
+    replaced (unknown keys are an error). Bad values raise one ``ValueError`` that starts with ``where``."""
+    if value is None:
+        return default
+    if isinstance(value, SolverSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected SolverSettings, a mapping of its fields or None, got {type(value).__name__}")
+    try:
+        return SolverSettings.from_dict({**default.to_dict(), **value}, where=where)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+@dataclass(frozen=True)
+class LayerSolverSummary:
+    """CG statistics of one Mesa layer over every system (token x head) recorded in a context.
+
+    ``converged``: systems with final relative residual ``<= tol``; ``stalled``: systems that used all
+    ``max_iter`` steps and still had a residual above ``tol`` (``worst_stalled_residual`` the largest; only
+    meaningful with ``tol > 0``). ``max_iter`` / ``tol``: the settings of the last recorded forward.
+    """
+
+    name: str
+    layer_index: Optional[int]
+    calls: int
+    systems: int
+    mean_iterations: float
+    max_iterations: int
+    mean_relative_residual: float
+    max_relative_residual: float
+    converged: int
+    stalled: int
+    worst_stalled_residual: float
+    max_iter: int
+    tol: float
+
+    @property
+    def converged_fraction(self) -> float:
+        return self.converged / self.systems if self.systems else 0.0
+
+
+class SolverStatsCollector:
+    """Accumulates per-layer :class:`SolverStats` while its :func:`collect_solver_stats` context is open.
+
+    ``solver``: settings every watched layer solves with for the duration (``None``: their own, picked by
+    ``layer.training``). ``keep``: also keep each forward's raw stats in :attr:`records` (``[B, T, H]``; a
+    decode step is ``[B, 1, H]``); they hold device memory, so keep them off for long runs.
+    """
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], solver: Optional[SolverSettings] = None, keep: bool = False):
+        self.names = [name for name, _ in layers]
+        self._index = {id(layer): i for i, (_, layer) in enumerate(layers)}
+        self._layers = [layer for _, layer in layers]  # keeps the ids valid while the collector lives
+        self.solver, self.keep = solver, bool(keep)
+        self.records: dict[str, list[SolverStats]] = {name: [] for name in self.names}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (e.g. at the start of a training step)."""
+        self._sums: list[Optional[Tensor]] = [None] * len(self.names)  # systems, iters, residual, converged, stalled
+        self._maxes: list[Optional[Tensor]] = [None] * len(self.names)  # iters, residual, stalled residual
+        self._calls = [0] * len(self.names)
+        self._settings: list[Optional[SolverSettings]] = [None] * len(self.names)
+        for name in self.names:
+            self.records[name] = []
+
+    def watches(self, layer: nn.Module) -> bool:
+        return id(layer) in self._index
+
+    @torch.no_grad()
+    def record(self, layer: nn.Module, stats: SolverStats, settings: SolverSettings) -> None:
+        """Add one forward's ``stats`` (``iterations`` int ``[..]``, ``relative_residual`` ``[..]``) of ``layer``."""
+        i = self._index[id(layer)]
+        self._calls[i] += 1
+        self._settings[i] = settings
+        if self.keep:
+            self.records[self.names[i]].append(stats)
+        iters = stats.iterations.reshape(-1)
+        if iters.numel() == 0:
+            return
+        residual = stats.relative_residual.reshape(-1).to(torch.float64)
+        iters_f = iters.to(torch.float64)
+        stalled = (iters >= settings.max_iter) & (residual > settings.tol)
+        sums = torch.stack([
+            iters_f.new_tensor(float(iters.numel())), iters_f.sum(), residual.sum(),
+            (residual <= settings.tol).sum().to(torch.float64), stalled.sum().to(torch.float64),
+        ])
+        maxes = torch.stack([iters_f.max(), residual.max(), torch.where(stalled, residual, 0.0).max()])
+        self._sums[i] = sums if self._sums[i] is None else self._sums[i] + sums
+        self._maxes[i] = maxes if self._maxes[i] is None else torch.maximum(self._maxes[i], maxes)
+
+    def summary(self) -> list[LayerSolverSummary]:
+        """One :class:`LayerSolverSummary` per watched layer (module order) that recorded a forward; one host sync."""
+        present = [i for i, s in enumerate(self._sums) if s is not None]
+        if not present:
+            return []
+        rows = [torch.cat([self._sums[i], self._maxes[i]]) for i in present]
+        table = torch.stack([row.to(rows[0].device) for row in rows]).cpu().tolist()  # one device-to-host copy
+        out = []
+        for i, (systems, iters, residual, converged, stalled, max_iters, max_residual, worst) in zip(present, table):
+            name, settings = self.names[i], self._settings[i]
+            match = _LAYER_INDEX.search(name + ".")
+            out.append(LayerSolverSummary(
+                name=name, layer_index=int(match.group(1)) if match else None, calls=self._calls[i], systems=int(systems),
+                mean_iterations=iters / systems, max_iterations=int(max_iters), mean_relative_residual=residual / systems,
+                max_relative_residual=max_residual, converged=int(converged), stalled=int(stalled),
+                worst_stalled_residual=worst, max_iter=settings.max_iter, tol=settings.tol,
+            ))
+        return out
+
+
+def active_collectors(layer: nn.Module) -> tuple[Optional[SolverSettings], list[SolverStatsCollector]]:
+    """``(settings override or None, collectors watching layer)`` of the open contexts; the innermost
+    collector with ``solver`` set decides the override."""
+    watching = [c for c in _ACTIVE.get() if c.watches(layer)]
+    override = next((c.solver for c in reversed(watching) if c.solver is not None), None)
+    return override, watching
+
+
+def mesa_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(module path, layer)`` of every :class:`~mesanet.layers.MesaLayer` in ``model``, in order."""
+    from .mesa_layer import MesaLayer
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, MesaLayer)]
+
+
+@contextlib.contextmanager
+def collect_solver_stats(
+    model: nn.Module, solver: SolverSettings | Mapping[str, Any] | None = None, *, keep: bool = False
+) -> Iterator[SolverStatsCollector]:
+    """Collect the CG statistics of every Mesa layer of ``model`` from each forward inside the block.
+
+    ``solver``: settings the layers solve with for the duration (a mapping replaces fields of
+    :data:`~mesanet.ops.INFERENCE`); ``None``: each layer's own. ``keep``: see :class:`SolverStatsCollector`.
+    Nothing on the layers changes, before, during or after; contexts nest.
+    """
+    settings = None if solver is None else solver_settings(solver, INFERENCE, "collect_solver_stats: solver")
+    collector = SolverStatsCollector(mesa_layers(model), settings, keep)
+    token = _ACTIVE.set(_ACTIVE.get() + (collector,))
+    try:
+        yield collector
+    finally:
+        _ACTIVE.reset(token)
+
+
+__all__ = [
+    "LayerSolverSummary", "SolverStatsCollector", "active_collectors", "collect_solver_stats", "mesa_layers", "solver_settings",
+]

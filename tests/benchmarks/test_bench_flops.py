@@ -1,0 +1,49 @@
+"""The FLOP model of benchmarks/flops.py against an independent count: FlopCounterMode around one forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.flops import forward_flops, forward_flops_per_token_head
+from mesanet.ops import SolverSettings, mesa
+
+
+def _baddbmm_inplace(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode counts ``baddbmm`` but has no entry for the in-place ``baddbmm_`` that the
+    operator's no-grad matvec uses; count it like the out-of-place op (2 b m k n)."""
+    b, m, k = a_shape
+    return 2 * b * m * k * b_shape[-1]
+
+
+def _inputs(batch: int, length: int, heads: int, dk: int, dv: int):
+    gen = torch.Generator().manual_seed(0)
+    rows = (batch, length, heads)
+    return dict(
+        q=F.normalize(torch.randn(*rows, dk, generator=gen), dim=-1), k=F.normalize(torch.randn(*rows, dk, generator=gen), dim=-1),
+        v=torch.randn(*rows, dv, generator=gen), g=torch.log(0.8 + 0.19 * torch.rand(*rows, generator=gen)),
+        beta=torch.rand(*rows, generator=gen), lam=torch.ones(heads, dk),
+    )
+
+
+@pytest.mark.parametrize("preconditioner", ["none", "jacobi", "chunk"])
+@pytest.mark.parametrize("steps", [0, 4])
+def test_flop_model_matches_flop_counter(preconditioner, steps):
+    # T = 100 is not a multiple of C = 16: the padded tokens count; dv != dk; tol = 0 and a few steps,
+    # so every system runs all of them (the residual floor is far away)
+    batch, length, heads, dk, dv, chunk = 2, 100, 2, 16, 8, 16
+    solver = SolverSettings(max_iter=steps, tol=0.0, preconditioner=preconditioner)
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_inplace})
+    with torch.no_grad(), counter:
+        out = mesa(**_inputs(batch, length, heads, dk, dv), solver=solver, chunk_size=chunk, return_stats=True)
+    assert out.stats.max_iterations == steps
+    assert forward_flops(batch, heads, length, dk, dv, chunk, steps, preconditioner) == counter.get_total_flops()
+
+
+def test_flop_model_per_token_at_paper_size():
+    """d = dv = C = 64, 30 steps, no preconditioner: states + 31 matvecs + output."""
+    assert forward_flops_per_token_head(64, 64, 64, 30) == 2 * 64 * 128 + 31 * (2 * 64 * 64 + 4 * 64 * 64) + 3 * 2 * 64 * 64
+    with pytest.raises(ValueError):
+        forward_flops_per_token_head(64, 64, 64, 30, "ilu")
