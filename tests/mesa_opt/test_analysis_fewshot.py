@@ -1,4 +1,4 @@
-"""Few-shot repurposing analysis (digest B.4): x_i-position read-out, prompt tuning, LSQ references, smoke run."""
+"""Few-shot repurposing analysis: x_i-position read-out, prompt tuning, LSQ references, smoke run."""
 
 import csv
 from types import SimpleNamespace

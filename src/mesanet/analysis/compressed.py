@@ -1,4 +1,4 @@
-"""CompressedAlg baselines from "Uncovering mesa-optimization algorithms in Transformers" (digest B.3).
+"""CompressedAlg baselines from "Uncovering mesa-optimization algorithms in Transformers".
 
 (a) Iterative preconditioning (Proposition 2 / CompressedAlg-k): ``k`` steps of a Chebyshev (second-order
     Richardson) or plain Richardson iteration approximating ``H_t s_t = (S_{t-1} S_{t-1}^T + I/lam)^{-1} s_t``,

@@ -1,5 +1,5 @@
 """Proposition 2 / CompressedAlg-k with learned step sizes; block-scalar compression and interpolation of
-trained linear-attention models (paper B, digest B.3).
+trained linear-attention models ("Uncovering mesa-optimization algorithms in Transformers").
 
 (1) CompressedAlg-k (eq. 9): ``k`` steps of a second-order Richardson iteration from ``x_0 = x_{-1} = 0``
     towards ``X_t^{-1} s_t`` with ``X_t = S_{t-1} S_{t-1}^T + I/lam`` (all positions in parallel)::

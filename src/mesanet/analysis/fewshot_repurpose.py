@@ -1,4 +1,4 @@
-"""Few-shot in-context regression with models trained on linear dynamics (paper B, digest B.4, Fig. 8 / 18).
+"""Few-shot in-context regression with models trained on linear dynamics ("Uncovering mesa-optimization algorithms in Transformers", Fig. 8 / 18).
 
 Trained autoregressive zoo models that read raw (unconstructed) tokens are prompted with regression data
 ``[x_1, y_1, x_2, y_2, ...]`` (``W*`` Haar-orthogonal, ``y_i = W* x_i``; :mod:`mesanet.data.fewshot`) and the
@@ -279,7 +279,7 @@ def _verdict(ok: bool) -> str:
 
 def _summary(cfg: FewShotRepurposeConfig, dim: int, curves: dict, lsq: dict, zero_loss: float, lengths: dict,
              tune_info: dict, seconds: float) -> tuple[str, dict]:
-    lines = ["# Few-shot regression with LDS-trained models (digest B.4)", "",
+    lines = ["# Few-shot regression with LDS-trained models", "",
              f"Prompts: W* Haar-orthogonal (n = {dim}), x ~ "
              + (f"U(-{cfg.x_range}, {cfg.x_range})" if cfg.x_dist == "uniform" else "N(0, I)")
              + f", label noise {cfg.noise_std}; {cfg.eval_batch} test prompts per variant (seed {cfg.seed}). "

@@ -1,4 +1,4 @@
-"""Linearisation of softmax attention layers (paper B, digest B.3 / SI F.2; analysis 4 of issue 6).
+"""Linearisation of softmax attention layers ("Uncovering mesa-optimization algorithms in Transformers", SI F.2; analysis 4 of the toolkit, README "Mesa-optimization toolkit").
 
 For a trained :class:`~mesanet.models.SequenceModel`, every softmax self-attention layer's input ``x_l``
 (the normalised residual stream the mixer sees) and output ``delta_l`` (the mixer's update) are recorded

@@ -1,4 +1,4 @@
-"""Linear probes per layer and per time step (paper B, digest B.3; analysis 3 of issue 6).
+"""Linear probes per layer and per time step ("Uncovering mesa-optimization algorithms in Transformers"; analysis 3 of the toolkit, README "Mesa-optimization toolkit").
 
 For a trained :class:`~mesanet.models.SequenceModel` the residual stream after the embedding (layer 0) and
 after every block (layers 1..L) is recorded on fresh LDS sequences. For every ``(layer, t)`` a separate
@@ -13,7 +13,7 @@ Probes are fit on training sequences and scored on held-out ones by the normalis
 ``sum_d E(y_d - yhat_d)^2 / sum_d Var(y_d)`` (held-out statistics): 0 = perfectly decodable, ~1 = no linear
 information. Times ``t`` are 1-based token indices (position ``p = t - 1``), ``t = 1..T-1``.
 
-Target check (issue 6, "probe errors fall with depth"): for every model and both probes, the mean normalised
+Target check (README "Mesa-optimization toolkit": "probe errors fall with depth"): for every model and both probes, the mean normalised
 error over ``t >= min_t`` (default 10) at the last layer is below ``(1 - depth_margin)`` (default 0.95) times
 that at the first layer (layer 1, the output of the first block).
 """

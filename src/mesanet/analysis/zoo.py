@@ -6,7 +6,7 @@ writes ``<root>/<name>/``: ``model.safetensors``, the resolved ``model_config.ya
 later calls reload it. A saved model whose configs differ from the recipe is never reused silently: it is
 a ``ValueError`` unless ``overwrite=True`` (retrain in place).
 
-Paper settings (digest B.2) scaled to CPU budgets, all on the fully observed LDS (n_s = 10, T = 50,
+Paper settings scaled to CPU budgets, all on the fully observed LDS (n_s = 10, T = 50,
 noise 0.01, U(-1, 1) initial state):
 
 * constructed-token models (``linear-k``, ``mesa-1``, ``mesa-forget-1``, ``sm-mesa-1``): tokens

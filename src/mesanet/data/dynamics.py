@@ -1,7 +1,7 @@
 """Linear (and nonlinear) dynamical systems with a fresh random ``W*`` per sequence (mesa-optimization tasks).
 
-Generators of von Oswald, Schlegel et al., "Uncovering mesa-optimization algorithms in Transformers"
-(digest part B.1). Per sequence, with the hidden state ``h_t`` and the observation ``s_t``::
+Generators of von Oswald, Schlegel et al., "Uncovering mesa-optimization algorithms in Transformers".
+Per sequence, with the hidden state ``h_t`` and the observation ``s_t``::
 
     h_1 ~ U(-r, r)^{n_h}   (official code default, r = 1; ``init="normal"`` gives the N(0, I) of the text)
     h_{t+1} = W* f*(h_t) + eps_t,   eps_t ~ N(0, noise_std^2 I)

@@ -1,4 +1,4 @@
-"""Delta-rule mixers (design section 8): DeltaNet and the shared class of Gated DeltaNet."""
+"""Delta-rule mixers (``docs/design.md``, "Baseline recurrences"): DeltaNet and the shared class of Gated DeltaNet."""
 
 from __future__ import annotations
 

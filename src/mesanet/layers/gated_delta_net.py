@@ -1,4 +1,4 @@
-"""Gated DeltaNet (design section 8)."""
+"""Gated DeltaNet (``docs/design.md``, "Baseline recurrences")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gated linear attention mixers (design section 8): GLA and the Mamba2-style variant."""
+"""Gated linear attention mixers (``docs/design.md``, "Baseline recurrences"): GLA and the Mamba2-style variant."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``MesaLayer``: the MesaNet token mixer (design sections 5 and 6) around :func:`mesanet.ops.mesa`."""
+"""``MesaLayer``: the MesaNet token mixer (``docs/design.md``, "Decoding" and "The layer (MesaNet)") around :func:`mesanet.ops.mesa`."""
 
 from __future__ import annotations
 

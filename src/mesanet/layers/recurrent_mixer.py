@@ -1,4 +1,4 @@
-"""The q/k/v/gate parameterisation shared by every recurrent token mixer (design section 6).
+"""The q/k/v/gate parameterisation shared by every recurrent token mixer (``docs/design.md``, "The layer (MesaNet)").
 
 :class:`RecurrentMixer` is the layer around a recurrence: subclasses (Mesa, GLA / Mamba2-style,
 (Gated) DeltaNet, the Sherman-Morrison Mesa layer) supply only the core operator, in a parallel

@@ -1,4 +1,4 @@
-"""``ShermanMorrisonMesa``: the original (2023) Mesa layer, recursive least squares (design section 7)."""
+"""``ShermanMorrisonMesa``: the original (2023) Mesa layer, recursive least squares (``docs/design.md``, "The 2023 Mesa layer")."""
 
 from __future__ import annotations
 

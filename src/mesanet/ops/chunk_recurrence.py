@@ -1,4 +1,4 @@
-"""Shared machinery of the chunkwise recurrences (Mesa, GLA, DeltaNet): design sections 2 and 8.
+"""Shared machinery of the chunkwise recurrences (Mesa, GLA, DeltaNet): ``docs/design.md``, "Chunk form" and "Baseline recurrences".
 
 Every baseline keeps one state ``S [Dk, Dv]`` per head, reads out ``o_t = S_t^T q_t`` and has the
 same public boundary as :func:`mesanet.ops.mesa` (:mod:`mesanet.ops.inputs`): ``[B, T, H, D]`` inputs,

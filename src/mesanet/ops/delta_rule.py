@@ -1,4 +1,4 @@
-"""DeltaNet and Gated DeltaNet (design section 8):
+"""DeltaNet and Gated DeltaNet (``docs/design.md``, "Baseline recurrences"):
 ``S_t = gamma_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t``.
 
 Chunkwise-parallel form by the WY / UT representation (Yang et al. 2024, "Parallelizing linear

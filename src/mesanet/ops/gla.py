@@ -1,4 +1,4 @@
-"""Gated linear attention (GLA with a scalar gate per head, design section 8):
+"""Gated linear attention (GLA with a scalar gate per head, ``docs/design.md``, "Baseline recurrences"):
 ``S_t = gamma_t S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t``.
 
 Linear attention is ``g = 0``; the Mamba2-style recurrence (``S_t = gamma_t S_{t-1} + k_t v_t^T``)

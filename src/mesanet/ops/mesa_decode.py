@@ -1,4 +1,4 @@
-"""``mesa_step``: one-token Mesa decoding on the states ``(H_kk, S_kv)`` (design section 5).
+"""``mesa_step``: one-token Mesa decoding on the states ``(H_kk, S_kv)`` (``docs/design.md``, "Decoding").
 
 Per token and head: ``H' = gamma H + beta k k^T``, ``S' = gamma S + beta k v^T``, then solve
 ``(H' + Lambda) x = q`` and read out ``o = S'^T x``. The cost is fixed by the head size (the states

@@ -4,7 +4,7 @@
   (bf16/fp16 CG has well-known convergence problems; the paper runs its solver in fp32).
   Inputs in float64 keep float64 throughout (used by the tests against exact references).
 * Outputs come back in the dtype of ``v``; final states stay in the solver dtype.
-* CG is homogeneous: no additive epsilons anywhere in the recursion (design section 3).
+* CG is homogeneous: no additive epsilons anywhere in the recursion (``docs/design.md``, "Conjugate gradient").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SOLVER_MIN_DTYPE = torch.float32
 DEFAULT_MAX_ITER = 30
 
 #: Chunk length of the chunkwise-parallel form. 64 balances the d^2 state term against the
-#: 4*C*d intra-chunk term for head sizes around 64 (design section 9).
+#: 4*C*d intra-chunk term for head sizes around 64 (``docs/design.md``, "Cost model").
 DEFAULT_CHUNK_SIZE = 64
 
 #: Working-set budget of one CG block. Chunks are independent systems given their entering state,

@@ -1,4 +1,4 @@
-"""Exact sequential references of the baseline recurrences (design section 8). For tests.
+"""Exact sequential references of the baseline recurrences (``docs/design.md``, "Baseline recurrences"). For tests.
 
 A plain Python loop over tokens with the textbook update, independent of the chunk forms (no
 chunking, no WY representation, no triangular solve); gradients by plain autograd. Computes in

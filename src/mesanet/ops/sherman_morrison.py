@@ -1,6 +1,6 @@
 """The original Mesa layer (von Oswald et al. 2023): recursive least squares by Sherman-Morrison.
 
-The inverse ``R_t = (H_t + R_0^{-1})^{-1}`` is carried directly (design section 7). Here
+The inverse ``R_t = (H_t + R_0^{-1})^{-1}`` is carried directly (``docs/design.md``, "The 2023 Mesa layer"). Here
 ``R_0 = diag(lam)^{-1}``, so with no forgetting (``g = 0``) it equals :func:`mesanet.ops.mesa`
 exactly; the 2023 paper writes ``R_0 = lambda_2023 I``, i.e. ``lambda_2023 = 1 / lam``.
 
