@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Reinstall when the project's requirements change.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench setup clean
+.PHONY: run test test-fast lint bench setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Lint (ruff: pyflakes, import order, statement errors; configured in pyproject.toml). CI runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

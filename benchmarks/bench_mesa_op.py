@@ -471,7 +471,6 @@ def render_markdown(results: dict[str, Any]) -> str:
             if f is None or fb is None:
                 continue
             acc = _find(results["accuracy"], length=length, variant=v["name"]) or {}
-            peak = results["matmul_peak"]["peak_gflops"]
             rows.append([length, v["name"], _steps(f), h.fmt(f["median_s"], ".1f", 1e3), h.fmt(fb["median_s"], ".1f", 1e3),
                          h.fmt(f.get("peak_memory_mib"), ".1f"), h.fmt(fb.get("peak_memory_mib"), ".1f"),
                          h.fmt(f.get("gflops"), ".1f"), h.fmt(f.get("peak_fraction"), ".1%"),

@@ -55,7 +55,7 @@ from torch import Tensor
 
 from benchmarks import harness as h
 from mesanet.layers.registry import build_mixer
-from mesanet.models import MesaNetCache, MesaNetForCausalLM, PRESETS, preset_config
+from mesanet.models import PRESETS, MesaNetCache, MesaNetForCausalLM, preset_config
 
 #: Benchmark name -> the layer pattern (repeated over the layers).
 MODELS: dict[str, tuple[str, ...]] = {

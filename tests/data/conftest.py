@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import write_corpus
 from mesanet.data import DataConfig
+
+from data_helpers import write_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mesanet.data import DataError, prepare_data
-from mesanet.data import packing
+from mesanet.data import DataError, packing, prepare_data
 
 
 def _aside(root: Path, kind: str) -> list[Path]:

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from data_helpers import make_text
 from mesanet.data import DataError, prepare_data
 from mesanet.data.hf_source import parse_spec
+
+from data_helpers import make_text
 
 
 def test_parse_spec():

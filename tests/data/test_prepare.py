@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from data_helpers import make_text, write_corpus
-from mesanet.data import DataError, prepare_data
+from mesanet.data import DataError, packing, prepare_data
 from mesanet.data import cache as cache_mod
-from mesanet.data import packing, tokenizer as tokenizer_mod
+from mesanet.data import tokenizer as tokenizer_mod
+
+from data_helpers import make_text, write_corpus
 
 
 def _split_at_eod(tokens: np.ndarray, eod: int) -> list[np.ndarray]:
@@ -212,7 +213,6 @@ def test_killed_build_leftovers_are_cleaned(corpus_dir, make_cfg, monkeypatch):
 
     # a hard kill leaves the temporary folder behind: simulate by skipping the cleanup once
     monkeypatch.setattr(cache_mod.shutil, "rmtree", lambda *a, **k: None)
-    original = packing.pack_split
 
     def crash(*a, **k):
         raise RuntimeError("killed")

@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from eval_helpers import build_model
 from mesanet.eval import CheckpointError, load_checkpoint, resolve_model_dir
 from mesanet.models import MesaNetForCausalLM
+
+from eval_helpers import build_model
 
 
 def copy_of(model_dir, tmp_path, name="copy"):

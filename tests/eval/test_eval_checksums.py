@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from eval_helpers import build_model, random_tokens
-from mesanet.eval import CheckpointError, evaluate_run, generate_from_checkpoint, load_checkpoint
-from mesanet.eval import run_eval, run_files
+from mesanet.eval import CheckpointError, evaluate_run, generate_from_checkpoint, load_checkpoint, run_eval, run_files
 from mesanet.eval.checkpoint import verify_checksums
 from mesanet.train import checkpoint as train_ckpt
+
+from eval_helpers import build_model, random_tokens
 
 
 @pytest.fixture

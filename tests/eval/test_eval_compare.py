@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from eval_helpers import TEXT
 from mesanet.eval import RunSummary, summarize_run, write_compare_report
+
+from eval_helpers import TEXT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_helpers import build_model, random_tokens
 from mesanet.eval import ExtrapolationResult, LMEvalResult, evaluate_lm, extrapolation, perplexity
+
+from eval_helpers import build_model, random_tokens
 
 
 def windows_of(n: int, length: int, seed: int = 0) -> torch.Tensor:

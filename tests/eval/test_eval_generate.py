@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_helpers import build_model
 from mesanet.eval import generate_from_checkpoint, generate_text
 from mesanet.eval.generate import generate_ids
+
+from eval_helpers import build_model
 
 PROMPT = "The Mesa layer"
 

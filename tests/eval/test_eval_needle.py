@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from eval_helpers import build_model
 from mesanet.data import DataConfig
 from mesanet.eval import NeedleConfig, needle_in_a_haystack, run_needle
 from mesanet.eval.needle import DOC_SEPARATOR, _Pieces, corpus_documents, main, make_prompts, score_prompts
+
+from eval_helpers import build_model
 from tolerances import NEEDLE_CACHE_LOGPROB_ATOL, NEEDLE_SUM_RTOL
 
 

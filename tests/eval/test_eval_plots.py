@@ -61,7 +61,8 @@ def test_smoothing_helpers():
     np.testing.assert_allclose(moving_average(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(moving_average(np.array([1.0, np.nan, 3.0]), 2), [1.0, 1.0, 3.0])
     x, y = log_binned(np.arange(1.0, 1001.0), per_decade=10)  # value = position: bin means sit inside their bins
-    np.testing.assert_allclose(x[:4], [1, 2, 3, 4]); np.testing.assert_allclose(y[:4], [1, 2, 3, 4])  # bins of one at the start
+    np.testing.assert_allclose(x[:4], [1, 2, 3, 4])  # bins of one at the start
+    np.testing.assert_allclose(y[:4], [1, 2, 3, 4])
     assert len(x) < 40 and np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0) and y[-1] > 800
     assert np.all(np.abs(np.log(y / x)) < 0.15)  # arithmetic vs geometric centre of a 1/10-decade bin
 

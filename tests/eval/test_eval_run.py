@@ -13,10 +13,10 @@ import types
 import numpy as np
 import pytest
 
-from eval_helpers import random_tokens
-from mesanet.eval import CheckpointError, evaluate_lm, evaluate_run
-from mesanet.eval import run_eval
+from mesanet.eval import CheckpointError, evaluate_lm, evaluate_run, run_eval
 from mesanet.ops import INFERENCE
+
+from eval_helpers import random_tokens
 
 TRAIN_LEN = 16
 

@@ -9,11 +9,12 @@ import math
 import pytest
 import torch
 
-from eval_helpers import build_model, random_tokens
 from mesanet.eval import SolverReport, solver_report
 from mesanet.eval.solver import mesa_layers
 from mesanet.layers import collect_solver_stats
 from mesanet.ops import INFERENCE, SolverSettings
+
+from eval_helpers import build_model, random_tokens
 
 
 def windows_of(n: int, length: int, seed: int = 0) -> torch.Tensor:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import rel_err
 from mesanet.layers.attention import Attention, SlidingWindowAttention, WindowKVState
 from mesanet.layers.base import KVState, RecurrentState
 from mesanet.layers.rope import RotaryEmbedding, apply_rotary
+
+from helpers import rel_err
 from tolerances import F32_LAYER_RTOL, F64_EXACT_RTOL
 
 F64 = torch.float64

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from helpers import GATE_RANGES, rel_err
 from mesanet.layers.base import KVState, RecurrentState
 from mesanet.layers.hawk import RG_LRU_INIT_RANGE, Hawk, rg_lru_scan, rg_lru_step
+
+from helpers import GATE_RANGES, rel_err
 from tolerances import F32_LAYER_RTOL, F64_EXACT_RTOL
 
 F64 = torch.float64

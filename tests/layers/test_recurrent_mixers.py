@@ -10,13 +10,24 @@ import math
 import pytest
 import torch
 
-from helpers import rel_err
 from mesanet.layers import (
-    GAMMA_CAP, LAMBDA_LOWER_BOUND, MIXERS, DeltaNet, GatedDeltaNet, GatedLinearAttention, Mamba2GLA, MesaLayer,
-    RecurrentState, RMSNorm, ShermanMorrisonMesa, build_mixer,
+    GAMMA_CAP,
+    LAMBDA_LOWER_BOUND,
+    MIXERS,
+    DeltaNet,
+    GatedDeltaNet,
+    GatedLinearAttention,
+    Mamba2GLA,
+    MesaLayer,
+    RecurrentState,
+    RMSNorm,
+    ShermanMorrisonMesa,
+    build_mixer,
+    collect_solver_stats,
 )
-from mesanet.layers import collect_solver_stats
 from mesanet.layers.recurrent_mixer import forget_gate_bias, gates
+
+from helpers import rel_err
 from tolerances import F64_EXACT_RTOL, LAYER_BF16_RTOL, LAYER_CG_F64_RTOL
 
 KINDS = ["mesa", "gla", "mamba2", "deltanet", "gated_deltanet", "sherman_morrison"]

@@ -5,7 +5,6 @@ import csv
 import pytest
 import torch
 
-from helpers import rel_err
 from mesanet.analysis.compressed import chebyshev_solve, compressed_alg_prediction, ridge_prediction
 from mesanet.analysis.compressed_alg import (
     LearnedCompressedAlg,
@@ -22,6 +21,8 @@ from mesanet.analysis.compressed_alg import (
 )
 from mesanet.data.dynamics import LDSConfig, constructed_tokens, generate_lds
 from mesanet.models.mesaopt import SeqModelConfig, SequenceModel
+
+from helpers import rel_err
 from tolerances import CHEBYSHEV_RIDGE_F64_RTOL, COMPRESSED_ALG_F64_RTOL, MESAOPT_F64_RTOL
 
 N = 10

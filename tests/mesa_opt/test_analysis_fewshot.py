@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from mesanet.analysis.fewshot_repurpose import (
-    FewShotRepurposeConfig, PromptTokens, evaluate_variant, fewshot_config_for, lsq_references, main, tune_prompt,
+    FewShotRepurposeConfig,
+    PromptTokens,
+    evaluate_variant,
+    fewshot_config_for,
+    lsq_references,
+    main,
+    tune_prompt,
 )
 from mesanet.data.fewshot import FewShotConfig, fewshot_lsq_loss, generate_fewshot
 from mesanet.models.mesaopt import SeqModelConfig, SequenceModel

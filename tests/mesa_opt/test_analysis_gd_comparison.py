@@ -7,7 +7,6 @@ import csv
 
 import pytest
 import torch
-from tolerances import MESAOPT_F64_RTOL
 
 from mesanet.analysis.gd_comparison import (
     GDComparisonConfig,
@@ -24,6 +23,8 @@ from mesanet.analysis.seq_training import per_step_loss
 from mesanet.data.dynamics import LDSConfig, constructed_tokens, generate_lds
 from mesanet.models import SeqModelConfig, SequenceModel
 from mesanet.ops.linear_attention import linear_attention_from_products
+
+from tolerances import MESAOPT_F64_RTOL
 
 
 def _prop1_tokens(states: torch.Tensor, phi0: torch.Tensor) -> torch.Tensor:

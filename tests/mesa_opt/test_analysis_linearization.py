@@ -13,12 +13,15 @@ from mesanet.analysis.linearization import (
     main,
     record_mixer_io,
     swap_mixers,
+)
+from mesanet.analysis.linearization import (
     test_loss as model_test_loss,
 )
 from mesanet.analysis.seq_training import tokens_of
 from mesanet.data.dynamics import LDSConfig, generate_lds
 from mesanet.layers.linear_self_attention import LinearSelfAttention
 from mesanet.models.mesaopt import SeqModelConfig, SequenceModel
+
 from tolerances import LINEARIZE_DISTIL_REL_ERR, LINEARIZE_RATIO_ATOL, MESAOPT_F64_RTOL
 
 _TASK = LDSConfig(state_dim=4, seq_len=12)

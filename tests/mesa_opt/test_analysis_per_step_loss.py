@@ -7,7 +7,6 @@ import csv
 
 import pytest
 import torch
-from tolerances import ORACLE_NOISE_FLOOR_RTOL, RIDGE_NOISELESS_ATOL
 
 from mesanet.analysis.compressed import ridge_prediction
 from mesanet.analysis.per_step_comparison import (
@@ -18,6 +17,8 @@ from mesanet.analysis.per_step_comparison import (
     tune_ridge_lambda,
 )
 from mesanet.data.dynamics import LDSConfig, generate_lds
+
+from tolerances import ORACLE_NOISE_FLOOR_RTOL, RIDGE_NOISELESS_ATOL
 
 
 def test_tuned_ridge_is_exact_on_noiseless_data():

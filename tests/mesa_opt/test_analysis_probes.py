@@ -15,6 +15,7 @@ from mesanet.analysis.probes import (
     preconditioned_inputs,
     probe_errors,
 )
+
 from tolerances import MESAOPT_F64_RTOL, PROBE_EXACT_NMSE, PROBE_NOISE_NMSE_ATOL
 
 

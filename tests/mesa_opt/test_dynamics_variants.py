@@ -5,9 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from mesanet.data.dynamics import (
-    LDS_KINDS, LDSConfig, constructed_tokens, constructed_tokens_4slot, generate_lds, kshift_tokens, lds_preset,
+    LDS_KINDS,
+    LDSConfig,
+    constructed_tokens,
+    constructed_tokens_4slot,
+    generate_lds,
+    kshift_tokens,
+    lds_preset,
 )
 from mesanet.utils.config import ConfigError, from_dict
+
 from tolerances import CONTRACTING_EIG_F64_ATOL, DYNAMICS_F64_ATOL
 
 F64 = torch.float64

@@ -7,15 +7,13 @@ import math
 
 import pytest
 import torch
-from helpers import rel_err
-from tolerances import MESAOPT_CG_F64_RTOL, MESAOPT_F64_RTOL
 
 from mesanet.analysis import GDConstruction
 from mesanet.layers import LinearSelfAttention, RegressionMesa, SoftmaxSelfAttention
 from mesanet.ops import linear_attention_from_products
 
-
-
+from helpers import rel_err
+from tolerances import MESAOPT_CG_F64_RTOL, MESAOPT_F64_RTOL
 
 
 def _randn(*shape, seed=0, scale=1.0):

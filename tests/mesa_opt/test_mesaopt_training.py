@@ -7,14 +7,16 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tolerances import MESAOPT_F64_RTOL
 
 from mesanet.analysis import ZOO, SeqTrainConfig, lds_batch_fn, load_or_train, next_token_mse, per_step_loss
-from mesanet.analysis.__main__ import ANALYSES, main as analysis_main, resolve
+from mesanet.analysis.__main__ import ANALYSES, resolve
+from mesanet.analysis.__main__ import main as analysis_main
 from mesanet.analysis.seq_training import build_model, train_sequence_model
 from mesanet.analysis.zoo import recipe
 from mesanet.data.dynamics import LDSConfig, generate_lds
 from mesanet.models import SeqModelConfig
+
+from tolerances import MESAOPT_F64_RTOL
 
 TASK = LDSConfig(state_dim=3, seq_len=12)
 

@@ -9,8 +9,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mesanet  # noqa: F401  (registers the Auto classes)
+from mesanet.models import MIXER_KINDS, PRESETS, MesaNetCache, MesaNetConfig, MesaNetForCausalLM, preset_config
+
 from helpers import rel_err
-from mesanet.models import MIXER_KINDS, MesaNetCache, MesaNetConfig, MesaNetForCausalLM, PRESETS, preset_config
 from tolerances import F64_EXACT_RTOL, LAYER_CG_F64_RTOL
 
 VOCAB = 97

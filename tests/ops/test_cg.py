@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import rel_err
 from mesanet.ops import CGOptions, conjugate_gradient, implicit_solve
 from mesanet.ops.cg import RESIDUAL_FLOOR_EPS, DiagonalPreconditioner
+
+from helpers import rel_err
 from tolerances import F32_SURPLUS_RTOL, F64_RTOL, GRADCHECK_ATOL, GRADCHECK_RTOL, HOMOGENEITY_RTOL
 
 

@@ -32,8 +32,9 @@ def test_sequence_view_is_inverse_and_pads_with_zero():
 
 def test_chunk_size_is_capped_at_the_longest_sequence():
     """A chunk longer than every sequence is pure padding: the shared input path caps it."""
-    from helpers import make_inputs
     from mesanet.ops.inputs import MESA, prepare_sequences
+
+    from helpers import make_inputs
 
     inputs = make_inputs(1, 20, 2, 4, 3)
     packed = prepare_sequences("test", MESA, **{n: inputs[n] for n in ("q", "k", "v", "g", "beta", "lam")},

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import LEAF_NAMES, leaves, make_inputs, rel_err
 from mesanet.ops import SolverSettings, mesa, mesa_reference, mesa_sherman_morrison, mesa_step
 from mesanet.ops.cg import RESIDUAL_FLOOR_EPS
 from mesanet.ops.solver_settings import PRECONDITIONERS
+
+from helpers import LEAF_NAMES, leaves, make_inputs, rel_err
 from tolerances import BF16_RTOL, F32_RTOL, F64_EXACT_RTOL, F64_RTOL, HOMOGENEITY_RTOL, LARGE_LAMBDA_RTOL
 
 # (batch, T, heads, Dk, Dv, chunk, gate): a curated list, not a product. Each line says what it covers.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import LEAF_NAMES, make_inputs, rel_err
 from mesanet.ops import SolverSettings, mesa
 from mesanet.ops.solver_settings import PRECONDITIONERS
+
+from helpers import LEAF_NAMES, make_inputs, rel_err
 from tolerances import F64_EXACT_RTOL
 
 NAMES = ("q", "k", "v", "g", "beta", "lam")

@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
+from mesanet.ops import INFERENCE, SolverSettings, checks, mesa, mesa_reference, mesa_step
+
 from helpers import make_inputs, rel_err
-from mesanet.ops import INFERENCE, SolverSettings, mesa, mesa_reference, mesa_step
-from mesanet.ops import checks
 from tolerances import DECODE_F32_RTOL, F32_RTOL, F64_EXACT_RTOL, GRADCHECK_ATOL, GRADCHECK_RTOL
 
 TOKEN = ("q", "k", "v", "g", "beta")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import make_inputs
 from mesanet.ops import SolverSettings, mesa
+
+from helpers import make_inputs
 from tolerances import GRADCHECK_ATOL, GRADCHECK_RTOL
 
 

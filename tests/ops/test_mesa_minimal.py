@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import make_inputs, rel_err
 from mesanet.ops import SolverSettings, mesa, mesa_reference
 from mesanet.ops.mesa_minimal import mesa_minimal
+
+from helpers import make_inputs, rel_err
 from tolerances import F64_RTOL
 
 

@@ -7,8 +7,9 @@ import re
 import pytest
 import torch
 
-from helpers import make_inputs
 from mesanet.ops import SolverSettings, checks, mesa, mesa_sherman_morrison
+
+from helpers import make_inputs
 
 
 def good(batch=1, length=6, heads=2):

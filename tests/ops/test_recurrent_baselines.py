@@ -4,13 +4,14 @@ keys and beta in [0, 1], as the layers feed them."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from helpers import make_inputs, rel_err
-from types import SimpleNamespace
-
 from mesanet.ops import delta_rule, delta_rule_reference, delta_rule_step, gla, gla_reference, gla_step
+
+from helpers import make_inputs, rel_err
 from tolerances import BF16_RTOL, F32_RTOL, F64_EXACT_RTOL
 
 # (batch, T, heads, Dk, Dv, chunk): a curated list, crossed with the three gate ranges.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import LEAF_NAMES, leaves, make_inputs, rel_err
 from mesanet.ops import SolverSettings, mesa, mesa_reference
 from mesanet.ops.solver_settings import PRECONDITIONERS
+
+from helpers import LEAF_NAMES, leaves, make_inputs, rel_err
 from tolerances import F32_SURPLUS_RTOL
 
 # (gate, lam or None for the helper's [0.25, 1.25], Dk, T): the regimes. gamma = 1 with lam = 0.25 is

@@ -7,9 +7,22 @@ import pytest
 import torch
 
 from mesanet.data.synthetic import (
-    IGNORE_INDEX, MAD_TASKS, CompressionConfig, FuzzyRecallConfig, InContextRecallConfig, MemorizationConfig,
-    NoisyRecallConfig, SelectiveCopyingConfig, compression, fuzzy_recall, in_context_recall, mad_settings,
-    memorization, memorization_map, noisy_recall, selective_copying,
+    IGNORE_INDEX,
+    MAD_TASKS,
+    CompressionConfig,
+    FuzzyRecallConfig,
+    InContextRecallConfig,
+    MemorizationConfig,
+    NoisyRecallConfig,
+    SelectiveCopyingConfig,
+    compression,
+    fuzzy_recall,
+    in_context_recall,
+    mad_settings,
+    memorization,
+    memorization_map,
+    noisy_recall,
+    selective_copying,
 )
 
 GENERATORS = {

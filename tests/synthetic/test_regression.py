@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from mesanet.data.synthetic import (
-    InContextRegressionConfig, bayes_optimal_ridge, in_context_regression, ridge_prediction_loss,
+    InContextRegressionConfig,
+    bayes_optimal_ridge,
+    in_context_regression,
+    ridge_prediction_loss,
 )
 
 

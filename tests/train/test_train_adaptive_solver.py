@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tolerances import ADAPTIVE_TRAIN_LOSS_RTOL
 
 from mesanet.train import read_metrics, train
+
+from tolerances import ADAPTIVE_TRAIN_LOSS_RTOL
 
 FIXED = dict(max_iter=30, tol=0.0, preconditioner="jacobi")  # every system runs to the float32 floor
 ADAPTIVE = dict(max_iter=30)  # mesanet.ops.TRAINING: chunk-preconditioned CG to tol 1e-4

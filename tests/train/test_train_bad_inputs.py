@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from train_helpers import flip_byte, tiny_config, write_nan_weights
 
 from mesanet.train import CheckpointError, TrainConfig, Trainer, check_config, train
 from mesanet.utils.config import ConfigError, from_dict
+
+from train_helpers import flip_byte, tiny_config, write_nan_weights
 
 
 def _snapshot(root: Path) -> dict:

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tolerances import TRAIN_SPLIT_AFTER_ADAM_RTOL, TRAIN_SPLIT_RTOL
 
 from mesanet.train import read_metrics, train
 from mesanet.train.checkpoint import load_training_state
 from mesanet.utils.config import to_dict
+
+from tolerances import TRAIN_SPLIT_AFTER_ADAM_RTOL, TRAIN_SPLIT_RTOL
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import write_nan_weights
 
 from mesanet.train import NonFiniteError, Trainer, check_config, list_checkpoints, train
 from mesanet.train.guards import all_finite, checkpoint_problem, last_good_checkpoint
 from mesanet.train.optim import clip_norm
 from mesanet.utils.config import load
+
+from train_helpers import write_nan_weights
 
 NAN, INF = float("nan"), float("inf")
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tolerances import TRAIN_BF16_LOSS_RTOL, TRAIN_SPLIT_AFTER_ADAM_RTOL, TRAIN_SPLIT_RTOL
 
 from mesanet.train import NonFiniteError, TrainConfig, Trainer, read_metrics, train
 from mesanet.train.checkpoint import verify_checkpoint
 from mesanet.utils.config import load
+
+from tolerances import TRAIN_BF16_LOSS_RTOL, TRAIN_SPLIT_AFTER_ADAM_RTOL, TRAIN_SPLIT_RTOL
 
 
 def _trace(result, key: str) -> torch.Tensor:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from mesanet.models import MesaNetForCausalLM, preset_config
 from mesanet.train import OptimConfig, build_optimizer, build_scheduler, lr_multiplier, param_groups
 

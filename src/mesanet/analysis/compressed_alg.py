@@ -581,7 +581,7 @@ def _figures(out, cfg, k_rows, fixed_loss, ridge_loss, model_rows, interp_rows, 
         for row, (layer, head, kq, kq_c, pv, pv_c) in enumerate(layers):
             for col, (mat, title) in enumerate(((kq, "W_k^T W_q"), (kq_c, "compressed"), (pv, "P W_v"), (pv_c, "compressed"))):
                 ref = (kq if col < 2 else pv).abs().max().item() or 1.0
-                im = axes[row, col].imshow(mat.numpy(), cmap="RdBu_r", vmin=-ref, vmax=ref)
+                axes[row, col].imshow(mat.numpy(), cmap="RdBu_r", vmin=-ref, vmax=ref)
                 axes[row, col].set_title(f"L{layer} h{head} {title} (|max| {ref:.2g})", fontsize=8)
                 axes[row, col].set_axis_off()
         fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (2.6 * len(layers)), wspace=0.1, hspace=0.25)
@@ -617,7 +617,7 @@ def _summary(out, cfg, k_rows, fixed_loss, fixed_lam, model_rows, interp_rows, c
                   + ", ".join(f"k={k}: {_fmt(fixed_loss[k])} (lam {fixed_lam[k]:g})" for k in extra)]
     if model_rows:
         lines += ["", "## Compression of trained linear-k models", "",
-                  f"Tokens [0, s_t, s_(t-1)]: 3 x 3 = 9 block scalars per product, 18 per head (the paper's 4-slot tokens give "
+                  "Tokens [0, s_t, s_(t-1)]: 3 x 3 = 9 block scalars per product, 18 per head (the paper's 4-slot tokens give "
                   "4 x 4 = 16). Energy fraction = ||block-scalar part||_F^2 / ||product||_F^2: all heads of the model pooled "
                   "(total) / mean over heads / min over heads (per head: compression_heads.csv).", "",
                   "| model | trained | compressed | interp 0.5 | CompressedAlg-k learned | Chebyshev per-position | kq energy total/mean/min | pv energy total/mean/min |",

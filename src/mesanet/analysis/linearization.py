@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run_linearize(cfg, args.out, progress=not args.no_progress, recipes=recipes)
     for name, ratio in res["ratios"].items():
         print(f"{cfg.model} {name}: loss ratio {ratio:.4f}")
-    print(f"distillation error (held-out): " + ", ".join(f"layer {l}: {e:.4g}" for l, e in res["distil_error"].items()))
+    print("distillation error (held-out): " + ", ".join(f"layer {l}: {e:.4g}" for l, e in res["distil_error"].items()))
     print(f"check (all layers but the first behave linearly): {'PASS' if res['passed'] else 'MISS'}; wrote {args.out}")
     return 0
 

@@ -12,11 +12,24 @@ few-shot regression prompts with their least-squares controls.
 from .batches import TokenBatches, eval_windows
 from .config import EOD_TOKEN, MIN_VOCAB_SIZE, PAD_TOKEN, DataConfig, DataError
 from .dynamics import (
-    LDS_KINDS, LDSBatch, LDSConfig, constructed_tokens, constructed_tokens_4slot, generate_lds, kshift_tokens,
-    lds_preset, random_orthogonal, unconstructed_tokens,
+    LDS_KINDS,
+    LDSBatch,
+    LDSConfig,
+    constructed_tokens,
+    constructed_tokens_4slot,
+    generate_lds,
+    kshift_tokens,
+    lds_preset,
+    random_orthogonal,
+    unconstructed_tokens,
 )
 from .fewshot import (
-    LSQ_MODES, FewShotBatch, FewShotConfig, fewshot_lsq_loss, fewshot_lsq_predictions, generate_fewshot,
+    LSQ_MODES,
+    FewShotBatch,
+    FewShotConfig,
+    fewshot_lsq_loss,
+    fewshot_lsq_predictions,
+    generate_fewshot,
 )
 from .prepare import PreparedData, prepare_data
 from .tokenizer import load_tokenizer

@@ -25,7 +25,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from . import cache, corpus_memo, packing
-from .config import DataConfig, DataError, EOD_TOKEN, PAD_TOKEN
+from .config import EOD_TOKEN, PAD_TOKEN, DataConfig, DataError
 from .corpus import Corpus, build_corpus, source_stats
 from .sources import resolve_source
 from .split import select_subset
@@ -175,5 +175,5 @@ def _check_seq_len(cfg: DataConfig, arrays: dict[str, np.ndarray]) -> None:
                 f"{'validation' if split == 'val' else 'training'} needs at least one window of seq_len tokens); "
                 f"use seq_len <= {n}, or more data"
                 + (" or a larger val_fraction" if split == "val" else "")
-                + f" (the caches already built were kept)"
+                + " (the caches already built were kept)"
             )

@@ -37,7 +37,7 @@ from ..utils.config import to_dict
 from .checkpoint import resolve_device
 from .compare_report import RunSummary, summarize_run, write_compare_report
 from .run_eval import EVAL_JSON, eval_settings, evaluate_run, report_solver
-from .run_files import FINAL, MODEL_CONFIG, METRICS, load_run_config, read_metrics
+from .run_files import FINAL, METRICS, MODEL_CONFIG, load_run_config, read_metrics
 
 
 @dataclass

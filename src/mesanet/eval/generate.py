@@ -21,7 +21,6 @@ from transformers.generation.streamers import BaseStreamer
 from .checkpoint import load_checkpoint
 from .evaluate import model_device
 
-
 #: Special tokens (EOS / padding) are not part of the text.
 DECODE_KWARGS = dict(skip_special_tokens=True)
 

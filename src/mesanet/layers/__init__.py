@@ -10,9 +10,9 @@ from .linear_self_attention import LinearSelfAttention
 from .mesa_layer import LAMBDA_LOWER_BOUND, MesaLayer
 from .mlp import GatedMLP
 from .norms import RMSNorm
-from .regression_mesa import REGRESSION_MESA_VARIANTS, RegressionMesa
 from .recurrent_mixer import GAMMA_CAP, RecurrentMixer, mark_no_weight_decay
 from .registry import MIXERS, build_mixer, register_mixer
+from .regression_mesa import REGRESSION_MESA_VARIANTS, RegressionMesa
 from .rope import RotaryEmbedding, apply_rotary
 from .sherman_morrison_layer import ShermanMorrisonMesa
 from .short_conv import ShortConvolution

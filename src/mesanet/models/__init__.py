@@ -4,8 +4,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import MesaNetCache
 from .configuration_mesanet import MIXER_KINDS, MesaNetConfig
-from .modeling_mesanet import MesaNetForCausalLM, MesaNetModel, MesaNetPreTrainedModel
 from .mesaopt import LAYER_KINDS, SeqModelConfig, SequenceModel
+from .modeling_mesanet import MesaNetForCausalLM, MesaNetModel, MesaNetPreTrainedModel
 from .presets import PRESETS, preset_config
 from .regression import MesaNetForRegression
 

@@ -28,8 +28,7 @@ import torch
 from torch import Tensor
 
 from .chunk_layout import ChunkLayout
-from .chunk_recurrence import run_recurrent_op
-from .chunk_recurrence import intra_chunk_decay
+from .chunk_recurrence import intra_chunk_decay, run_recurrent_op
 from .inputs import LINEAR, prepare_step
 from .numerics import DEFAULT_CHUNK_SIZE, without_autocast
 from .results import MesaOutput

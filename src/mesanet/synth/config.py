@@ -13,8 +13,8 @@ from typing import Sequence
 
 from mesanet.data.synthetic import MAD_TASKS
 from mesanet.layers import solver_settings
-from mesanet.ops import INFERENCE, TRAINING
 from mesanet.models import MIXER_KINDS
+from mesanet.ops import INFERENCE, TRAINING
 from mesanet.utils.config import ConfigError, from_dict, load, to_dict
 
 #: Tasks the runner knows: the six MAD tasks, MQAR and in-context linear regression.

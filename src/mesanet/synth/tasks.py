@@ -16,8 +16,20 @@ from typing import Any, Callable
 import numpy as np
 
 from mesanet.data.synthetic import (
-    MAD_NUM_TEST, MAD_TASKS, InContextRegressionConfig, MQARConfig, TokenBatch, compression, fuzzy_recall,
-    in_context_recall, in_context_regression, mad_settings, memorization, mqar, noisy_recall, selective_copying,
+    MAD_NUM_TEST,
+    MAD_TASKS,
+    InContextRegressionConfig,
+    MQARConfig,
+    TokenBatch,
+    compression,
+    fuzzy_recall,
+    in_context_recall,
+    in_context_regression,
+    mad_settings,
+    memorization,
+    mqar,
+    noisy_recall,
+    selective_copying,
 )
 
 from .config import SynthConfig

@@ -3,13 +3,13 @@ CSV / TensorBoard logs (Mesa CG steps per layer included) and DDP under ``torchr
 
 from .checkpoint import CheckpointError, list_checkpoints
 from .config import ModelSection, OptimConfig, TrainConfig, build_model_config, check_config
+from .interrupts import TrainingInterrupted
 from .loop import LoopResult, NonFiniteLossError, fit_steps
 from .metrics import read_metrics
 from .optim import build_optimizer, build_scheduler, lr_multiplier, param_groups
+from .run_lock import RunInUseError
 from .solver_monitor import SolverConvergenceWarning, SolverMonitor
 from .trainer import NonFiniteError, Trainer, TrainResult, train
-from .interrupts import TrainingInterrupted
-from .run_lock import RunInUseError
 
 __all__ = [
     "CheckpointError", "LoopResult", "ModelSection", "NonFiniteLossError", "NonFiniteError", "OptimConfig", "TrainConfig", "TrainResult", "Trainer",

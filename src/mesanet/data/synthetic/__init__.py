@@ -19,7 +19,11 @@ from .memorization import MemorizationConfig, memorization, memorization_map
 from .mqar import MQARConfig, mqar
 from .recall import InContextRecallConfig, NoisyRecallConfig, generate_recall, in_context_recall, noisy_recall
 from .regression import (
-    InContextRegressionConfig, RegressionBatch, bayes_optimal_ridge, in_context_regression, ridge_prediction_loss,
+    InContextRegressionConfig,
+    RegressionBatch,
+    bayes_optimal_ridge,
+    in_context_regression,
+    ridge_prediction_loss,
 )
 from .selective_copying import SelectiveCopyingConfig, selective_copying
 
