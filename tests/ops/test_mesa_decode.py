@@ -109,16 +109,19 @@ def test_without_state_starts_from_zeros():
     assert rel_err(o, oz) <= F64_EXACT_RTOL and rel_err(h, hz) <= F64_EXACT_RTOL and rel_err(s, sz) <= F64_EXACT_RTOL
 
 
-def test_gradcheck_cholesky_step():
-    inputs = make_inputs(1, 1, 1, 3, 2, initial_state=True)
+@pytest.mark.parametrize("decode", ["cholesky", "cg"])
+def test_gradcheck_step(decode):
+    """Batch 2 and two heads, so that the CG path's hand-written VJP sums ``d lam`` over the batch."""
+    inputs = make_inputs(2, 1, 2, 3, 2, initial_state=True)
     h0, s0 = inputs.pop("initial_state")
     args = [inputs[n][:, 0].clone().requires_grad_() for n in TOKEN]
     args += [inputs["lam"].requires_grad_(), h0.clone().requires_grad_(), s0.requires_grad_()]
+    solver = SolverSettings(max_iter=20, tol=0.0, decode=decode)
 
     def fn(q, k, v, g, beta, lam, a, s):
         # H0 = sym(a): the Cholesky solve reads one triangle, so finite differences must stay on
         # symmetric states (all a key state can be). validate=False: the probe may step g above 0.
-        o, (h, s_new), _ = mesa_step(q, k, v, g, beta, lam, ((a + a.mT) / 2, s), validate=False)
+        o, (h, s_new), _ = mesa_step(q, k, v, g, beta, lam, ((a + a.mT) / 2, s), solver=solver, validate=False)
         return o, h, s_new
 
     assert torch.autograd.gradcheck(fn, args, atol=GRADCHECK_ATOL, rtol=GRADCHECK_RTOL)

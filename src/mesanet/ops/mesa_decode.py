@@ -34,6 +34,11 @@ class DenseOperator:
     def diagonal(self) -> Tensor:
         return self.h.diagonal(dim1=-2, dim2=-1) + self.lam
 
+    def vjp(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Gradients of ``<u, (H + Lambda) x>`` w.r.t. ``(h, lam)``: ``u x^T`` per system and ``sum_B u o x``."""
+        d_lam = (u * x).sum_to_size(self.lam.shape)
+        return u.unsqueeze(-1) * x.unsqueeze(-2), d_lam
+
 
 class DenseSystem:
     """``build`` of :func:`~mesanet.ops.cg.implicit_solve` for the decode step: the dense operator and,

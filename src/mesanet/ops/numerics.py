@@ -17,9 +17,6 @@ import torch
 #: Lowest precision the CG solver and the states are allowed to run in.
 SOLVER_MIN_DTYPE = torch.float32
 
-#: Paper default for the number of CG steps in training (MesaNet section 4).
-DEFAULT_MAX_ITER = 30
-
 #: Chunk length of the chunkwise-parallel form. 64 balances the d^2 state term against the
 #: 4*C*d intra-chunk term for head sizes around 64 (``docs/design.md``, "Cost model").
 DEFAULT_CHUNK_SIZE = 64

@@ -35,7 +35,7 @@ class SolverSettings:
         preconditioner: one of :data:`PRECONDITIONERS`.
         precondition_every: with ``"chunk"``, refresh the preconditioner every this many tokens (the key
             state entering each block of that many tokens); ``None``: once per chunk. Refreshing more often
-            saves CG steps (trained model, tol 1e-4: max 10 -> 6 at every 16 tokens) at the price of one
+            saves CG steps (trained model, tol 1e-4: max 10 -> 6-7 at every 16 tokens) at the price of one
             more Cholesky per block (measured in ``benchmarks/bench_mesa_op.py``).
         check_every: the batched loop asks "has every system stopped?" (a host synchronisation) every
             this many steps; ``None`` picks per device (1 on CPU, :data:`mesanet.ops.cg.ACCELERATOR_CHECK_EVERY` elsewhere).
