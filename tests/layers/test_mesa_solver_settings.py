@@ -8,10 +8,11 @@ import copy
 import pytest
 import torch
 
-from mesanet.layers import MesaLayer, collect_solver_stats, mesa_layers, solver_settings
+from mesanet.layers import MesaLayer, collect_solver_stats, mesa_layers
 from mesanet.layers import mesa_layer as mesa_layer_module
 from mesanet.ops import INFERENCE, TRAINING, SolverSettings
 from mesanet.ops.results import MesaOutput, SolverStats
+from mesanet.ops.solver_settings import as_settings
 
 D, H, DK = 16, 2, 8
 
@@ -83,10 +84,10 @@ def test_bad_settings_raise_value_error_naming_the_field(options, message):
 
 
 def test_solver_settings_helper():
-    assert solver_settings(None, TRAINING, "x") is TRAINING
-    assert solver_settings({"tol": 0.0}, INFERENCE, "x") == INFERENCE.replace(tol=0.0)
+    assert as_settings(None, TRAINING, "x") is TRAINING
+    assert as_settings({"tol": 0.0}, INFERENCE, "x") == INFERENCE.replace(tol=0.0)
     with pytest.raises(ValueError, match="^where: "):
-        solver_settings({"preconditioner": "ilu"}, INFERENCE, "where")
+        as_settings({"preconditioner": "ilu"}, INFERENCE, "where")
 
 
 class Stack(torch.nn.Module):

@@ -201,7 +201,7 @@ BAD_STEPS = [
     ("state_asymmetric", with_("state", lambda t: (t[0] + torch.triu(torch.ones(4, 4), 1), t[1])), re.escape("expected state[0] (H_kk) to be symmetric")),
     ("state_indefinite", with_("state", indefinite), re.escape("expected state[0] (H_kk) to be positive semi-definite")),
     ("keys_overflow", with_("k", lambda t: t * 1e20), r"expected a finite (output|new state\[0\] \(H_kk\)) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32"),
-    ("solver_type", {**step_inputs(), "solver": "lu"}, r"expected solver to be a SolverSettings"),
+    ("solver_type", {**step_inputs(), "solver": "lu"}, r"solver: expected SolverSettings, a mapping of its fields or None, got str"),
 ]
 
 

@@ -61,7 +61,7 @@ CASES = [
     ("length_zero", good(length=0), {}, r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[1, 0, 2, 4\] \(T = 0\)"),
     ("g_missing", modified("g", lambda t: None), {}, r"expected g to be a torch.Tensor of shape \[B, T, H\], got NoneType"),
     ("keys_overflow", modified("k", lambda t: t * 1e20), {}, r"expected a finite (output|final state \(H_kk \| S_kv\)) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32 \(max\|q\| = .*, max\|k\| = .*e\+19"),
-    ("solver_type", good(), dict(solver="fast"), r"expected solver to be a SolverSettings \(or a mapping of its fields\), got str"),
+    ("solver_type", good(), dict(solver="fast"), r"solver: expected SolverSettings, a mapping of its fields or None, got str"),
     ("solver_unknown_key", good(), dict(solver={"maxiter": 3}), r"solver: unknown solver setting\(s\) \['maxiter'\]"),
     ("chunk_zero", good(), dict(chunk_size=0), r"expected chunk_size to be a positive integer, got 0"),
     ("chunk_float", good(), dict(chunk_size=8.0), r"expected chunk_size to be a positive integer, got 8.0"),

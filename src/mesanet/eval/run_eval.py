@@ -26,8 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..layers import solver_settings
 from ..ops import INFERENCE, SolverSettings
+from ..ops.solver_settings import as_settings
 from ..utils.config import from_dict
 from .checkpoint import load_checkpoint
 from .evaluate import ExtrapolationResult, check_tokens
@@ -95,8 +95,8 @@ def report_solver(solver: SolverSettings | Mapping[str, Any] | None, model_solve
     ``solver_inference`` (``model_solver``), or (``None``) the model's own."""
     if isinstance(solver, SolverSettings):
         return solver
-    own = solver_settings(model_solver, INFERENCE, "the model's solver_inference")
-    return solver_settings(solver, own, "evaluate_run: solver")
+    own = as_settings(model_solver, INFERENCE, "the model's solver_inference")
+    return as_settings(solver, own, "evaluate_run: solver")
 
 
 def _is_int(value, minimum: int) -> bool:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layers import collect_solver_stats, mesa_layers, solver_settings
+from ..layers import collect_solver_stats, mesa_layers
 from ..ops import INFERENCE, SolverSettings
+from ..ops.solver_settings import as_settings
 from .evaluate import check_windows, model_device
 
 
@@ -104,7 +105,7 @@ def solver_report(
         raise ValueError(f"solver_report: expected batch_size to be an integer >= 1, got {batch_size!r}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     windows = check_windows(windows, vocab, where="solver_report")
-    solver = None if solver is None else solver_settings(solver, INFERENCE, "solver_report: solver")
+    solver = None if solver is None else as_settings(solver, INFERENCE, "solver_report: solver")
     layers = mesa_layers(model)
     with collect_solver_stats(model, solver) as collector:
         if not layers:

@@ -18,7 +18,7 @@ from .sherman_morrison_layer import ShermanMorrisonMesa
 from .short_conv import ShortConvolution
 from .single_state_mixer import SingleStateMixer
 from .softmax_self_attention import SoftmaxSelfAttention
-from .solver_stats import LayerSolverSummary, SolverStatsCollector, collect_solver_stats, mesa_layers, solver_settings
+from .solver_stats import LayerSolverSummary, SolverStatsCollector, collect_solver_stats, mesa_layers
 
 __all__ = [
     "Attention", "DeltaNet", "DeltaRuleMixer", "GAMMA_CAP", "GatedDeltaNet", "GatedLinearAttention", "GatedMLP",

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from ..ops.mesa import mesa
 from ..ops.mesa_decode import mesa_step
 from ..ops.results import SolverStats
-from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings
+from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings, as_settings
 from .recurrent_mixer import RecurrentMixer, mark_no_weight_decay
-from .solver_stats import active_collectors, solver_settings
+from .solver_stats import active_collectors
 
 #: ``lam = LAMBDA_LOWER_BOUND + softplus(lam_raw)``: the paper's lower bound (App. G.5), which keeps
 #: ``cond(H_t + Lambda)`` bounded for heads that forget.
@@ -86,8 +86,8 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
         **options,
     ):
         where = type(self).__name__
-        training = solver_settings(solver_training, TRAINING, f"{where}: solver_training")
-        inference = solver_settings(solver_inference, INFERENCE, f"{where}: solver_inference")
+        training = as_settings(solver_training, TRAINING, f"{where}: solver_training")
+        inference = as_settings(solver_inference, INFERENCE, f"{where}: solver_inference")
         lambda_raw_init(lam_init)  # validates
         self.lam_init = float(lam_init)
         super().__init__(hidden_size, num_heads, head_dim, **options)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import SolverSettings, mesa, mesa_sherman_morrison
+from ..ops.solver_settings import as_settings
 from .recurrent_mixer import mark_no_weight_decay
-from .solver_stats import solver_settings
 
 __all__ = ["RegressionMesa", "REGRESSION_MESA_VARIANTS"]
 
@@ -65,7 +65,7 @@ class RegressionMesa(nn.Module):
         if not 0.0 < forget_init < 1.0:
             raise ValueError(f"RegressionMesa: forget_init expected in (0, 1), got {forget_init!r}")
         self.dim, self.num_heads, self.key_size, self.value_size = dim, num_heads, key_size, value_size
-        self.solver = solver_settings(solver, REGRESSION_SOLVER, "RegressionMesa: solver")
+        self.solver = as_settings(solver, REGRESSION_SOLVER, "RegressionMesa: solver")
         self.variant, self.qk_norm, self.chunk_size = variant, bool(qk_norm), chunk_size
         self.lam_init, self.init_std, self.forget_init = float(lam_init), float(init_std), float(forget_init)
         self.w_q = nn.Parameter(torch.empty(num_heads, key_size, dim))

@@ -1,8 +1,5 @@
 """Mesa solver settings for layers, and CG statistics collected from a context instead of layer attributes.
 
-:func:`solver_settings` turns what a config holds (a :class:`~mesanet.ops.SolverSettings`, a mapping of its
-fields, or ``None``) into settings, one ``ValueError`` naming the field per bad value.
-
 :func:`collect_solver_stats` is a context manager: while it is open, every
 :class:`~mesanet.layers.MesaLayer` of ``model`` asks its op for :class:`~mesanet.ops.SolverStats` and hands
 them to the yielded :class:`SolverStatsCollector` (optionally solving with other settings for the
@@ -23,26 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.results import SolverStats
-from ..ops.solver_settings import INFERENCE, SolverSettings
+from ..ops.solver_settings import INFERENCE, SolverSettings, as_settings
 
 _ACTIVE: contextvars.ContextVar[tuple["SolverStatsCollector", ...]] = contextvars.ContextVar("mesa_solver_stats", default=())
 _LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
-
-
-def solver_settings(value: SolverSettings | Mapping[str, Any] | None, default: SolverSettings, where: str) -> SolverSettings:
-    """``value`` as :class:`SolverSettings`: ``None`` -> ``default``; a mapping -> ``default`` with those fields
-    replaced (unknown keys are an error). Bad values raise one ``ValueError`` that starts with ``where``."""
-    if value is None:
-        return default
-    if isinstance(value, SolverSettings):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where}: expected SolverSettings, a mapping of its fields or None, got {type(value).__name__}")
-    try:
-        return SolverSettings.from_dict({**default.to_dict(), **value}, where=where)
-    except (ValueError, TypeError) as e:
-        message = str(e)
-        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 @dataclass(frozen=True)
@@ -168,7 +149,7 @@ def collect_solver_stats(
     :data:`~mesanet.ops.INFERENCE`); ``None``: each layer's own. ``keep``: see :class:`SolverStatsCollector`.
     Nothing on the layers changes, before, during or after; contexts nest.
     """
-    settings = None if solver is None else solver_settings(solver, INFERENCE, "collect_solver_stats: solver")
+    settings = None if solver is None else as_settings(solver, INFERENCE, "collect_solver_stats: solver")
     collector = SolverStatsCollector(mesa_layers(model), settings, keep)
     token = _ACTIVE.set(_ACTIVE.get() + (collector,))
     try:
@@ -178,5 +159,5 @@ def collect_solver_stats(
 
 
 __all__ = [
-    "LayerSolverSummary", "SolverStatsCollector", "active_collectors", "collect_solver_stats", "mesa_layers", "solver_settings",
+    "LayerSolverSummary", "SolverStatsCollector", "active_collectors", "collect_solver_stats", "mesa_layers",
 ]

@@ -9,8 +9,7 @@ import warnings
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from ..layers.solver_stats import solver_settings
-from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings
+from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings, as_settings
 
 #: Mixer kinds a layer can be (see :mod:`mesanet.layers.registry`), and how Hugging Face classifies them.
 MIXER_KINDS = {
@@ -198,7 +197,7 @@ class MesaNetConfig(PreTrainedConfig):
                 raise ValueError(f"MesaNetConfig.{name}: given together with the legacy keys {old}; use {name} only")
             if legacy and value is None:  # an old-style config: the old defaults, then the legacy values
                 value = {**LEGACY_DEFAULTS[name], **{LEGACY_SOLVER_KEYS[k][1]: legacy[k] for k in old}}
-            setattr(self, name, solver_settings(value, default, f"MesaNetConfig.{name}").to_dict())
+            setattr(self, name, as_settings(value, default, f"MesaNetConfig.{name}").to_dict())
         if legacy:
             mapped = ", ".join(f"{k} -> {'.'.join(LEGACY_SOLVER_KEYS[k])}" for k in sorted(legacy))
             warnings.warn(f"MesaNetConfig: legacy solver keys mapped onto the new fields ({mapped})", DeprecationWarning, stacklevel=4)

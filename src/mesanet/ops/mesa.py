@@ -76,7 +76,7 @@ def mesa(
     solve converged; raise ``max_iter`` (or lower ``tol``) for ill-conditioned heads (gamma near 1).
     """
     where = "mesa"
-    settings = as_settings(solver, INFERENCE, where)
+    settings = as_settings(solver, INFERENCE, f"{where}: solver")
     validate = validate and not torch.compiler.is_compiling()
     x = prepare_sequences(where, MESA, q, k, v, g, beta, lam, initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, validate=validate)
     dk = x.dk

@@ -98,7 +98,7 @@ def mesa_step(
         the symmetric part of the CG path's (they agree on every symmetric perturbation of the state).
     """
     where = "mesa_step"
-    settings = as_settings(solver, INFERENCE, where)
+    settings = as_settings(solver, INFERENCE, f"{where}: solver")
     step = prepare_step(where, MESA, q, k, v, g, beta, lam, state, validate and not torch.compiler.is_compiling())
     q, k, v, lam = step.q, step.k, step.v, step.lam
     kb = k * step.beta.unsqueeze(-1)  # beta k  [B, H, Dk]

@@ -100,12 +100,17 @@ TRAINING = SolverSettings(max_iter=30, tol=1e-4, preconditioner="chunk")
 INFERENCE = SolverSettings(max_iter=30, tol=1e-5, preconditioner="chunk", decode="cholesky")
 
 
-def as_settings(solver: "SolverSettings | Mapping[str, Any] | None", default: SolverSettings, where: str) -> SolverSettings:
-    """``solver`` as a :class:`SolverSettings` (``None``: ``default``; a mapping: validated keys)."""
-    if solver is None:
+def as_settings(value: "SolverSettings | Mapping[str, Any] | None", default: SolverSettings, where: str) -> SolverSettings:
+    """``value`` as :class:`SolverSettings`: ``None`` -> ``default``; a mapping -> ``default`` with those fields
+    replaced (unknown keys are an error). Every bad value is one ``ValueError`` starting with ``where``."""
+    if value is None:
         return default
-    if isinstance(solver, SolverSettings):
-        return solver
-    if isinstance(solver, Mapping):
-        return SolverSettings.from_dict(solver, where=f"{where}: solver")
-    raise ValueError(f"{where}: expected solver to be a SolverSettings (or a mapping of its fields), got {type(solver).__name__}")
+    if isinstance(value, SolverSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected SolverSettings, a mapping of its fields or None, got {type(value).__name__}")
+    try:
+        return SolverSettings.from_dict({**default.to_dict(), **value}, where=where)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None

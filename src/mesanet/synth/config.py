@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 from mesanet.data.synthetic import MAD_TASKS
-from mesanet.layers import solver_settings
 from mesanet.models import MIXER_KINDS
 from mesanet.ops import INFERENCE, TRAINING
+from mesanet.ops.solver_settings import as_settings
 from mesanet.utils.config import ConfigError, from_dict, load, to_dict
 
 #: Tasks the runner knows: the six MAD tasks, MQAR and in-context linear regression.
@@ -153,7 +153,7 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
             value = getattr(size, name)
             need(value is None or value >= 1, f"task_sizes.{task}.{name}: expected None or an int >= 1, got {value}")
     for name, default in (("solver_training", TRAINING), ("solver_inference", INFERENCE)):
-        solver_settings(getattr(cfg, name), default, f"SynthConfig: {name}")  # ValueError naming the field
+        as_settings(getattr(cfg, name), default, f"SynthConfig: {name}")  # ValueError naming the field
     if "mqar" in cfg.tasks:
         need(bool(cfg.mqar_seq_lens) and bool(cfg.mqar_num_pairs), "mqar_seq_lens and mqar_num_pairs: expected non-empty lists")
     return cfg
