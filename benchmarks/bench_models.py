@@ -1,3 +1,6 @@
+# Over 400 lines on purpose for now: one benchmark (every mixer: training step, decode latency, targets)
+# measured in worker processes and rendered into one report; the split into measuring and reporting
+# modules is the open part of the structure issue (benchmarks).
 """Model-level benchmark: every mixer in the same small language model, training step and decode latency.
 
 What is measured (defaults: preset ``cpu-small``, D=256, 4 layers, 4 heads x 64, vocab 4096, fp32, B=1):

@@ -1,3 +1,5 @@
+# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (fit, compression,
+# interpolation, report) and the merge of its Chebyshev code with compressed.py are the structure issue's item 3.
 """Proposition 2 / CompressedAlg-k with learned step sizes; block-scalar compression and interpolation of
 trained linear-attention models ("Uncovering mesa-optimization algorithms in Transformers").
 

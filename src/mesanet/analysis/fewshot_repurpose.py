@@ -1,3 +1,5 @@
+# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (prompts, tuning,
+# references, report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Few-shot in-context regression with models trained on linear dynamics ("Uncovering mesa-optimization algorithms in Transformers", Fig. 8 / 18).
 
 Trained autoregressive zoo models that read raw (unconstructed) tokens are prompted with regression data

@@ -1,3 +1,5 @@
+# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (fit, evaluation,
+# report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Linearisation of softmax attention layers ("Uncovering mesa-optimization algorithms in Transformers", SI F.2; analysis 4 of the toolkit, README "Mesa-optimization toolkit").
 
 For a trained :class:`~mesanet.models.SequenceModel`, every softmax self-attention layer's input ``x_l``

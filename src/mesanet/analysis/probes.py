@@ -1,3 +1,5 @@
+# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (probe fitting,
+# aggregation, report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Linear probes per layer and per time step ("Uncovering mesa-optimization algorithms in Transformers"; analysis 3 of the toolkit, README "Mesa-optimization toolkit").
 
 For a trained :class:`~mesanet.models.SequenceModel` the residual stream after the embedding (layer 0) and

@@ -1,3 +1,5 @@
+# Over 400 lines: config, prompts, scoring, aggregation, reports and CLI in one file; its split by job with
+# typed result objects is the structure issue's item 3 (this change only added the device argument check).
 """Single-needle needle-in-a-haystack for trained (code) language models, at and beyond the training length.
 
 A prompt of exactly ``length`` tokens is ``[BOS] haystack[:p] needle haystack[p:] query``:
