@@ -5,8 +5,8 @@ import csv
 import pytest
 import torch
 
-from mesanet.analysis.compressed import chebyshev_solve, compressed_alg_prediction, ridge_prediction
-from mesanet.analysis.compressed_alg import (
+from mesanet.mesaopt.analysis.compressed import chebyshev_solve, compressed_alg_prediction, ridge_prediction
+from mesanet.mesaopt.analysis.compressed_alg import (
     LearnedCompressedAlg,
     block_scalar_energy,
     chebyshev_coefficients,
@@ -19,8 +19,8 @@ from mesanet.analysis.compressed_alg import (
     run_with_products,
     second_order_richardson,
 )
-from mesanet.data.dynamics import LDSConfig, constructed_tokens, generate_lds
-from mesanet.models.mesaopt import SeqModelConfig, SequenceModel
+from mesanet.mesaopt.data.dynamics import LDSConfig, constructed_tokens, generate_lds
+from mesanet.mesaopt.models import SeqModelConfig, SequenceModel
 
 from helpers import rel_err
 from tolerances import CHEBYSHEV_RIDGE_F64_RTOL, COMPRESSED_ALG_F64_RTOL, MESAOPT_F64_RTOL

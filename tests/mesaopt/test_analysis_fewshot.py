@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mesanet.analysis.fewshot_repurpose import (
+from mesanet.mesaopt.analysis.fewshot import (
     FewShotRepurposeConfig,
     PromptTokens,
     evaluate_variant,
@@ -16,8 +16,8 @@ from mesanet.analysis.fewshot_repurpose import (
     main,
     tune_prompt,
 )
-from mesanet.data.fewshot import FewShotConfig, fewshot_lsq_loss, generate_fewshot
-from mesanet.models.mesaopt import SeqModelConfig, SequenceModel
+from mesanet.mesaopt.data.fewshot import FewShotConfig, fewshot_lsq_loss, generate_fewshot
+from mesanet.mesaopt.models import SeqModelConfig, SequenceModel
 
 N = 4
 

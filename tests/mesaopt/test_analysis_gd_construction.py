@@ -8,8 +8,8 @@ import csv
 import pytest
 import torch
 
-from mesanet.analysis.gd_comparison import (
-    GDComparisonConfig,
+from mesanet.mesaopt.analysis.gd_construction import (
+    GDConstructionConfig,
     balance_heads,
     block_mass_fraction,
     construction_as_layer,
@@ -18,10 +18,10 @@ from mesanet.analysis.gd_comparison import (
     product_similarity,
     tune_construction,
 )
-from mesanet.analysis.gd_construction import GDConstruction, one_step_gd_prediction, optimal_eta
-from mesanet.analysis.seq_training import per_step_loss
-from mesanet.data.dynamics import LDSConfig, constructed_tokens, generate_lds
-from mesanet.models import SeqModelConfig, SequenceModel
+from mesanet.mesaopt.analysis.one_step_gd import GDConstruction, one_step_gd_prediction, optimal_eta
+from mesanet.mesaopt.analysis.seq_training import per_position_loss
+from mesanet.mesaopt.data.dynamics import LDSConfig, constructed_tokens, generate_lds
+from mesanet.mesaopt.models import SeqModelConfig, SequenceModel
 from mesanet.ops.linear_attention import linear_attention_from_products
 
 from tolerances import MESAOPT_F64_RTOL
@@ -58,7 +58,7 @@ def test_construction_in_linear_self_attention_and_sequence_model_float64():
 def test_construction_per_step_loss_equals_direct_computation():
     task = LDSConfig(state_dim=5, seq_len=14)
     eta = 0.07
-    curve = per_step_loss(lambda tok: one_step_gd_prediction(tok.double(), eta), task, num_sequences=40, seed=3,
+    curve = per_position_loss(lambda tok: one_step_gd_prediction(tok.double(), eta), task, num_sequences=40, seed=3,
                           tokens="constructed", chunk=16)
     s = generate_lds(task, 40, seed=3).states.double()
     pred = one_step_gd_prediction(constructed_tokens(s), eta)[:, :-1]
@@ -138,11 +138,11 @@ def test_effective_tensor_and_block_mass_known_values():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="one 'linear' layer"):
-        GDComparisonConfig(model="mesa-1")
+        GDConstructionConfig(model="mesa-1")
     with pytest.raises(ValueError, match="expected one of"):
-        GDComparisonConfig(model="no-such-model")
+        GDConstructionConfig(model="no-such-model")
     with pytest.raises(ValueError, match="tune_sequences"):
-        GDComparisonConfig(tune_sequences=0)
+        GDConstructionConfig(tune_sequences=0)
 
 
 def test_quick_run_writes_outputs(tmp_path):

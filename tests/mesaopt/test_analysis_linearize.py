@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from mesanet.analysis.linearization import (
+from mesanet.mesaopt.analysis.linearize import (
     LinearizeConfig,
     ZeroMixer,
     distil_linear,
@@ -14,13 +14,13 @@ from mesanet.analysis.linearization import (
     record_mixer_io,
     swap_mixers,
 )
-from mesanet.analysis.linearization import (
+from mesanet.mesaopt.analysis.linearize import (
     test_loss as model_test_loss,
 )
-from mesanet.analysis.seq_training import tokens_of
-from mesanet.data.dynamics import LDSConfig, generate_lds
-from mesanet.layers.linear_self_attention import LinearSelfAttention
-from mesanet.models.mesaopt import SeqModelConfig, SequenceModel
+from mesanet.mesaopt.analysis.seq_training import tokens_of
+from mesanet.mesaopt.data.dynamics import LDSConfig, generate_lds
+from mesanet.mesaopt.layers.linear_self_attention import LinearSelfAttention
+from mesanet.mesaopt.models import SeqModelConfig, SequenceModel
 
 from tolerances import LINEARIZE_DISTIL_REL_ERR, LINEARIZE_RATIO_ATOL, MESAOPT_F64_RTOL
 

@@ -8,15 +8,15 @@ import csv
 import pytest
 import torch
 
-from mesanet.analysis.compressed import ridge_prediction
-from mesanet.analysis.per_step_comparison import (
+from mesanet.mesaopt.analysis.compressed import ridge_prediction
+from mesanet.mesaopt.analysis.per_step_loss import (
     PerStepLossConfig,
     main,
     oracle_per_step_loss,
     ridge_loss,
     tune_ridge_lambda,
 )
-from mesanet.data.dynamics import LDSConfig, generate_lds
+from mesanet.mesaopt.data.dynamics import LDSConfig, generate_lds
 
 from tolerances import ORACLE_NOISE_FLOOR_RTOL, RIDGE_NOISELESS_ATOL
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mesanet.analysis.probes import (
+from mesanet.mesaopt.analysis.probes import (
     PROBE_KINDS,
     ProbeConfig,
     fit_ridge_probe,

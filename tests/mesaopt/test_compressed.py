@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mesanet.analysis.compressed import (
+from mesanet.mesaopt.analysis.compressed import (
     chebyshev_solve,
     compress_block_scalar,
     compress_head,
@@ -11,8 +11,8 @@ from mesanet.analysis.compressed import (
     reconstruct_block_scalar,
     ridge_prediction,
 )
-from mesanet.analysis.gd_construction import GDConstruction
-from mesanet.data.dynamics import LDSConfig, generate_lds
+from mesanet.mesaopt.analysis.one_step_gd import GDConstruction
+from mesanet.mesaopt.data.dynamics import LDSConfig, generate_lds
 
 
 @pytest.mark.parametrize("method", ["chebyshev", "richardson"])

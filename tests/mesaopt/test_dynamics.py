@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mesanet.data.dynamics import LDSConfig, constructed_tokens, generate_lds
+from mesanet.mesaopt.data.dynamics import LDSConfig, constructed_tokens, generate_lds
 
 
 def test_w_star_orthogonal_and_redrawn_per_sequence():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mesanet.data.dynamics import (
+from mesanet.mesaopt.data.dynamics import (
     LDS_KINDS,
     LDSConfig,
     constructed_tokens,

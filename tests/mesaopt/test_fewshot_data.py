@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mesanet.data.fewshot import FewShotConfig, fewshot_lsq_loss, fewshot_lsq_predictions, generate_fewshot
+from mesanet.mesaopt.data.fewshot import FewShotConfig, fewshot_lsq_loss, fewshot_lsq_predictions, generate_fewshot
 
 from tolerances import DYNAMICS_F64_ATOL, FEWSHOT_LSQ_F64_ATOL
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from mesanet.analysis import GDConstruction
-from mesanet.layers import LinearSelfAttention, RegressionMesa, SoftmaxSelfAttention
+from mesanet.mesaopt.analysis import GDConstruction
+from mesanet.mesaopt.layers import LinearSelfAttention, RegressionMesa, SoftmaxSelfAttention
 from mesanet.ops import linear_attention_from_products
 
 from helpers import rel_err

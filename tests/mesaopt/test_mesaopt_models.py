@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mesanet.layers import LinearSelfAttention, RegressionMesa, SoftmaxSelfAttention
-from mesanet.models import LAYER_KINDS, SeqModelConfig, SequenceModel
-from mesanet.models.mesaopt import sinusoidal_encoding
+from mesanet.mesaopt.layers import LinearSelfAttention, RegressionMesa, SoftmaxSelfAttention
+from mesanet.mesaopt.models import LAYER_KINDS, SeqModelConfig, SequenceModel, sinusoidal_encoding
 
 from helpers import rel_err
 from tolerances import MESAOPT_CG_F64_RTOL, MESAOPT_F64_RTOL

@@ -1,5 +1,5 @@
 """Sequence-model training on LDS data: batches, the eq.-1 loss, per-step test loss, a short training run,
-the zoo's save / reload / stale-config logic and the ``python -m mesanet.analysis`` dispatcher."""
+the zoo's save / reload / stale-config logic and the ``python -m mesanet.mesaopt`` dispatcher."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mesanet.analysis import ZOO, SeqTrainConfig, lds_batch_fn, load_or_train, next_token_mse, per_step_loss
-from mesanet.analysis.__main__ import ANALYSES, resolve
-from mesanet.analysis.__main__ import main as analysis_main
-from mesanet.analysis.seq_training import build_model, train_sequence_model
-from mesanet.analysis.zoo import recipe
-from mesanet.data.dynamics import LDSConfig, generate_lds
-from mesanet.models import SeqModelConfig
+from mesanet.mesaopt.__main__ import ANALYSES, resolve
+from mesanet.mesaopt.__main__ import main as analysis_main
+from mesanet.mesaopt.analysis import ZOO, SeqTrainConfig, lds_batch_fn, load_or_train, next_token_mse, per_position_loss
+from mesanet.mesaopt.analysis.seq_training import build_model, train_sequence_model
+from mesanet.mesaopt.analysis.zoo import recipe
+from mesanet.mesaopt.data.dynamics import LDSConfig, generate_lds
+from mesanet.mesaopt.models import SeqModelConfig
 
 from tolerances import MESAOPT_F64_RTOL
 
@@ -64,7 +64,7 @@ def test_per_step_loss_of_a_known_predictor():
     def predict(tokens):  # the oracle "s_{t+1} = s_t": error is the step (W* - I) s_t + noise
         return tokens[..., 3:6]
 
-    curve = per_step_loss(predict, TASK, num_sequences=40, seed=3, tokens="constructed", chunk=16)
+    curve = per_position_loss(predict, TASK, num_sequences=40, seed=3, tokens="constructed", chunk=16)
     states = generate_lds(TASK, 40, seed=3).states.double()
     expected = 0.5 * (states[:, 1:] - states[:, :-1]).square().sum(-1).mean(0)
     assert curve.shape == (11,)
@@ -85,8 +85,8 @@ def test_training_lowers_the_held_out_loss(layers, tokens, steps, factor):
     assert len(result.losses) == steps and not model.training
     untrained = build_model(model_cfg, train_cfg.seed)  # the same initialisation, before training
     held_out = dict(num_sequences=64, seed=7, tokens=tokens)
-    before = float(per_step_loss(untrained, TASK, **held_out).mean())
-    after = float(per_step_loss(model, TASK, **held_out).mean())
+    before = float(per_position_loss(untrained, TASK, **held_out).mean())
+    after = float(per_position_loss(model, TASK, **held_out).mean())
     assert after < factor * before
 
 
@@ -157,7 +157,7 @@ def test_model_task_mismatch_raises():
 
 
 def test_analysis_dispatcher(capsys):
-    assert ANALYSES["train"] == "mesanet.analysis.zoo:main"
+    assert ANALYSES["train"] == "mesanet.mesaopt.analysis.train:main"
     assert callable(resolve("train"))
     with pytest.raises(ValueError, match="unknown analysis"):
         resolve("nope")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mesanet.analysis.gd_construction import GDConstruction, one_step_gd_prediction, optimal_eta
-from mesanet.data.dynamics import LDSConfig, constructed_tokens, generate_lds
+from mesanet.mesaopt.analysis.one_step_gd import GDConstruction, one_step_gd_prediction, optimal_eta
+from mesanet.mesaopt.data.dynamics import LDSConfig, constructed_tokens, generate_lds
 
 
 def _explicit_loop(states: torch.Tensor, eta: float, phi0: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mesanet.data.synthetic import (
+from mesanet.synth.tasks import (
     IGNORE_INDEX,
     MAD_TASKS,
     CompressionConfig,

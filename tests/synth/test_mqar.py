@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mesanet.data.synthetic import IGNORE_INDEX, MQARConfig, mqar
+from mesanet.synth.tasks import IGNORE_INDEX, MQARConfig, mqar
 
 
 @pytest.mark.parametrize("random_non_queries", [False, True])

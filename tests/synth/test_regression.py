@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mesanet.data.synthetic import (
+from mesanet.synth.tasks import (
     InContextRegressionConfig,
     bayes_optimal_ridge,
     in_context_regression,

@@ -1,4 +1,4 @@
-"""``python -m mesanet.analysis <name> [args]``: dispatch to the analysis registered under ``name``.
+"""``python -m mesanet.mesaopt <name> [args]``: dispatch to the analysis registered under ``name``.
 
 Each entry of :data:`ANALYSES` is ``"module:function"``; the function takes the remaining ``argv`` (a list of
 strings) and returns an exit code (``None`` counts as 0). Add one line per analysis. A missing or unknown name
@@ -16,19 +16,19 @@ from mesanet.utils.cli_errors import EXIT_USAGE, UsageError, run_cli
 PROG = "mesanet mesaopt"
 
 ANALYSES: dict[str, str] = {
-    "train": "mesanet.analysis.zoo:main",
-    "gd-construction": "mesanet.analysis.gd_comparison:main",
-    "per-step-loss": "mesanet.analysis.per_step_comparison:main",
-    "fewshot": "mesanet.analysis.fewshot_repurpose:main",
-    "probes": "mesanet.analysis.probes:main",
-    "linearize": "mesanet.analysis.linearization:main",
-    "compressed-alg": "mesanet.analysis.compressed_alg:main",
+    "train": "mesanet.mesaopt.analysis.train:main",
+    "gd-construction": "mesanet.mesaopt.analysis.gd_construction:main",
+    "per-step-loss": "mesanet.mesaopt.analysis.per_step_loss:main",
+    "fewshot": "mesanet.mesaopt.analysis.fewshot:main",
+    "probes": "mesanet.mesaopt.analysis.probes:main",
+    "linearize": "mesanet.mesaopt.analysis.linearize:main",
+    "compressed-alg": "mesanet.mesaopt.analysis.compressed_alg:main",
 }
 
 
 def _usage() -> str:
     names = "\n".join(f"  {name:<24} {target}" for name, target in sorted(ANALYSES.items()))
-    return f"usage: {PROG} <name> [args]  (= python -m mesanet.analysis <name> [args])\n\nanalyses:\n{names}\n"
+    return f"usage: {PROG} <name> [args]  (= python -m mesanet.mesaopt <name> [args])\n\nanalyses:\n{names}\n"
 
 
 def resolve(name: str):

@@ -3,9 +3,9 @@
 A :class:`SequenceModel` maps tokens ``[B, T, input_dim]`` to next-token predictions ``[B, T, output_dim]``
 (the prediction at position ``t`` is for ``s_{t+1}``) through a stack of blocks, one mixer kind per layer:
 
-* ``"linear"``: :class:`~mesanet.layers.LinearSelfAttention` (causal, unnormalised);
-* ``"softmax"``: :class:`~mesanet.layers.SoftmaxSelfAttention` (causal MHA, no RoPE);
-* ``"mesa"`` / ``"mesa_forget"`` / ``"sherman_morrison"``: :class:`~mesanet.layers.RegressionMesa`.
+* ``"linear"``: :class:`~mesanet.mesaopt.layers.LinearSelfAttention` (causal, unnormalised);
+* ``"softmax"``: :class:`~mesanet.mesaopt.layers.SoftmaxSelfAttention` (causal MHA, no RoPE);
+* ``"mesa"`` / ``"mesa_forget"`` / ``"sherman_morrison"``: :class:`~mesanet.mesaopt.layers.RegressionMesa`.
 
 Block (GPT-2 style when ``layer_norm`` / ``mlp`` are on)::
 
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.linear_self_attention import LinearSelfAttention
-from ..layers.regression_mesa import RegressionMesa
-from ..layers.softmax_self_attention import SoftmaxSelfAttention
+from .layers.linear_self_attention import LinearSelfAttention
+from .layers.regression_mesa import RegressionMesa
+from .layers.softmax_self_attention import SoftmaxSelfAttention
 
 __all__ = ["LAYER_KINDS", "POSITIONAL_KINDS", "SeqModelConfig", "SequenceModel", "SeqBlock", "sinusoidal_encoding"]
 

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .configuration_mesanet import MesaNetConfig
-from .modeling_mesanet import MesaNetModel
+from mesanet.models.configuration_mesanet import MesaNetConfig
+from mesanet.models.modeling_mesanet import MesaNetModel
 
 
 class MesaNetForRegression(nn.Module):

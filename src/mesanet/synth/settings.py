@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mesanet.data.synthetic import (
+from .config import SynthConfig
+from .tasks import (
     MAD_NUM_TEST,
     MAD_TASKS,
     InContextRegressionConfig,
@@ -31,8 +32,6 @@ from mesanet.data.synthetic import (
     noisy_recall,
     selective_copying,
 )
-
-from .config import SynthConfig
 
 #: Training-set sizes when nothing overrides them (MAD's own come from ``mad_settings``).
 DEFAULT_NUM_TRAIN = {"mqar": 20000, "regression": 20000}

@@ -13,7 +13,7 @@ trained linear-attention models ("Uncovering mesa-optimization algorithms in Tra
     is free (the token holds ``s_t``), so CompressedAlg-1 is the one-step GD of Proposition 1 and ``k`` counts
     layers: ``k - 1`` preconditioning layers plus the GD layer. Chebyshev's method is the special case
     :func:`chebyshev_coefficients` (with the per-position spectrum bounds of
-    :func:`~mesanet.analysis.compressed.compressed_alg_prediction` it reproduces that function);
+    :func:`~mesanet.mesaopt.analysis.compressed.compressed_alg_prediction` it reproduces that function);
     :class:`LearnedCompressedAlg` learns scalar ``alpha_j > 0``, ``beta_j``, ``lam > 0`` and ``eta`` with Adam on
     the LDS next-token loss.
 (2) Block-scalar compression of every head's ``W_k^T W_q`` and ``P W_v`` of a trained linear model (each
@@ -24,7 +24,7 @@ trained linear-attention models ("Uncovering mesa-optimization algorithms in Tra
     (``w = 1/2``) while retraining; here the trained endpoint is fixed (post-hoc).
 
 ``run_compressed_alg(config, out_dir)`` writes CSVs, ``summary.md`` and PNG figures; ``main(argv)`` is the CLI
-(``python -m mesanet.analysis compressed-alg``).
+(``python -m mesanet.mesaopt compressed-alg``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from mesanet.train import OptimConfig, fit_steps
+from mesanet.utils.config import save as save_config
+
 from ..data.dynamics import LDSConfig, generate_lds
-from ..models.mesaopt import SequenceModel
-from ..train import OptimConfig, fit_steps
-from ..utils.config import save as save_config
+from ..models import SequenceModel
 from .compressed import compress_block_scalar, compressed_alg_prediction, reconstruct_block_scalar, ridge_prediction
 from .reporting import write_csv
-from .seq_training import SeqTrainConfig, lds_batch_fn, next_token_mse, per_step_loss
+from .seq_training import SeqTrainConfig, lds_batch_fn, next_token_mse, per_position_loss
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
@@ -103,7 +104,7 @@ def chebyshev_coefficients(lam_min, lam_max, steps: int) -> tuple[Tensor, Tensor
 
     With ``theta = (a+b)/2``, ``delta = (b-a)/2``, ``u_0 = delta^2/theta``: ``alpha_0 = 1/theta``, ``beta_0 = 0``;
     ``alpha_{j+1} = 2/(2 theta - u_j)``, ``beta_{j+1} = u_j/(2 theta - u_j)``, ``u_{j+1} = delta^2/(2 theta - u_j)``
-    (the recursion of :func:`~mesanet.analysis.compressed.chebyshev_solve`, no division by ``delta``).
+    (the recursion of :func:`~mesanet.mesaopt.analysis.compressed.chebyshev_solve`, no division by ``delta``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
@@ -330,7 +331,7 @@ class CompressedAlgConfig:
 
 
 def _loss_curve(predict, cfg: CompressedAlgConfig, seed: int, num: int) -> Tensor:
-    return per_step_loss(predict, cfg.task, num_sequences=num, seed=seed, tokens="constructed")
+    return per_position_loss(predict, cfg.task, num_sequences=num, seed=seed, tokens="constructed")
 
 
 def _load_model(name: str, cfg: CompressedAlgConfig, progress: bool) -> SequenceModel:
@@ -641,8 +642,8 @@ def _summary(out, cfg, k_rows, fixed_loss, fixed_lam, model_rows, interp_rows, c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mesanet.analysis compressed-alg [--out DIR] [--quick] [--ks ...] [--models ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.analysis compressed-alg", description=__doc__.split("\n")[0])
+    """``python -m mesanet.mesaopt compressed-alg [--out DIR] [--quick] [--ks ...] [--models ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt compressed-alg", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/mesaopt/compressed-alg"))
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (tiny models trained under --out)")
     parser.add_argument("--ks", type=int, nargs="+", help="CompressedAlg iterations to learn (default 1..6)")

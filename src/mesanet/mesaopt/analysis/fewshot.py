@@ -3,7 +3,7 @@
 """Few-shot in-context regression with models trained on linear dynamics ("Uncovering mesa-optimization algorithms in Transformers", Fig. 8 / 18).
 
 Trained autoregressive zoo models that read raw (unconstructed) tokens are prompted with regression data
-``[x_1, y_1, x_2, y_2, ...]`` (``W*`` Haar-orthogonal, ``y_i = W* x_i``; :mod:`mesanet.data.fewshot`) and the
+``[x_1, y_1, x_2, y_2, ...]`` (``W*`` Haar-orthogonal, ``y_i = W* x_i``; :mod:`mesanet.mesaopt.data.fewshot`) and the
 prediction at every ``x_i`` token is scored, ``L_i = 1/2 E ||y_i - f(x_i; pairs < i)||^2`` (sum over dims).
 Variants per model:
 
@@ -32,9 +32,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mesanet.utils.config import to_dict
+
 from ..data.fewshot import FewShotBatch, FewShotConfig, fewshot_lsq_predictions, generate_fewshot
-from ..models.mesaopt import SequenceModel
-from ..utils.config import to_dict
+from ..models import SequenceModel
 from . import zoo
 from .reporting import write_csv
 
@@ -412,8 +413,8 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mesanet.analysis fewshot [--out DIR] [--quick] [--models ...] [--tune-steps N] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.analysis fewshot",
+    """``python -m mesanet.mesaopt fewshot [--out DIR] [--quick] [--models ...] [--tune-steps N] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt fewshot",
                                      description="Few-shot regression repurposing of LDS-trained models (B.4).")
     d = FewShotRepurposeConfig()
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -1,10 +1,10 @@
 """Analysis "gd-construction": a trained 1-layer linear self-attention model vs Proposition 1 (paper B, B.3).
 
 The zoo model ``linear-1`` (2 heads, constructed tokens ``[0, s_t, s_{t-1}]``, fully observed LDS, n_s = 10,
-T = 50) is compared with the one-step-GD construction of :mod:`mesanet.analysis.gd_construction`, tuned on
+T = 50) is compared with the one-step-GD construction of :mod:`mesanet.mesaopt.analysis.one_step_gd`, tuned on
 training batches of the same recipe:
 
-* ``eta`` in closed form (:func:`~mesanet.analysis.gd_construction.optimal_eta`) with ``Phi0 = 0`` (the
+* ``eta`` in closed form (:func:`~mesanet.mesaopt.analysis.one_step_gd.optimal_eta`) with ``Phi0 = 0`` (the
   construction the model can express exactly on ``[0, s_t, s_{t-1}]`` tokens), and
 * optionally ``(eta, c)`` with ``Phi0 = c I`` (golden-section search on ``c``, closed-form ``eta`` for each
   ``c``); this is Proposition 1 on its own tokens ``[c s_t, s_t, s_{t-1}]``, whose ``c s_t`` the trained model
@@ -37,16 +37,17 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mesanet.utils.config import save as save_config
+
 from ..layers.linear_self_attention import LinearSelfAttention
-from ..models.mesaopt import SequenceModel
-from ..utils.config import save as save_config
-from .gd_construction import GDConstruction, one_step_gd_prediction, optimal_eta
+from ..models import SequenceModel
+from .one_step_gd import GDConstruction, one_step_gd_prediction, optimal_eta
 from .reporting import write_csv
-from .seq_training import per_step_loss, training_states
+from .seq_training import per_position_loss, training_states
 from .zoo import load_for_analysis, recipe
 
 __all__ = [
-    "GDComparisonConfig", "tune_construction", "construction_as_layer", "balance_heads", "effective_tensor",
+    "GDConstructionConfig", "tune_construction", "construction_as_layer", "balance_heads", "effective_tensor",
     "block_mass_fraction", "product_similarity", "run_gd_construction", "main",
 ]
 
@@ -54,7 +55,7 @@ DEFAULT_OUT = Path("runs/mesaopt/gd-construction")
 
 
 @dataclass
-class GDComparisonConfig:
+class GDConstructionConfig:
     """``model``: zoo entry (a single ``linear`` layer on constructed tokens). ``tune_sequences``: training
     sequences (the recipe's own training batches, from step 0) used to tune the construction;
     ``test_sequences`` fresh sequences from ``test_seed``. ``tune_phi0``: also tune ``Phi0 = c I`` with
@@ -78,22 +79,22 @@ class GDComparisonConfig:
         for name in ("tune_sequences", "test_sequences"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"GDComparisonConfig.{name}: expected an int >= 1, got {v!r}")
+                raise ValueError(f"GDConstructionConfig.{name}: expected an int >= 1, got {v!r}")
         if isinstance(self.test_seed, bool) or not isinstance(self.test_seed, int) or self.test_seed < 0:
-            raise ValueError(f"GDComparisonConfig.test_seed: expected an int >= 0, got {self.test_seed!r}")
+            raise ValueError(f"GDConstructionConfig.test_seed: expected an int >= 0, got {self.test_seed!r}")
         if not (math.isfinite(self.phi0_range) and self.phi0_range > 0):
-            raise ValueError(f"GDComparisonConfig.phi0_range: expected a finite float > 0, got {self.phi0_range!r}")
+            raise ValueError(f"GDConstructionConfig.phi0_range: expected a finite float > 0, got {self.phi0_range!r}")
         if not (math.isfinite(self.phi0_min_gain) and self.phi0_min_gain >= 0):
-            raise ValueError(f"GDComparisonConfig.phi0_min_gain: expected a float >= 0, got {self.phi0_min_gain!r}")
+            raise ValueError(f"GDConstructionConfig.phi0_min_gain: expected a float >= 0, got {self.phi0_min_gain!r}")
         if not (math.isfinite(self.target_ratio) and self.target_ratio > 0):
-            raise ValueError(f"GDComparisonConfig.target_ratio: expected a float > 0, got {self.target_ratio!r}")
+            raise ValueError(f"GDConstructionConfig.target_ratio: expected a float > 0, got {self.target_ratio!r}")
         if self.train_steps is not None and (isinstance(self.train_steps, bool) or not isinstance(self.train_steps, int)
                                              or self.train_steps < 1):
-            raise ValueError(f"GDComparisonConfig.train_steps: expected None or an int >= 1, got {self.train_steps!r}")
+            raise ValueError(f"GDConstructionConfig.train_steps: expected None or an int >= 1, got {self.train_steps!r}")
         model_cfg, train_cfg = recipe(self.model)  # ValueError for unknown names
         if model_cfg.layers != ["linear"] or train_cfg.tokens != "constructed" or model_cfg.embed_dim is not None:
             raise ValueError(
-                f"GDComparisonConfig.model: expected a zoo entry with one 'linear' layer on constructed tokens and no "
+                f"GDConstructionConfig.model: expected a zoo entry with one 'linear' layer on constructed tokens and no "
                 f"embeddings, got {self.model!r} (layers={model_cfg.layers}, tokens={train_cfg.tokens!r})"
             )
 
@@ -255,11 +256,11 @@ def product_similarity(kq: Tensor, pv: Tensor, construction: GDConstruction) -> 
 # ----------------------------------------------------------------------------------------- run
 
 
-def _model(cfg: GDComparisonConfig, out_dir: Path, progress: bool) -> SequenceModel:
+def _model(cfg: GDConstructionConfig, out_dir: Path, progress: bool) -> SequenceModel:
     return load_for_analysis(cfg.model, cfg.zoo_root, cfg.train_steps, out_dir, progress=progress)
 
 
-def _tuning_states(cfg: GDComparisonConfig) -> Tensor:
+def _tuning_states(cfg: GDConstructionConfig) -> Tensor:
     return training_states(recipe(cfg.model)[1], cfg.tune_sequences)
 
 
@@ -326,10 +327,10 @@ def _block_table(matrix: Tensor, n: int) -> str:
     return "\n".join(lines)
 
 
-def run_gd_construction(config: GDComparisonConfig, out_dir: Path = DEFAULT_OUT, *, progress: bool = True) -> dict:
+def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OUT, *, progress: bool = True) -> dict:
     """Run the analysis (see the module docstring); returns the summary numbers."""
-    if not isinstance(config, GDComparisonConfig):
-        raise ValueError(f"config: expected a GDComparisonConfig, got {type(config).__name__}")
+    if not isinstance(config, GDConstructionConfig):
+        raise ValueError(f"config: expected a GDConstructionConfig, got {type(config).__name__}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
@@ -346,7 +347,7 @@ def run_gd_construction(config: GDComparisonConfig, out_dir: Path = DEFAULT_OUT,
     reference = gdc if use_c else gd0
 
     def evaluate(predict) -> Tensor:
-        return per_step_loss(predict, task, num_sequences=config.test_sequences, seed=config.test_seed,
+        return per_position_loss(predict, task, num_sequences=config.test_sequences, seed=config.test_seed,
                              tokens="constructed")
 
     with torch.no_grad():
@@ -448,8 +449,8 @@ Figures: `per_step_loss.png` (per-position test loss), `products.png` (heatmaps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mesanet.analysis gd-construction [--out DIR] [--quick] [--model NAME] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.analysis gd-construction",
+    """``python -m mesanet.mesaopt gd-construction [--out DIR] [--quick] [--model NAME] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt gd-construction",
                                      description="Trained 1-layer linear SA vs the tuned one-step-GD construction.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (briefly trained model)")
@@ -469,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields["test_sequences"] = args.test_sequences
     if args.tune_sequences is not None:
         fields["tune_sequences"] = args.tune_sequences
-    summary = run_gd_construction(GDComparisonConfig(**fields), args.out, progress=not args.no_progress)
+    summary = run_gd_construction(GDConstructionConfig(**fields), args.out, progress=not args.no_progress)
     print(f"trained {summary['test_loss_trained']:.6g} vs construction ({summary['reference']}) "
           f"{summary['test_loss_reference']:.6g}: ratio {summary['ratio_trained_over_reference']:.4f} -> "
           f"{'PASS' if summary['target_pass'] else 'MISS'}; cosine {summary['cosine_sum']:.4f}; wrote {args.out}")

@@ -2,10 +2,10 @@
 # report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Linearisation of softmax attention layers ("Uncovering mesa-optimization algorithms in Transformers", SI F.2; analysis 4 of the toolkit, README "Mesa-optimization toolkit").
 
-For a trained :class:`~mesanet.models.SequenceModel`, every softmax self-attention layer's input ``x_l``
+For a trained :class:`~mesanet.mesaopt.models.SequenceModel`, every softmax self-attention layer's input ``x_l``
 (the normalised residual stream the mixer sees) and output ``delta_l`` (the mixer's update) are recorded
 on fresh LDS sequences. Each layer is then distilled into a causal linear self-attention layer
-(:class:`~mesanet.layers.LinearSelfAttention`, same heads and key size) by minimising
+(:class:`~mesanet.mesaopt.layers.LinearSelfAttention`, same heads and key size) by minimising
 ``mean ||delta_l - LSA(x_l)||^2`` with Adam, and swapped into the model: one layer at a time, all layers
 but the first at once, and all at once. Reported: the held-out distillation error (MSE / mean square of
 ``delta_l``) and the test loss ratio ``loss(linearised) / loss(original)`` (next-token loss, eq. 1,
@@ -31,13 +31,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from mesanet.utils.config import to_dict
+
 from ..data.dynamics import generate_lds
 from ..layers.linear_self_attention import LinearSelfAttention
 from ..layers.softmax_self_attention import SoftmaxSelfAttention
-from ..models.mesaopt import SequenceModel
-from ..utils.config import to_dict
+from ..models import SequenceModel
 from .reporting import write_csv
-from .seq_training import per_step_loss, tokens_of
+from .seq_training import per_position_loss, tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
@@ -189,7 +190,7 @@ def swap_mixers(model: SequenceModel, replacements: dict[int, nn.Module]) -> Seq
 @torch.no_grad()
 def test_loss(model: SequenceModel, task, tokens: str, num_sequences: int, seed: int) -> Tensor:
     """Per-position next-token test loss ``[T - 1]`` (eq. 1) on ``num_sequences`` fresh sequences."""
-    return per_step_loss(model, task, num_sequences=num_sequences, seed=seed, tokens=tokens)
+    return per_position_loss(model, task, num_sequences=num_sequences, seed=seed, tokens=tokens)
 
 
 # ----------------------------------------------------------------------------------------- analysis
@@ -378,8 +379,8 @@ def quick_recipe():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mesanet.analysis linearize [--out DIR] [--quick] [--model NAME] [--steps N] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.analysis linearize",
+    """``python -m mesanet.mesaopt linearize [--out DIR] [--quick] [--model NAME] [--steps N] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt linearize",
                                      description="Distil softmax layers into linear self-attention and swap them in.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run on a tiny model")

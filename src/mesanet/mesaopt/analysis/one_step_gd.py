@@ -1,7 +1,7 @@
 """Proposition 1 of "Uncovering mesa-optimization algorithms in Transformers": one GD step as linear attention.
 
 Constructed tokens ``e_t = [Phi0 s_t, s_t, s_{t-1}]`` (three blocks of width ``n``; ``Phi0 = 0`` gives the
-``[0, s_t, s_{t-1}]`` tokens of ``mesanet.data.dynamics``). A single causal linear self-attention head
+``[0, s_t, s_{t-1}]`` tokens of ``mesanet.mesaopt.data.dynamics``). A single causal linear self-attention head
 
     Delta e_t = P W_V sum_{t' <= t} e_{t'} (W_K e_{t'})^T (W_Q e_t)
 

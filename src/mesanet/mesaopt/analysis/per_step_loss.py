@@ -1,9 +1,9 @@
 """Analysis "per-step-loss": per-position test loss of the zoo models vs optimal ridge least squares (paper B).
 
-Every model in ``config.models`` (zoo entries, trained or reloaded through :func:`~mesanet.analysis.zoo.load_or_train`)
+Every model in ``config.models`` (zoo entries, trained or reloaded through :func:`~mesanet.mesaopt.analysis.zoo.load_or_train`)
 is evaluated on the same fresh test sequences of the fully observed LDS (n_s = 10, T = 50). References:
 
-* ridge: :func:`~mesanet.analysis.compressed.ridge_prediction` (``C_t (S S^T + I/lam)^{-1} s_t`` on the prefix
+* ridge: :func:`~mesanet.mesaopt.analysis.compressed.ridge_prediction` (``C_t (S S^T + I/lam)^{-1} s_t`` on the prefix
   pairs), one ``lam`` for all positions tuned on training sequences (the first model's recipe batches) by a
   log-grid followed by a golden-section refinement in ``log lam``;
 * oracle: the true ``W*`` (prediction ``clip(W* s_t)``), i.e. the noise floor ``~ 1/2 n sigma^2``.
@@ -26,12 +26,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mesanet.utils.config import save as save_config
+
 from ..data.dynamics import LDSConfig, generate_lds
-from ..models.mesaopt import SequenceModel
-from ..utils.config import save as save_config
+from ..models import SequenceModel
 from .compressed import ridge_prediction
 from .reporting import write_csv
-from .seq_training import per_step_loss, training_states
+from .seq_training import per_position_loss, training_states
 from .zoo import ZOO, load_for_analysis, recipe
 
 __all__ = [
@@ -215,7 +216,7 @@ def run_per_step_loss(config: PerStepLossConfig, out_dir: Path = DEFAULT_OUT, *,
         model = _model(name, config, out_dir, progress)
         _, train_cfg = recipe(name)
         with torch.no_grad():
-            curves[name] = per_step_loss(model, task, num_sequences=config.test_sequences, seed=config.test_seed,
+            curves[name] = per_position_loss(model, task, num_sequences=config.test_sequences, seed=config.test_seed,
                                          tokens=train_cfg.tokens)
         layers[name] = list(model.config.layers)
 
@@ -281,8 +282,8 @@ Figure: `per_step_loss.png`; all curves: `per_step_loss.csv`.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mesanet.analysis per-step-loss [--out DIR] [--quick] [--models A B ...] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.analysis per-step-loss",
+    """``python -m mesanet.mesaopt per-step-loss [--out DIR] [--quick] [--models A B ...] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt per-step-loss",
                                      description="Per-position test loss of zoo models vs tuned ridge least squares.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (briefly trained models)")

@@ -2,7 +2,7 @@
 # aggregation, report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Linear probes per layer and per time step ("Uncovering mesa-optimization algorithms in Transformers"; analysis 3 of the toolkit, README "Mesa-optimization toolkit").
 
-For a trained :class:`~mesanet.models.SequenceModel` the residual stream after the embedding (layer 0) and
+For a trained :class:`~mesanet.mesaopt.models.SequenceModel` the residual stream after the embedding (layer 0) and
 after every block (layers 1..L) is recorded on fresh LDS sequences. For every ``(layer, t)`` a separate
 ridge-regularised linear regression (closed form, with intercept) maps the activation ``e^l_t [E]`` to
 
@@ -33,8 +33,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mesanet.utils.config import to_dict
+
 from ..data.dynamics import generate_lds
-from ..utils.config import to_dict
 from .compressed import chebyshev_solve
 from .reporting import write_csv
 from .seq_training import tokens_of
@@ -275,7 +276,7 @@ def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progre
                recipes: dict | None = None) -> dict:
     """Run the probe analysis; writes ``probes.csv``, ``probes_summary.md``, two PNGs and ``config.yaml``.
 
-    Models come from :func:`~mesanet.analysis.zoo.load_or_train` (trained on first use); ``recipes`` maps
+    Models come from :func:`~mesanet.mesaopt.analysis.zoo.load_or_train` (trained on first use); ``recipes`` maps
     names outside the zoo to ``(SeqModelConfig, SeqTrainConfig)``.
 
     Returns ``{"errors": {model: {kind: [L+1, T-1] tensor}}, "late_mean": {model: {kind: [L+1] list}},
@@ -354,8 +355,8 @@ def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progre
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mesanet.analysis probes [--out DIR] [--quick] [--models ...] [--zoo-root DIR] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.analysis probes",
+    """``python -m mesanet.mesaopt probes [--out DIR] [--quick] [--models ...] [--zoo-root DIR] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt probes",
                                      description="Linear target / preconditioning probes per layer and time step.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true",

@@ -1,8 +1,8 @@
-"""Training and evaluating :class:`~mesanet.models.SequenceModel` on linear dynamical systems (paper B, eq. 1).
+"""Training and evaluating :class:`~mesanet.mesaopt.models.SequenceModel` on linear dynamical systems (paper B, eq. 1).
 
 ``L(theta) = E [ 1/2 sum_t || s_{t+1} - f_t(e_{1:t}) ||^2 ]``: continuous next-token regression; here averaged
 over the ``T - 1`` positions that have a target (and over the batch). Every optimizer step draws a fresh
-seeded batch from :func:`mesanet.data.dynamics.generate_lds`, so the data stream is a pure function of
+seeded batch from :func:`mesanet.mesaopt.data.dynamics.generate_lds`, so the data stream is a pure function of
 ``(seed, step)``; evaluation seeds are small integers, training seeds live at ``>= 10**9``, so they never meet.
 """
 
@@ -15,13 +15,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from mesanet.train import OptimConfig, fit_steps
+from mesanet.train.loop import LoopResult
+
 from ..data.dynamics import LDSConfig, generate_lds
-from ..models.mesaopt import SeqModelConfig, SequenceModel
-from ..train import OptimConfig, fit_steps
-from ..train.loop import LoopResult
+from ..models import SeqModelConfig, SequenceModel
 
 __all__ = [
-    "TOKEN_FORMATS", "SeqTrainConfig", "lds_batch_fn", "training_states", "tokens_of", "next_token_mse", "per_step_loss",
+    "TOKEN_FORMATS", "SeqTrainConfig", "lds_batch_fn", "training_states", "tokens_of", "next_token_mse", "per_position_loss",
     "train_sequence_model", "build_model",
 ]
 
@@ -168,7 +169,7 @@ def train_sequence_model(
 
 
 @torch.no_grad()
-def per_step_loss(
+def per_position_loss(
     predict: Callable[[Tensor], Tensor], lds_cfg: LDSConfig, *, num_sequences: int = 1024, seed: int = 1,
     tokens: str = "constructed", chunk: int = 512,
 ) -> Tensor:
@@ -176,7 +177,7 @@ def per_step_loss(
     ``num_sequences`` fresh sequences (seeded by ``seed``), evaluated ``chunk`` sequences at a time.
     ``predict`` maps ``[b, T, d]`` tokens to ``[b, T, n]`` (or ``[b, T-1, n]``) predictions."""
     if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 1:
-        raise ValueError(f"per_step_loss: num_sequences expected an int >= 1, got {num_sequences!r}")
+        raise ValueError(f"per_position_loss: num_sequences expected an int >= 1, got {num_sequences!r}")
     states = generate_lds(lds_cfg, num_sequences, seed=seed).states
     total = torch.zeros(lds_cfg.seq_len - 1, dtype=torch.float64)
     for start in range(0, num_sequences, chunk):
@@ -185,7 +186,7 @@ def per_step_loss(
         targets = s[:, 1:]
         if pred.dim() != 3 or pred.shape[0] != s.shape[0] or pred.shape[2] != targets.shape[2] \
                 or pred.shape[1] < targets.shape[1]:
-            raise ValueError(f"per_step_loss: predict returned {tuple(pred.shape)}, expected [b, >= {targets.shape[1]}, {targets.shape[2]}]")
+            raise ValueError(f"per_position_loss: predict returned {tuple(pred.shape)}, expected [b, >= {targets.shape[1]}, {targets.shape[2]}]")
         err = 0.5 * (pred[:, : targets.shape[1]].double() - targets.double()).square().sum(-1)
         total += err.sum(0)
     return total / num_sequences

@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..ops.linear_attention import linear_attention_from_products
-from .head_projections import HeadProjections
+from mesanet.layers.head_projections import HeadProjections
+from mesanet.ops.linear_attention import linear_attention_from_products
 
 __all__ = ["LinearSelfAttention"]
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import SolverSettings, mesa, mesa_sherman_morrison
-from ..ops.solver_settings import as_settings
-from .recurrent_mixer import mark_no_weight_decay
+from mesanet.layers.recurrent_mixer import mark_no_weight_decay
+from mesanet.ops import SolverSettings, mesa, mesa_sherman_morrison
+from mesanet.ops.solver_settings import as_settings
 
 __all__ = ["RegressionMesa", "REGRESSION_MESA_VARIANTS"]
 

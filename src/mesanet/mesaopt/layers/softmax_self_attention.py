@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .head_projections import HeadProjections
+from mesanet.layers.head_projections import HeadProjections
 
 __all__ = ["SoftmaxSelfAttention"]
 
