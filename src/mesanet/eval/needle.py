@@ -55,6 +55,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mesanet.utils.cli_errors import device_arg, one_line, run_cli
+from mesanet.utils.validation import check_int, check_list, is_real
 
 from .checkpoint import load_checkpoint
 from .evaluate import model_device
@@ -102,7 +103,7 @@ class NeedleConfig:
 
     def __post_init__(self) -> None:
         where = "NeedleConfig"
-        _check_int(f"{where}.train_len", self.train_len, 2, "the training length")
+        check_int(f"{where}.train_len", self.train_len, minimum=2, what="the training length")
         self.factors = _floats(f"{where}.factors", self.factors)
         for f in self.factors:
             if not math.isfinite(f) or f <= 0:
@@ -115,21 +116,21 @@ class NeedleConfig:
             raise ValueError(f"{where}.depths: expected depth fractions in [0, 1] (0: start of the haystack, 1: its end), got {bad}")
         if len(set(self.depths)) != len(self.depths):
             raise ValueError(f"{where}.depths: expected distinct depths, got {self.depths}")
-        self.haystacks = list(_check_list(f"{where}.haystacks", self.haystacks))
+        self.haystacks = list(check_list(f"{where}.haystacks", self.haystacks))
         unknown = [h for h in self.haystacks if h not in HAYSTACKS]
         if unknown:
             raise ValueError(f"{where}.haystacks: unknown haystack(s) {unknown}; expected some of {list(HAYSTACKS)}")
         if len(set(self.haystacks)) != len(self.haystacks):
             raise ValueError(f"{where}.haystacks: expected distinct haystacks, got {self.haystacks}")
-        _check_int(f"{where}.trials", self.trials, 1, "the number of trials per cell")
+        check_int(f"{where}.trials", self.trials, minimum=1, what="the number of trials per cell")
         if not isinstance(self.key, str) or not self.key.isidentifier():
             raise ValueError(f"{where}.key: expected a Python identifier (the needle's variable name), got {self.key!r}")
-        _check_int(f"{where}.min_digits", self.min_digits, 1, "the fewest digits of a value")
-        _check_int(f"{where}.max_digits", self.max_digits, self.min_digits, f"the most digits of a value (>= min_digits = {self.min_digits})")
+        check_int(f"{where}.min_digits", self.min_digits, minimum=1, what="the fewest digits of a value")
+        check_int(f"{where}.max_digits", self.max_digits, minimum=self.min_digits, what=f"the most digits of a value (>= min_digits = {self.min_digits})")
         if self.max_digits > 18:
             raise ValueError(f"{where}.max_digits: expected at most 18 digits, got {self.max_digits}")
-        _check_int(f"{where}.seed", self.seed, 0, "a non-negative seed")
-        _check_int(f"{where}.batch_size", self.batch_size, 1, "prompts per forward")
+        check_int(f"{where}.seed", self.seed, minimum=0, what="a non-negative seed")
+        check_int(f"{where}.batch_size", self.batch_size, minimum=1, what="prompts per forward")
 
     def _length(self, factor: float) -> int:
         return int(round(factor * self.train_len))
@@ -139,25 +140,15 @@ class NeedleConfig:
         return [(f, self._length(f)) for f in self.factors]
 
 
-def _check_int(name: str, value, minimum: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum} ({what}), got {value!r}")
 
 
 def _floats(name: str, value) -> list[float]:
-    values = _check_list(name, value)
-    if not all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
+    values = check_list(name, value)
+    if not all(is_real(v, finite=False) for v in values):
         raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
     return [float(v) for v in values]
 
 
-def _check_list(name: str, value) -> list:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{name}: expected a non-empty list, got {value!r}")
-    for v in value:
-        if isinstance(v, bool):
-            raise ValueError(f"{name}: expected numbers or names, got {value!r}")
-    return list(value)
 
 
 # ---------------------------------------------------------------------------------------------- prompts

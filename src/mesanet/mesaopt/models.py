@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mesanet.utils.validation import check_int
+
 from .layers.linear_self_attention import LinearSelfAttention
 from .layers.regression_mesa import RegressionMesa
 from .layers.softmax_self_attention import SoftmaxSelfAttention
@@ -38,9 +40,6 @@ LAYER_KINDS = ("linear", "softmax", "mesa", "mesa_forget", "sherman_morrison")
 POSITIONAL_KINDS = ("none", "sinusoidal")
 
 
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"SeqModelConfig.{name}: expected an int >= 1, got {value!r}")
 
 
 @dataclass
@@ -71,9 +70,9 @@ class SeqModelConfig:
         if bad:
             raise ValueError(f"SeqModelConfig.layers: expected kinds from {LAYER_KINDS}, got {bad}")
         for name in ("input_dim", "output_dim", "num_heads", "key_size", "max_len"):
-            _positive_int(name, getattr(self, name))
+            check_int(f"SeqModelConfig.{name}", getattr(self, name), minimum=1)
         if self.embed_dim is not None:
-            _positive_int("embed_dim", self.embed_dim)
+            check_int("SeqModelConfig.embed_dim", self.embed_dim, minimum=1)
         width = self.input_dim if self.embed_dim is None else self.embed_dim
         if self.embed_dim is None and self.output_dim > self.input_dim:
             raise ValueError(

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from mesanet.models.configuration_mesanet import MesaNetConfig
 from mesanet.models.modeling_mesanet import MesaNetModel
+from mesanet.utils.validation import is_int
 
 
 class MesaNetForRegression(nn.Module):
@@ -27,7 +28,7 @@ class MesaNetForRegression(nn.Module):
     def __init__(self, config: MesaNetConfig, in_dim: int, out_dim: int = 1):
         super().__init__()
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise ValueError(f"MesaNetForRegression: expected {name} an int >= 1, got {value!r}")
         if not isinstance(config, MesaNetConfig):
             raise ValueError(f"MesaNetForRegression: expected a MesaNetConfig, got {type(config).__name__}")

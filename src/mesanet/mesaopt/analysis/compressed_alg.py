@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from mesanet.train import OptimConfig, fit_steps
 from mesanet.utils.config import save as save_config
+from mesanet.utils.validation import check_int, is_int
 
 from ..data.dynamics import LDSConfig, generate_lds
 from ..models import SequenceModel
@@ -106,8 +107,7 @@ def chebyshev_coefficients(lam_min, lam_max, steps: int) -> tuple[Tensor, Tensor
     ``alpha_{j+1} = 2/(2 theta - u_j)``, ``beta_{j+1} = u_j/(2 theta - u_j)``, ``u_{j+1} = delta^2/(2 theta - u_j)``
     (the recursion of :func:`~mesanet.mesaopt.analysis.compressed.chebyshev_solve`, no division by ``delta``).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
+    check_int("steps", steps, minimum=0)
     a = torch.as_tensor(lam_min, dtype=torch.float64) if not torch.is_tensor(lam_min) else lam_min
     b = torch.as_tensor(lam_max, dtype=a.dtype, device=a.device) if not torch.is_tensor(lam_max) else lam_max
     a, b = torch.broadcast_tensors(a, b)
@@ -150,8 +150,7 @@ class LearnedCompressedAlg(nn.Module):
 
     def __init__(self, steps: int, lam: float = 1.0, eta: float = 1.0) -> None:
         super().__init__()
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+        check_int("steps", steps, minimum=1)
         if not (math.isfinite(lam) and lam > 0):
             raise ValueError(f"lam: expected a finite float > 0, got {lam!r}")
         self.steps = steps
@@ -310,14 +309,13 @@ class CompressedAlgConfig:
     task: LDSConfig = field(default_factory=lambda: LDSConfig(state_dim=10, seq_len=50))
 
     def __post_init__(self) -> None:
-        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
+        if not self.ks or any(not is_int(k, 1) for k in self.ks):
             raise ValueError(f"ks: expected a non-empty list of ints >= 1, got {self.ks!r}")
-        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.fixed_extra_ks):
+        if any(not is_int(k, 1) for k in self.fixed_extra_ks):
             raise ValueError(f"fixed_extra_ks: expected ints >= 1, got {self.fixed_extra_ks!r}")
         for name in ("train_steps", "batch_size", "eval_sequences", "val_sequences"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            check_int(f"{name}", v, minimum=1)
         if not self.ridge_lams or any(not (math.isfinite(x) and x > 0) for x in self.ridge_lams):
             raise ValueError(f"ridge_lams: expected a non-empty list of floats > 0, got {self.ridge_lams!r}")
         if any(not math.isfinite(w) for w in self.weights):

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mesanet.utils.config import to_dict
+from mesanet.utils.validation import is_int, is_real
 
 from ..data.fewshot import FewShotBatch, FewShotConfig, fewshot_lsq_predictions, generate_fewshot
 from ..models import SequenceModel
@@ -50,8 +51,6 @@ _TUNE_SEED_BASE = 10**6  # tuning batches; evaluation seeds are small integers
 _LSQ_NAMES = ("lsq_plain", "lsq_autoregressive")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -87,11 +86,11 @@ class FewShotRepurposeConfig:
         for name, minimum in (("prefix_len", 1), ("tune_steps", 0), ("tune_batch", 1), ("eval_batch", 2),
                               ("seed", 0), ("long_train_len", 0)):
             v = getattr(self, name)
-            if not _is_int(v) or v < minimum:
+            if not is_int(v) or v < minimum:
                 raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
         for name in ("tune_lr", "ridge", "x_range", "noise_std"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not is_real(v, finite=False) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: expected a finite float >= 0, got {v!r}")
         if self.tune_lr <= 0 or self.x_range <= 0:
             raise ValueError(f"tune_lr, x_range: expected > 0, got {self.tune_lr!r}, {self.x_range!r}")
@@ -120,7 +119,7 @@ class PromptTokens(nn.Module):
 
     def __init__(self, dim: int, prefix_len: int = 0, seed: int = 0) -> None:
         super().__init__()
-        if not _is_int(dim) or dim < 1 or not _is_int(prefix_len) or prefix_len < 0:
+        if not is_int(dim) or dim < 1 or not is_int(prefix_len) or prefix_len < 0:
             raise ValueError(f"PromptTokens: expected dim >= 1 and prefix_len >= 0, got {dim!r}, {prefix_len!r}")
         gen = torch.Generator().manual_seed(seed)
         self.eos = nn.Parameter(torch.randn(dim, generator=gen))
@@ -172,7 +171,7 @@ def tune_prompt(model: nn.Module, fs_cfg: FewShotConfig, prompt: PromptTokens, *
     Returns the per-step training losses."""
     from tqdm.auto import tqdm
 
-    if not _is_int(steps) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
     opt = torch.optim.Adam(prompt.parameters(), lr=lr)
     losses: list[float] = []

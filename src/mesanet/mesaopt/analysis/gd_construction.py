@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from mesanet.utils.config import save as save_config
+from mesanet.utils.validation import check_int
 
 from ..layers.linear_self_attention import LinearSelfAttention
 from ..models import SequenceModel
@@ -78,19 +79,15 @@ class GDConstructionConfig:
     def __post_init__(self) -> None:
         for name in ("tune_sequences", "test_sequences"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"GDConstructionConfig.{name}: expected an int >= 1, got {v!r}")
-        if isinstance(self.test_seed, bool) or not isinstance(self.test_seed, int) or self.test_seed < 0:
-            raise ValueError(f"GDConstructionConfig.test_seed: expected an int >= 0, got {self.test_seed!r}")
+            check_int(f"GDConstructionConfig.{name}", v, minimum=1)
+        check_int("GDConstructionConfig.test_seed", self.test_seed, minimum=0)
         if not (math.isfinite(self.phi0_range) and self.phi0_range > 0):
             raise ValueError(f"GDConstructionConfig.phi0_range: expected a finite float > 0, got {self.phi0_range!r}")
         if not (math.isfinite(self.phi0_min_gain) and self.phi0_min_gain >= 0):
             raise ValueError(f"GDConstructionConfig.phi0_min_gain: expected a float >= 0, got {self.phi0_min_gain!r}")
         if not (math.isfinite(self.target_ratio) and self.target_ratio > 0):
             raise ValueError(f"GDConstructionConfig.target_ratio: expected a float > 0, got {self.target_ratio!r}")
-        if self.train_steps is not None and (isinstance(self.train_steps, bool) or not isinstance(self.train_steps, int)
-                                             or self.train_steps < 1):
-            raise ValueError(f"GDConstructionConfig.train_steps: expected None or an int >= 1, got {self.train_steps!r}")
+        check_int("GDConstructionConfig.train_steps", self.train_steps, minimum=1, optional=True)
         model_cfg, train_cfg = recipe(self.model)  # ValueError for unknown names
         if model_cfg.layers != ["linear"] or train_cfg.tokens != "constructed" or model_cfg.embed_dim is not None:
             raise ValueError(

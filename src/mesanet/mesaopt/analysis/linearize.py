@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mesanet.utils.config import to_dict
+from mesanet.utils.validation import check_int
 
 from ..data.dynamics import generate_lds
 from ..layers.linear_self_attention import LinearSelfAttention
@@ -73,12 +74,10 @@ class LinearizeConfig:
             raise ValueError(f"LinearizeConfig.model: expected a zoo name, got {self.model!r}")
         for name in ("record_sequences", "heldout_sequences", "test_sequences", "steps", "batch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"LinearizeConfig.{name}: expected an int >= 1, got {v!r}")
+            check_int(f"LinearizeConfig.{name}", v, minimum=1)
         for name in ("record_seed", "heldout_seed", "test_seed", "distil_seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"LinearizeConfig.{name}: expected an int >= 0, got {v!r}")
+            check_int(f"LinearizeConfig.{name}", v, minimum=0)
         if len({self.record_seed, self.heldout_seed, self.test_seed}) != 3:
             raise ValueError("LinearizeConfig: record_seed, heldout_seed and test_seed must all differ")
         for name in ("lr", "init_std"):

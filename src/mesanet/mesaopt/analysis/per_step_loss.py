@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from mesanet.utils.config import save as save_config
+from mesanet.utils.validation import check_int
 
 from ..data.dynamics import LDSConfig, generate_lds
 from ..models import SequenceModel
@@ -81,19 +82,15 @@ class PerStepLossConfig:
                 raise ValueError(f"PerStepLossConfig.{name}: {getattr(self, name)!r} not in the zoo; valid names: {sorted(ZOO)}")
         for name in ("test_sequences", "tune_sequences"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PerStepLossConfig.{name}: expected an int >= 1, got {v!r}")
-        if isinstance(self.test_seed, bool) or not isinstance(self.test_seed, int) or self.test_seed < 0:
-            raise ValueError(f"PerStepLossConfig.test_seed: expected an int >= 0, got {self.test_seed!r}")
+            check_int(f"PerStepLossConfig.{name}", v, minimum=1)
+        check_int("PerStepLossConfig.test_seed", self.test_seed, minimum=0)
         if not (math.isfinite(self.lam_log10_min) and math.isfinite(self.lam_log10_max)
                 and self.lam_log10_min < self.lam_log10_max):
             raise ValueError(f"PerStepLossConfig.lam_log10_min/max: expected finite min < max, "
                              f"got {self.lam_log10_min!r}, {self.lam_log10_max!r}")
         if not (math.isfinite(self.target_tol) and self.target_tol > 0):
             raise ValueError(f"PerStepLossConfig.target_tol: expected a float > 0, got {self.target_tol!r}")
-        if self.train_steps is not None and (isinstance(self.train_steps, bool) or not isinstance(self.train_steps, int)
-                                             or self.train_steps < 1):
-            raise ValueError(f"PerStepLossConfig.train_steps: expected None or an int >= 1, got {self.train_steps!r}")
+        check_int("PerStepLossConfig.train_steps", self.train_steps, minimum=1, optional=True)
         tasks = {name: recipe(name)[1].task for name in self.models}
         if len(set(tasks.values())) != 1:
             raise ValueError(f"PerStepLossConfig.models: expected recipes on one task, got {tasks}")

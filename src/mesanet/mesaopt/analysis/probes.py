@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from mesanet.utils.config import to_dict
+from mesanet.utils.validation import check_int
 
 from ..data.dynamics import generate_lds
 from .compressed import chebyshev_solve
@@ -77,12 +78,10 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.models: expected a non-empty list of zoo names, got {self.models!r}")
         for name in ("train_sequences", "test_sequences", "chebyshev_steps", "min_t", "chunk"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ProbeConfig.{name}: expected an int >= 1, got {v!r}")
+            check_int(f"ProbeConfig.{name}", v, minimum=1)
         for name in ("train_seed", "test_seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"ProbeConfig.{name}: expected an int >= 0, got {v!r}")
+            check_int(f"ProbeConfig.{name}", v, minimum=0)
         if self.train_seed == self.test_seed:
             raise ValueError(f"ProbeConfig: train_seed and test_seed must differ (held-out data), got {self.train_seed}")
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge >= 0):
@@ -96,7 +95,7 @@ class ProbeConfig:
         if isinstance(self.curve_times, tuple):
             self.curve_times = list(self.curve_times)
         if not isinstance(self.curve_times, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in self.curve_times):
+                is_int(t, 1) for t in self.curve_times):
             raise ValueError(f"ProbeConfig.curve_times: expected a list of ints >= 1, got {self.curve_times!r}")
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mesanet.train import OptimConfig, fit_steps
 from mesanet.train.loop import LoopResult
+from mesanet.utils.validation import check_int, is_int
 
 from ..data.dynamics import LDSConfig, generate_lds
 from ..models import SeqModelConfig, SequenceModel
@@ -51,12 +52,9 @@ class SeqTrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SeqTrainConfig.{name}: expected an int >= 1, got {v!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"SeqTrainConfig.warmup_steps: expected an int >= 0, got {self.warmup_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"SeqTrainConfig.seed: expected an int >= 0, got {self.seed!r}")
+            check_int(f"SeqTrainConfig.{name}", v, minimum=1)
+        check_int("SeqTrainConfig.warmup_steps", self.warmup_steps, minimum=0)
+        check_int("SeqTrainConfig.seed", self.seed, minimum=0)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"SeqTrainConfig.lr: expected a finite float > 0, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -104,7 +102,7 @@ def lds_batch_fn(cfg: SeqTrainConfig) -> Callable[[int], tuple[Tensor, Tensor]]:
 def training_states(cfg: SeqTrainConfig, num_sequences: int) -> Tensor:
     """The first ``num_sequences`` state sequences ``[N, T, n]`` of the recipe's own training stream (the
     batches of steps 0, 1, ...), e.g. to tune a reference algorithm on the data a model was trained on."""
-    if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 1:
+    if not is_int(num_sequences, 1):
         raise ValueError(f"training_states: expected num_sequences >= 1, got {num_sequences!r}")
     batch = lds_batch_fn(replace(cfg, tokens="unconstructed"))  # unconstructed tokens are the states
     chunks, total, step = [], 0, 0
@@ -176,7 +174,7 @@ def per_position_loss(
     """Test loss per position, ``[T - 1]``: ``1/2 ||predict(tokens)_t - s_{t+1}||^2`` averaged over
     ``num_sequences`` fresh sequences (seeded by ``seed``), evaluated ``chunk`` sequences at a time.
     ``predict`` maps ``[b, T, d]`` tokens to ``[b, T, n]`` (or ``[b, T-1, n]``) predictions."""
-    if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 1:
+    if not is_int(num_sequences, 1):
         raise ValueError(f"per_position_loss: num_sequences expected an int >= 1, got {num_sequences!r}")
     states = generate_lds(lds_cfg, num_sequences, seed=seed).states
     total = torch.zeros(lds_cfg.seq_len - 1, dtype=torch.float64)

@@ -47,11 +47,12 @@ The next-token target at position ``t`` is ``s_{t+1}``, i.e. ``states[:, 1:]`` f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from mesanet.utils.validation import is_int, is_real
 
 __all__ = [
     "LDS_KINDS", "LDSConfig", "LDSBatch", "lds_preset", "random_orthogonal", "generate_lds",
@@ -64,12 +65,8 @@ LDS_KINDS = ("linear", "partial", "nonlinear", "contracting", "fixed")
 _BASES = ("orthogonal", "gaussian")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -103,22 +100,22 @@ class LDSConfig:
     teacher_seed: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.state_dim) or self.state_dim < 1:
+        if not is_int(self.state_dim) or self.state_dim < 1:
             raise ValueError(f"state_dim: expected an int >= 1, got {self.state_dim!r}")
-        if not _is_int(self.seq_len) or self.seq_len < 2:
+        if not is_int(self.seq_len) or self.seq_len < 2:
             raise ValueError(f"seq_len: expected an int >= 2 (need at least one transition), got {self.seq_len!r}")
-        if not _is_real(self.noise_std) or self.noise_std < 0:
+        if not is_real(self.noise_std) or self.noise_std < 0:
             raise ValueError(f"noise_std: expected >= 0, got {self.noise_std!r}")
         if self.init not in _INITS:
             raise ValueError(f"init: expected one of {_INITS}, got {self.init!r}")
-        if not _is_real(self.init_range) or self.init_range <= 0:
+        if not is_real(self.init_range) or self.init_range <= 0:
             raise ValueError(f"init_range: expected > 0, got {self.init_range!r}")
-        if self.clip is not None and (not _is_real(self.clip) or self.clip <= 0):
+        if self.clip is not None and (not is_real(self.clip) or self.clip <= 0):
             raise ValueError(f"clip: expected > 0 or None, got {self.clip!r}")
         if self.kind not in LDS_KINDS:
             raise ValueError(f"kind: expected one of {LDS_KINDS}, got {self.kind!r}")
         if self.kind == "partial":
-            if not _is_int(self.hidden_dim) or self.hidden_dim <= self.state_dim:
+            if not is_int(self.hidden_dim) or self.hidden_dim <= self.state_dim:
                 raise ValueError(
                     f"hidden_dim: kind 'partial' expects an int n_h > state_dim = {self.state_dim} "
                     f"(paper: lds_preset('partial') has n_s = 5, n_h = 15), got {self.hidden_dim!r}"
@@ -128,23 +125,23 @@ class LDSConfig:
                 f"hidden_dim: kind {self.kind!r} is fully observed, expected None or state_dim = {self.state_dim}, "
                 f"got {self.hidden_dim!r}"
             )
-        if not _is_real(self.obs_std) or self.obs_std <= 0:
+        if not is_real(self.obs_std) or self.obs_std <= 0:
             raise ValueError(f"obs_std: expected > 0, got {self.obs_std!r}")
-        if not _is_real(self.obs_noise_std) or self.obs_noise_std < 0:
+        if not is_real(self.obs_noise_std) or self.obs_noise_std < 0:
             raise ValueError(f"obs_noise_std: expected >= 0, got {self.obs_noise_std!r}")
-        if self.mlp_dim is not None and (not _is_int(self.mlp_dim) or self.mlp_dim < 1):
+        if self.mlp_dim is not None and (not is_int(self.mlp_dim) or self.mlp_dim < 1):
             raise ValueError(f"mlp_dim: expected an int >= 1 or None, got {self.mlp_dim!r}")
-        if not _is_real(self.mlp_std) or self.mlp_std <= 0:
+        if not is_real(self.mlp_std) or self.mlp_std <= 0:
             raise ValueError(f"mlp_std: expected > 0, got {self.mlp_std!r}")
         if not isinstance(self.share_mlp, bool):
             raise ValueError(f"share_mlp: expected a bool, got {self.share_mlp!r}")
-        if not (_is_real(self.eig_min) and _is_real(self.eig_max) and 0 <= self.eig_min <= self.eig_max):
+        if not (is_real(self.eig_min) and is_real(self.eig_max) and 0 <= self.eig_min <= self.eig_max):
             raise ValueError(f"eig_min, eig_max: expected 0 <= eig_min <= eig_max, got {self.eig_min!r}, {self.eig_max!r}")
         if self.contracting_basis not in _BASES:
             raise ValueError(f"contracting_basis: expected one of {_BASES}, got {self.contracting_basis!r}")
-        if self.contracting_clip is not None and (not _is_real(self.contracting_clip) or self.contracting_clip <= 0):
+        if self.contracting_clip is not None and (not is_real(self.contracting_clip) or self.contracting_clip <= 0):
             raise ValueError(f"contracting_clip: expected > 0 or None, got {self.contracting_clip!r}")
-        if not _is_int(self.teacher_seed) or self.teacher_seed < 0:
+        if not is_int(self.teacher_seed) or self.teacher_seed < 0:
             raise ValueError(f"teacher_seed: expected an int >= 0, got {self.teacher_seed!r}")
 
     @property
@@ -269,7 +266,7 @@ def generate_lds(
     """
     if not isinstance(config, LDSConfig):
         raise ValueError(f"config: expected an LDSConfig, got {type(config).__name__}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size!r}")
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype: expected a floating dtype, got {dtype}")
@@ -352,7 +349,7 @@ def kshift_tokens(states: torch.Tensor, k: int) -> torch.Tensor:
     """``[B, T, n_s] -> [B, T, k n_s]``: ``z_t = [s_{t-k+1}; ...; s_t]``, oldest first, zeros before the start
     (``k = 1`` returns the states)."""
     _check_states(states)
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k: expected an int >= 1, got {k!r}")
     return torch.cat([_previous(states, shift) for shift in range(k - 1, -1, -1)], dim=-1)
 

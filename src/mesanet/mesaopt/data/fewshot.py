@@ -28,10 +28,11 @@ Least-squares controls (pure functions of ``x, y [B, M, n]``; pair i is predicte
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from mesanet.utils.validation import is_int, is_real
 
 from .dynamics import random_orthogonal
 
@@ -44,12 +45,8 @@ _X_DISTS = ("normal", "uniform")
 LSQ_MODES = ("plain", "autoregressive")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -69,13 +66,13 @@ class FewShotConfig:
     def __post_init__(self) -> None:
         for name, minimum in (("dim", 1), ("num_pairs", 1), ("num_tasks", 1), ("prefix_len", 0)):
             value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
+            if not is_int(value) or value < minimum:
                 raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
         if self.x_dist not in _X_DISTS:
             raise ValueError(f"x_dist: expected one of {_X_DISTS}, got {self.x_dist!r}")
-        if not _is_real(self.x_range) or self.x_range <= 0:
+        if not is_real(self.x_range) or self.x_range <= 0:
             raise ValueError(f"x_range: expected > 0, got {self.x_range!r}")
-        if not _is_real(self.noise_std) or self.noise_std < 0:
+        if not is_real(self.noise_std) or self.noise_std < 0:
             raise ValueError(f"noise_std: expected >= 0, got {self.noise_std!r}")
         if not isinstance(self.eos, bool):
             raise ValueError(f"eos: expected a bool, got {self.eos!r}")
@@ -137,9 +134,9 @@ def generate_fewshot(
     Computed in float64 (``y = W* x`` exactly there), cast to ``dtype``."""
     if not isinstance(config, FewShotConfig):
         raise ValueError(f"config: expected a FewShotConfig, got {type(config).__name__}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype: expected a floating dtype, got {dtype}")
@@ -182,7 +179,7 @@ def _check_pairs(x: torch.Tensor, y: torch.Tensor, mode: str, ridge: float) -> N
         raise ValueError(f"x, y: expected two tensors of the same shape [B, M, n], got {shapes[0]} and {shapes[1]}")
     if mode not in LSQ_MODES:
         raise ValueError(f"mode: expected one of {LSQ_MODES}, got {mode!r}")
-    if not _is_real(ridge) or ridge < 0:
+    if not is_real(ridge) or ridge < 0:
         raise ValueError(f"ridge: expected a float >= 0, got {ridge!r}")
 
 

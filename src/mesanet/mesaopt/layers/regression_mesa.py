@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from mesanet.layers.recurrent_mixer import mark_no_weight_decay
 from mesanet.ops import SolverSettings, mesa, mesa_sherman_morrison
 from mesanet.ops.solver_settings import as_settings
+from mesanet.utils.validation import is_int
 
 __all__ = ["RegressionMesa", "REGRESSION_MESA_VARIANTS"]
 
@@ -54,7 +55,7 @@ class RegressionMesa(nn.Module):
         value_size = key_size if value_size is None else value_size
         for name, val in (("dim", dim), ("num_heads", num_heads), ("key_size", key_size), ("value_size", value_size),
                           ("chunk_size", chunk_size)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            if not is_int(val, 1):
                 raise ValueError(f"RegressionMesa: {name} expected an int >= 1, got {val!r}")
         if variant not in REGRESSION_MESA_VARIANTS:
             raise ValueError(f"RegressionMesa: variant expected one of {REGRESSION_MESA_VARIANTS}, got {variant!r}")

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mesanet.utils.validation import is_int
+
 #: Target value ignored by the loss and the accuracy (PyTorch's ``cross_entropy`` default).
 IGNORE_INDEX = -100
 
@@ -31,16 +33,11 @@ def make_rng(seed: int | np.random.Generator) -> np.random.Generator:
     """A fresh ``default_rng(seed)`` for an int; a given ``Generator`` is used as is (its stream continues)."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed, 0):
         raise ValueError(f"seed: expected a non-negative int or numpy.random.Generator, got {seed!r}")
     return np.random.default_rng(int(seed))
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int, or ``ValueError`` unless it is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_even(name: str, value: int) -> None:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import TokenBatch, check_int, make_rng, stack
+from mesanet.utils.validation import check_int
+
+from .base import TokenBatch, make_rng, stack
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,8 @@ class CompressionConfig:
     seq_len: int = 32
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 2)
-        check_int("seq_len", self.seq_len, 2)
+        check_int("vocab_size", self.vocab_size, minimum=2)
+        check_int("seq_len", self.seq_len, minimum=2)
 
     @property
     def compression_token(self) -> int:
@@ -37,7 +39,7 @@ def compression(
     cfg = config or CompressionConfig()
     if not isinstance(cfg, CompressionConfig):
         raise ValueError(f"config: expected a CompressionConfig, got {type(cfg).__name__}")
-    n = check_int("num_sequences", num_sequences, 1)
+    n = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     body = rng.integers(0, cfg.vocab_size - 1, size=(n, cfg.seq_len - 1))
     seqs = np.concatenate([body, np.full((n, 1), cfg.compression_token)], axis=1)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IGNORE_INDEX, TokenBatch, check_int, make_rng, stack
+from mesanet.utils.validation import check_int
+
+from .base import IGNORE_INDEX, TokenBatch, make_rng, stack
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,9 @@ class FuzzyRecallConfig:
     v_motif_size: int = 3
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 3)
-        check_int("k_motif_size", self.k_motif_size, 1)
-        check_int("v_motif_size", self.v_motif_size, 1)
+        check_int("vocab_size", self.vocab_size, minimum=3)
+        check_int("k_motif_size", self.k_motif_size, minimum=1)
+        check_int("v_motif_size", self.v_motif_size, minimum=1)
         if self.num_key_tokens < self.k_motif_size:
             raise ValueError(
                 f"vocab_size: expected (V-1)//2 >= k_motif_size={self.k_motif_size} key tokens, "
@@ -39,7 +41,7 @@ class FuzzyRecallConfig:
                 f"vocab_size: expected (V-1) - (V-1)//2 >= v_motif_size={self.v_motif_size} value tokens, "
                 f"got {self.num_value_tokens} (V={self.vocab_size})")
         min_len = 3 * (self.k_motif_size + self.v_motif_size)
-        check_int("seq_len", self.seq_len, min_len)
+        check_int("seq_len", self.seq_len, minimum=min_len)
 
     @property
     def pad_token(self) -> int:
@@ -109,7 +111,7 @@ def fuzzy_recall(
     cfg = config or FuzzyRecallConfig()
     if not isinstance(cfg, FuzzyRecallConfig):
         raise ValueError(f"config: expected a FuzzyRecallConfig, got {type(cfg).__name__}")
-    n = check_int("num_sequences", num_sequences, 1)
+    n = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     rows_in, rows_tgt = [], []
     for _ in range(n):

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IGNORE_INDEX, MAD_DATA_SEED, TokenBatch, check_even, check_int, make_rng, stack
+from mesanet.utils.validation import check_int
+
+from .base import IGNORE_INDEX, MAD_DATA_SEED, TokenBatch, check_even, make_rng, stack
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,10 @@ class MemorizationConfig:
     map_seed: int = MAD_DATA_SEED
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 3)
-        check_int("seq_len", self.seq_len, 2)
+        check_int("vocab_size", self.vocab_size, minimum=3)
+        check_int("seq_len", self.seq_len, minimum=2)
         check_even("seq_len", self.seq_len)
-        check_int("map_seed", self.map_seed, 0)
+        check_int("map_seed", self.map_seed, minimum=0)
 
     @property
     def insert_token(self) -> int:
@@ -57,7 +59,7 @@ def memorization(
     cfg = config or MemorizationConfig()
     if not isinstance(cfg, MemorizationConfig):
         raise ValueError(f"config: expected a MemorizationConfig, got {type(cfg).__name__}")
-    n = check_int("num_sequences", num_sequences, 1)
+    n = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     lookup = np.full(cfg.num_facts, IGNORE_INDEX, dtype=np.int64)
     for k, v in memorization_map(cfg).items():

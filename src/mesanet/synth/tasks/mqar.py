@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IGNORE_INDEX, TokenBatch, check_even, check_int, make_rng, stack
+from mesanet.utils.validation import check_int, is_real
+
+from .base import IGNORE_INDEX, TokenBatch, check_even, make_rng, stack
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,10 @@ class MQARConfig:
     random_non_queries: bool = True
 
     def __post_init__(self) -> None:
-        check_int("seq_len", self.seq_len, 4)
+        check_int("seq_len", self.seq_len, minimum=4)
         check_even("seq_len", self.seq_len)
-        n = check_int("num_kv_pairs", self.num_kv_pairs, 1)
-        check_int("vocab_size", self.vocab_size, 4)
+        n = check_int("num_kv_pairs", self.num_kv_pairs, minimum=1)
+        check_int("vocab_size", self.vocab_size, minimum=4)
         if 4 * n > self.seq_len:
             raise ValueError(f"seq_len: expected >= 4 * num_kv_pairs = {4 * n}, got {self.seq_len}")
         if self.vocab_size <= self.seq_len:
@@ -37,7 +39,7 @@ class MQARConfig:
         if self.vocab_size // 2 - 1 < n:
             raise ValueError(
                 f"vocab_size: expected V//2 - 1 >= num_kv_pairs = {n} distinct keys, got V={self.vocab_size}")
-        if isinstance(self.power_a, bool) or not isinstance(self.power_a, (int, float)) or not 0 < self.power_a <= 1:
+        if not is_real(self.power_a, finite=False) or not 0 < self.power_a <= 1:
             raise ValueError(f"power_a: expected a float in (0, 1], got {self.power_a!r}")
 
 
@@ -46,7 +48,7 @@ def mqar(num_sequences: int, seed: int | np.random.Generator, config: MQARConfig
     cfg = config or MQARConfig()
     if not isinstance(cfg, MQARConfig):
         raise ValueError(f"config: expected an MQARConfig, got {type(cfg).__name__}")
-    count = check_int("num_sequences", num_sequences, 1)
+    count = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     n, L, V = cfg.num_kv_pairs, cfg.seq_len, cfg.vocab_size
     ctx = 2 * n

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IGNORE_INDEX, TokenBatch, check_even, check_fraction, check_int, make_rng, stack
+from mesanet.utils.validation import check_int
+
+from .base import IGNORE_INDEX, TokenBatch, check_even, check_fraction, make_rng, stack
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,10 @@ class InContextRecallConfig:
     frac_noise: float = 0.0
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 2)
-        check_int("seq_len", self.seq_len, 4)
+        check_int("vocab_size", self.vocab_size, minimum=2)
+        check_int("seq_len", self.seq_len, minimum=4)
         check_even("seq_len", self.seq_len)
-        check_int("noise_vocab_size", self.noise_vocab_size, 0)
+        check_int("noise_vocab_size", self.noise_vocab_size, minimum=0)
         check_fraction("frac_noise", self.frac_noise)
         ns = self.vocab_size - self.noise_vocab_size
         if ns < 2:
@@ -93,7 +95,7 @@ def generate_recall(
     """``num_sequences`` CR/NR sequences -> ``TokenBatch`` of shape ``[N, L - 1]``."""
     if not isinstance(config, InContextRecallConfig):
         raise ValueError(f"config: expected an InContextRecallConfig, got {type(config).__name__}")
-    n = check_int("num_sequences", num_sequences, 1)
+    n = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     rows_in, rows_tgt = [], []
     while len(rows_in) < n:

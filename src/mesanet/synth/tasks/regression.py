@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import check_int, make_rng
+from mesanet.utils.validation import check_int, is_real
+
+from .base import make_rng
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,9 @@ class InContextRegressionConfig:
     noise_std: float = 0.0
 
     def __post_init__(self) -> None:
-        check_int("dim", self.dim, 1)
-        check_int("num_pairs", self.num_pairs, 1)
-        if isinstance(self.noise_std, bool) or not isinstance(self.noise_std, (int, float)) or self.noise_std < 0:
+        check_int("dim", self.dim, minimum=1)
+        check_int("num_pairs", self.num_pairs, minimum=1)
+        if not is_real(self.noise_std, finite=False) or self.noise_std < 0:
             raise ValueError(f"noise_std: expected a float >= 0, got {self.noise_std!r}")
 
 
@@ -60,7 +62,7 @@ def in_context_regression(
         raise ValueError(f"config: expected an InContextRegressionConfig, got {type(cfg).__name__}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
-    count = check_int("num_sequences", num_sequences, 1)
+    count = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     n, d = cfg.num_pairs, cfg.dim
     weights = torch.as_tensor(rng.standard_normal((count, d)) / np.sqrt(d), dtype=dtype)
@@ -91,7 +93,7 @@ def ridge_prediction_loss(xs: Tensor, ys: Tensor, ridge: float = 0.0) -> Tensor:
     """
     if xs.ndim != 3 or ys.shape != xs.shape[:2]:
         raise ValueError(f"xs, ys: expected shapes [N, n, d] and [N, n], got {tuple(xs.shape)} and {tuple(ys.shape)}")
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
+    if not is_real(ridge, finite=False) or ridge < 0:
         raise ValueError(f"ridge: expected a float >= 0, got {ridge!r}")
     x, y = xs.double(), ys.double()
     _, n, d = x.shape

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import IGNORE_INDEX, TokenBatch, check_int, make_rng, stack
+from mesanet.utils.validation import check_int
+
+from .base import IGNORE_INDEX, TokenBatch, make_rng, stack
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,9 @@ class SelectiveCopyingConfig:
     num_tokens_to_copy: int = 16
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 3)
-        n = check_int("num_tokens_to_copy", self.num_tokens_to_copy, 1)
-        check_int("seq_len", self.seq_len, 1)
+        check_int("vocab_size", self.vocab_size, minimum=3)
+        n = check_int("num_tokens_to_copy", self.num_tokens_to_copy, minimum=1)
+        check_int("seq_len", self.seq_len, minimum=1)
         if self.seq_len <= 2 * n + 1:
             raise ValueError(
                 f"seq_len: expected > 2 * num_tokens_to_copy + 1 = {2 * n + 1}, got {self.seq_len}")
@@ -48,7 +50,7 @@ def selective_copying(
     cfg = config or SelectiveCopyingConfig()
     if not isinstance(cfg, SelectiveCopyingConfig):
         raise ValueError(f"config: expected a SelectiveCopyingConfig, got {type(cfg).__name__}")
-    count = check_int("num_sequences", num_sequences, 1)
+    count = check_int("num_sequences", num_sequences, minimum=1)
     rng = make_rng(seed)
     n = cfg.num_tokens_to_copy
     blanks = cfg.seq_len - 2 * n - 1
