@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from mesanet.utils.config import to_dict
-from mesanet.utils.validation import check_int
+from mesanet.utils.validation import check_int, is_int
 
 from ..data.dynamics import generate_lds
 from .compressed import chebyshev_solve
