@@ -12,7 +12,7 @@ import pytest
 from benchmarks import bench_mesa_op as bench
 from benchmarks import harness as h
 
-STAND_IN_PEER = Path(__file__).resolve().parent / "benchmarks" / "peer_stand_in.py"
+STAND_IN_PEER = Path(__file__).resolve().parent / "peer_stand_in.py"
 TINY_SHAPE = dict(batch=1, heads=2, dk=16, dv=16, chunk=16)
 ONE_CALL = h.RepeatPolicy(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0)
 
