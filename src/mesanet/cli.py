@@ -84,7 +84,7 @@ def cmd_compare(ns: argparse.Namespace) -> None:
 DELEGATED = {
     "synth": ("mesanet.synth.__main__", "run the synthetic in-context-learning grid (task x mixer x lr x seed); --quick for ~10 min"),
     "needle": ("mesanet.eval.needle", "needle-in-a-haystack retrieval of a trained LM at and beyond its training length"),
-    "mesaopt": ("mesanet.analysis.__main__", "mesa-optimization analyses: train the model zoo, GD construction, probes, ..."),
+    "mesaopt": ("mesanet.mesaopt.__main__", "mesa-optimization analyses: train the model zoo, GD construction, probes, ..."),
 }
 
 

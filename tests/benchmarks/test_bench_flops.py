@@ -43,7 +43,16 @@ def test_flop_model_matches_flop_counter(preconditioner, steps):
 
 
 def test_flop_model_per_token_at_paper_size():
-    """d = dv = C = 64, 30 steps, no preconditioner: states + 31 matvecs + output."""
-    assert forward_flops_per_token_head(64, 64, 64, 30) == 2 * 64 * 128 + 31 * (2 * 64 * 64 + 4 * 64 * 64) + 3 * 2 * 64 * 64
+    """d = dv = C = 64, up to 30 steps, no preconditioner, one chunk: the model per token against FlopCounterMode
+    (with s = the steps the loop ran: at this size CG reaches its residual floor before 30)."""
+    length = dk = chunk = 64
+    steps = 30
+    solver = SolverSettings(max_iter=steps, tol=0.0, preconditioner="none")
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_inplace})
+    with torch.no_grad(), counter:
+        out = mesa(**_inputs(1, length, 1, dk, dk), solver=solver, chunk_size=chunk, return_stats=True)
+    ran = out.stats.max_iterations
+    assert 1 <= ran <= steps
+    assert forward_flops_per_token_head(dk, dk, chunk, ran) * length == counter.get_total_flops()
     with pytest.raises(ValueError):
         forward_flops_per_token_head(64, 64, 64, 30, "ilu")

@@ -98,11 +98,11 @@ def test_accepts_memmap_and_tensor(tokens, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        (dict(seq_len=0), ValueError, r"seq_len must be an integer >= 1, got 0"),
-        (dict(batch_size=0), ValueError, r"batch_size must be an integer >= 1"),
-        (dict(seed=-1), ValueError, r"seed must be an integer >= 0"),
+        (dict(seq_len=0), ValueError, r"seq_len: expected an integer >= 1, got 0"),
+        (dict(batch_size=0), ValueError, r"batch_size: expected an integer >= 1, got 0"),
+        (dict(seed=-1), ValueError, r"seed: expected an integer >= 0, got -1"),
         (dict(rank=2, world_size=2), ValueError, r"rank must be in \[0, world_size=2\), got 2"),
-        (dict(world_size=0), ValueError, r"world_size must be an integer >= 1"),
+        (dict(world_size=0), ValueError, r"world_size: expected an integer >= 1, got 0"),
         (dict(seq_len=2000), ValueError, r"1003 tokens, fewer than one window of seq_len=2000"),
     ],
 )
@@ -130,5 +130,5 @@ def test_eval_windows(tokens):
     assert eval_windows(tokens, 1003).shape == (1, 1003)
     with pytest.raises(ValueError, match=r"1003 tokens, fewer than one window of seq_len=1004; use seq_len <= 1003"):
         eval_windows(tokens, 1004)
-    with pytest.raises(ValueError, match="max_windows must be an integer >= 1"):
+    with pytest.raises(ValueError, match="max_windows: expected an integer >= 1, got 0"):
         eval_windows(tokens, 10, max_windows=0)

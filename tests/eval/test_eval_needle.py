@@ -15,7 +15,8 @@ from torch import nn
 
 from mesanet.data import DataConfig
 from mesanet.eval import NeedleConfig, needle_in_a_haystack, run_needle
-from mesanet.eval.needle import DOC_SEPARATOR, _Pieces, corpus_documents, main, make_prompts, score_prompts
+from mesanet.eval.needle import DOC_SEPARATOR, corpus_documents, main, make_prompts, score_prompts
+from mesanet.eval.needle.prompts import _Pieces
 
 from eval_helpers import build_model
 from tolerances import NEEDLE_CACHE_LOGPROB_ATOL, NEEDLE_SUM_RTOL

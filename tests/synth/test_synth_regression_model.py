@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mesanet.models import MesaNetConfig, MesaNetForRegression
+from mesanet.models import MesaNetConfig
+from mesanet.synth.regression_model import MesaNetForRegression
 
 
 def _config(mixer="mesa"):

@@ -10,7 +10,7 @@ import torch
 from mesanet.synth import SynthConfig, build_settings, check_config
 from mesanet.synth.cells import optim_config
 from mesanet.synth.models import CompressionAutoEncoder, backbone_config, build_model, loss_on
-from mesanet.synth.tasks import load_data
+from mesanet.synth.settings import load_data
 
 
 def _cfg(**kw):

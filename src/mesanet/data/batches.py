@@ -16,6 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from mesanet.utils.validation import check_int
+
 
 def _as_tokens(tokens: Any, where: str) -> np.ndarray:
     if isinstance(tokens, torch.Tensor):
@@ -28,10 +30,6 @@ def _as_tokens(tokens: Any, where: str) -> np.ndarray:
     return tokens
 
 
-def _positive_int(value: Any, name: str, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
@@ -49,11 +47,11 @@ class TokenBatches:
                  world_size: int = 1) -> None:
         where = "TokenBatches"
         self.tokens = _as_tokens(tokens, where)
-        self.seq_len = _positive_int(seq_len, "seq_len", where)
-        self.batch_size = _positive_int(batch_size, "batch_size", where)
-        self.seed = _positive_int(seed, "seed", where, minimum=0)
-        self.world_size = _positive_int(world_size, "world_size", where)
-        self.rank = _positive_int(rank, "rank", where, minimum=0)
+        self.seq_len = check_int(f"{where}: seq_len", seq_len, minimum=1)
+        self.batch_size = check_int(f"{where}: batch_size", batch_size, minimum=1)
+        self.seed = check_int(f"{where}: seed", seed, minimum=0)
+        self.world_size = check_int(f"{where}: world_size", world_size, minimum=1)
+        self.rank = check_int(f"{where}: rank", rank, minimum=0)
         if self.rank >= self.world_size:
             raise ValueError(f"{where}: rank must be in [0, world_size={self.world_size}), got {rank}")
         self.num_windows = len(self.tokens) // self.seq_len
@@ -112,7 +110,7 @@ class TokenBatches:
                     f"resuming would not continue the same sequence of batches (same data, seq_len, seed and "
                     f"batch_size x world_size are required)"
                 )
-        self.step = _positive_int(state["step"], "step", "TokenBatches.load_state_dict", minimum=0)
+        self.step = check_int("TokenBatches.load_state_dict: step", state["step"], minimum=0)
 
     def __repr__(self) -> str:
         return (f"TokenBatches(windows={self.num_windows}, seq_len={self.seq_len}, batch_size={self.batch_size}, "
@@ -123,11 +121,11 @@ def eval_windows(tokens: Any, seq_len: int, max_windows: int | None = None) -> t
     """The first ``max_windows`` (default: all) non-overlapping ``seq_len`` windows, ``LongTensor [N, seq_len]``."""
     where = "eval_windows"
     tokens = _as_tokens(tokens, where)
-    seq_len = _positive_int(seq_len, "seq_len", where)
+    seq_len = check_int(f"{where}: seq_len", seq_len, minimum=1)
     n = len(tokens) // seq_len
     if n < 1:
         raise ValueError(f"{where}: the token stream has {len(tokens)} tokens, fewer than one window of "
                          f"seq_len={seq_len}; use seq_len <= {len(tokens)} or more validation data")
     if max_windows is not None:
-        n = min(n, _positive_int(max_windows, "max_windows", where))
+        n = min(n, check_int(f"{where}: max_windows", max_windows, minimum=1))
     return _windows(tokens, np.arange(n, dtype=np.int64) * seq_len, seq_len)

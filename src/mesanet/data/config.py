@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesanet.utils.validation import check_int, is_real
+
 #: Special tokens of every mesanet tokenizer, in id order: the end-of-document token (also used as
 #: bos/eos) and a padding token that never occurs in the training stream.
 EOD_TOKEN = "<|endoftext|>"
@@ -52,30 +54,24 @@ class DataConfig:
                 f"DataConfig.source: expected 'stdlib', a path to a text file or folder, or 'hf:NAME', "
                 f"got {self.source!r}"
             )
-        _check_int("seq_len", self.seq_len, 2, "at least 2 tokens (one prediction needs two)")
-        _check_int(
-            "vocab_size", self.vocab_size, MIN_VOCAB_SIZE,
-            f"at least {MIN_VOCAB_SIZE} (256 byte symbols + {len(SPECIAL_TOKENS)} special tokens "
-            f"{list(SPECIAL_TOKENS)})",
+        check_int("DataConfig.seq_len", self.seq_len, minimum=2, what="one prediction needs two tokens", error=DataError)
+        check_int(
+            "DataConfig.vocab_size", self.vocab_size, minimum=MIN_VOCAB_SIZE, error=DataError,
+            what=f"256 byte symbols + {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}",
         )
         if self.vocab_size > MAX_VOCAB_SIZE:
             raise DataError(f"DataConfig.vocab_size: expected at most {MAX_VOCAB_SIZE}, got {self.vocab_size}")
-        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)):
+        if not is_real(self.val_fraction, finite=False):
             raise DataError(f"DataConfig.val_fraction: expected a number in (0, 1), got {self.val_fraction!r}")
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise DataError(
                 f"DataConfig.val_fraction: expected a number strictly between 0 and 1, got {self.val_fraction!r}"
             )
         self.val_fraction = float(self.val_fraction)
-        _check_int("seed", self.seed, 0, "a non-negative integer")
-        if self.max_documents is not None:
-            _check_int("max_documents", self.max_documents, 1, "None (all documents) or at least 1")
+        check_int("DataConfig.seed", self.seed, minimum=0, error=DataError)
+        check_int("DataConfig.max_documents", self.max_documents, minimum=1, optional=True, what="None: all documents",
+                  error=DataError)
         if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
             raise DataError(f"DataConfig.cache_dir: expected a folder path, got {self.cache_dir!r}")
 
 
-def _check_int(name: str, value: object, minimum: int, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"DataConfig.{name}: expected {expected}, got {value!r}")
-    if value < minimum:
-        raise DataError(f"DataConfig.{name}: expected {expected}, got {value}")

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mesanet.utils.validation import is_int
+
 
 def perplexity(loss: float) -> float:
     """``exp(loss)`` (``inf`` where that overflows)."""
@@ -104,7 +106,7 @@ def check_windows(windows, vocab_size: Optional[int] = None, where: str = "evalu
 
 
 def _check_batch_size(batch_size, where: str) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size, 1):
         raise ValueError(f"{where}: expected batch_size to be an integer >= 1, got {batch_size!r}")
 
 
@@ -171,14 +173,14 @@ def extrapolation(
 
     where = "extrapolation"
     tokens = check_tokens(val_tokens, where)
-    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 2:
+    if not is_int(train_len, 2):
         raise ValueError(f"{where}: expected train_len to be an integer >= 2, got {train_len!r}")
     if not factors:
         raise ValueError(f"{where}: expected at least one factor")
     for f in factors:
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+        if not is_int(f, 1):
             raise ValueError(f"{where}: expected factors to be integers >= 1, got {list(factors)}")
-    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1):
+    if max_windows is not None and not is_int(max_windows, 1):
         raise ValueError(f"{where}: expected max_windows to be None or an integer >= 1, got {max_windows!r}")
     _check_batch_size(batch_size, where)
 

@@ -18,6 +18,8 @@ from torch import nn
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from mesanet.utils.validation import is_int, is_real
+
 from .checkpoint import load_checkpoint
 from .evaluate import model_device
 
@@ -69,15 +71,15 @@ def _check_arguments(prompt, max_new_tokens, temperature, top_k, top_p, seed) ->
     where = "generate_text"
     if not isinstance(prompt, str):
         raise ValueError(f"{where}: expected prompt to be a string, got {type(prompt).__name__}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_int(max_new_tokens, 1):
         raise ValueError(f"{where}: expected max_new_tokens to be an integer >= 1, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    if not is_real(temperature, finite=False) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"{where}: expected temperature to be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and not is_int(top_k, 1):
         raise ValueError(f"{where}: expected top_k to be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_real(top_p, finite=False) or not 0 < top_p <= 1):
         raise ValueError(f"{where}: expected top_p to be None or a number with 0 < top_p <= 1, got {top_p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and (not is_int(seed)):
         raise ValueError(f"{where}: expected seed to be None or an integer, got {seed!r}")
 
 

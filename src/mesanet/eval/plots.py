@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mesanet.utils.validation import is_int
+
 from .run_files import read_metrics
 
 Curves = Union[np.ndarray, Sequence[float], Mapping[str, Union[np.ndarray, Sequence[float]]]]
@@ -95,7 +97,7 @@ def plot_per_position(
     ``train_len`` draws a vertical line at the training length (extrapolation plots)."""
     named = _named_curves(curves)
     for name, value in (("bins_per_decade", bins_per_decade), ("smooth", smooth)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_int(value, 1):
             raise ValueError(f"plot_per_position: expected {name} to be None or an integer >= 1, got {value!r}")
     fig, ax = _new_figure()
     for name, values in named.items():
@@ -134,7 +136,7 @@ def plot_loss_curves(
     (:func:`~mesanet.eval.run_files.read_metrics`). ``x``: a metrics column (``step``, ``elapsed``, ...)."""
     if not runs:
         raise ValueError("plot_loss_curves: expected at least one run")
-    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1):
+    if smooth is not None and not is_int(smooth, 1):
         raise ValueError(f"plot_loss_curves: expected smooth to be None or an integer >= 1, got {smooth!r}")
     fig, ax = _new_figure()
     for i, (label, source) in enumerate(runs.items()):

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from mesanet.utils.validation import is_int
+
 from ..ops import INFERENCE, SolverSettings
 from ..ops.solver_settings import as_settings
 from ..utils.config import from_dict
@@ -99,21 +101,19 @@ def report_solver(solver: SolverSettings | Mapping[str, Any] | None, model_solve
     return as_settings(solver, own, "evaluate_run: solver")
 
 
-def _is_int(value, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
 
 
 def _check_arguments(solver, extrapolation, max_windows, solver_windows, batch_size) -> None:
     """The cheap checks, before a model or any data is loaded."""
     where = "evaluate_run"
     report_solver(solver, INFERENCE.to_dict())  # the same check as against the model's settings
-    if isinstance(extrapolation, (str, bytes)) or not all(_is_int(f, 1) for f in extrapolation):
+    if isinstance(extrapolation, (str, bytes)) or not all(is_int(f, 1) for f in extrapolation):
         raise ValueError(f"{where}: expected extrapolation to be a list of integer factors >= 1, got {extrapolation!r}")
-    if max_windows is not None and not _is_int(max_windows, 1):
+    if max_windows is not None and not is_int(max_windows, 1):
         raise ValueError(f"{where}: expected max_windows to be None or an integer >= 1, got {max_windows!r}")
-    if not _is_int(solver_windows, 1):
+    if not is_int(solver_windows, 1):
         raise ValueError(f"{where}: expected solver_windows to be an integer >= 1, got {solver_windows!r}")
-    if not _is_int(batch_size, 1):
+    if not is_int(batch_size, 1):
         raise ValueError(f"{where}: expected batch_size to be an integer >= 1, got {batch_size!r}")
 
 

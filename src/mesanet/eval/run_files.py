@@ -27,6 +27,8 @@ from typing import Optional
 import numpy as np
 import yaml
 
+from mesanet.utils.validation import is_int
+
 RUN_CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 FINAL = "final"
@@ -134,7 +136,7 @@ def train_seq_len(run_config: dict, where: str = RUN_CONFIG) -> int:
     """The training length ``data.seq_len`` of a run config."""
     data = run_config.get("data")
     seq_len = data.get("seq_len") if isinstance(data, dict) else None
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+    if not is_int(seq_len, 2):
         raise ValueError(f"{where}: expected data.seq_len to be an integer >= 2 (the training length), got {seq_len!r}")
     return seq_len
 

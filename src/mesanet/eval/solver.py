@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mesanet.utils.validation import is_int
+
 from ..layers import collect_solver_stats, mesa_layers
 from ..ops import INFERENCE, SolverSettings
 from ..ops.solver_settings import as_settings
@@ -101,7 +103,7 @@ def solver_report(
     ``solver``: the :class:`~mesanet.ops.SolverSettings` to measure (a mapping replaces fields of
     :data:`~mesanet.ops.INFERENCE`); ``None``: each layer's own ``solver_inference``. A model without Mesa
     layers is not run; the report says so."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size, 1):
         raise ValueError(f"solver_report: expected batch_size to be an integer >= 1, got {batch_size!r}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     windows = check_windows(windows, vocab, where="solver_report")

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from mesanet.utils.validation import is_int
+
 from ..ops import checks
 from .base import KVState
 from .rope import DEFAULT_ROPE_BASE, RotaryEmbedding, apply_rotary
@@ -73,13 +75,13 @@ class Attention(nn.Module):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
                             ("num_kv_heads", num_kv_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise ValueError(f"Attention: expected {name} to be a positive integer, got {value!r}")
         if num_heads % num_kv_heads:
             raise ValueError(f"Attention: expected num_kv_heads to divide num_heads, got {num_kv_heads} and {num_heads}")
         if head_dim % 2:
             raise ValueError(f"Attention: expected an even head_dim (RoPE rotates channel pairs), got {head_dim}")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        if window is not None and not is_int(window, 1):
             raise ValueError(f"Attention: expected window to be None or an integer >= 1, got {window!r}")
         factory = dict(device=device, dtype=dtype)
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim

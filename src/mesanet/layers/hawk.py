@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mesanet.utils.validation import is_int
+
 from ..ops import checks
 from ..ops.numerics import DEFAULT_CHUNK_SIZE
 from .base import RecurrentState, current_token_mask
@@ -220,7 +222,7 @@ class Hawk(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
                             ("conv_size", conv_size), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise ValueError(f"Hawk: expected {name} to be a positive integer, got {value!r}")
         if not (isinstance(expansion, (int, float)) and expansion > 0 and round(expansion * head_dim) >= 1):
             raise ValueError(f"Hawk: expected expansion > 0 leaving at least one channel per head, got {expansion!r}")

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from mesanet.utils.validation import is_int
+
 __all__ = ["HeadProjections"]
 
 
@@ -20,7 +22,7 @@ class HeadProjections(nn.Module):
         value_size = key_size if value_size is None else value_size
         name = type(self).__name__
         for field, val in (("dim", dim), ("num_heads", num_heads), ("key_size", key_size), ("value_size", value_size)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            if not is_int(val, 1):
                 raise ValueError(f"{name}: {field} expected an int >= 1, got {val!r}")
         if not init_std > 0:
             raise ValueError(f"{name}: init_std expected > 0, got {init_std!r}")

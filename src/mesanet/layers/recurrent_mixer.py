@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mesanet.utils.validation import check_int
+
 from ..ops.numerics import DEFAULT_CHUNK_SIZE
 from .base import RecurrentState, current_token_mask
 from .norms import RMS_NORM_EPS, RMSNorm
@@ -105,10 +107,6 @@ def forget_gate_bias(num_heads: int, gamma_range: tuple[float, float] = FORGET_I
     return gamma.log() - (-gamma).log1p()  # logit(gamma)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected {name} to be a positive integer, got {value!r}")
-    return value
 
 
 class RecurrentMixer(nn.Module):
@@ -167,12 +165,12 @@ class RecurrentMixer(nn.Module):
     ):
         super().__init__()
         name = type(self).__name__
-        self.hidden_size = _positive_int(f"{name} hidden_size", hidden_size)
-        self.num_heads = _positive_int(f"{name} num_heads", num_heads)
-        self.head_dim = _positive_int(f"{name} head_dim", head_dim)
-        self.value_head_dim = _positive_int(f"{name} value_head_dim", head_dim if value_head_dim is None else value_head_dim)
-        self.conv_size = _positive_int(f"{name} conv_size", conv_size)
-        self.chunk_size = _positive_int(f"{name} chunk_size", chunk_size)
+        self.hidden_size = check_int(f"{name}: hidden_size", hidden_size, minimum=1)
+        self.num_heads = check_int(f"{name}: num_heads", num_heads, minimum=1)
+        self.head_dim = check_int(f"{name}: head_dim", head_dim, minimum=1)
+        self.value_head_dim = check_int(f"{name}: value_head_dim", head_dim if value_head_dim is None else value_head_dim, minimum=1)
+        self.conv_size = check_int(f"{name}: conv_size", conv_size, minimum=1)
+        self.chunk_size = check_int(f"{name}: chunk_size", chunk_size, minimum=1)
         if gamma_cap is not None and not (0.0 < float(gamma_cap) <= 1.0):
             raise ValueError(f"{name}: expected gamma_cap in (0, 1] or None, got {gamma_cap!r}")
         self.use_input_gate, self.use_forget_gate = bool(use_input_gate), bool(use_forget_gate)

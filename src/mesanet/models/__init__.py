@@ -4,17 +4,14 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import MesaNetCache
 from .configuration_mesanet import MIXER_KINDS, MesaNetConfig
-from .mesaopt import LAYER_KINDS, SeqModelConfig, SequenceModel
 from .modeling_mesanet import MesaNetForCausalLM, MesaNetModel, MesaNetPreTrainedModel
 from .presets import PRESETS, preset_config
-from .regression import MesaNetForRegression
 
 AutoConfig.register(MesaNetConfig.model_type, MesaNetConfig, exist_ok=True)
 AutoModel.register(MesaNetConfig, MesaNetModel, exist_ok=True)
 AutoModelForCausalLM.register(MesaNetConfig, MesaNetForCausalLM, exist_ok=True)
 
 __all__ = [
-    "MIXER_KINDS", "MesaNetCache", "MesaNetConfig", "MesaNetForCausalLM", "MesaNetForRegression", "MesaNetModel", "MesaNetPreTrainedModel",
+    "MIXER_KINDS", "MesaNetCache", "MesaNetConfig", "MesaNetForCausalLM", "MesaNetModel", "MesaNetPreTrainedModel",
     "PRESETS", "preset_config",
-    "LAYER_KINDS", "SeqModelConfig", "SequenceModel",
 ]

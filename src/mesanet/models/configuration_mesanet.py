@@ -9,6 +9,8 @@ import warnings
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from mesanet.utils.validation import is_int, is_real
+
 from ..ops.solver_settings import INFERENCE, TRAINING, SolverSettings, as_settings
 
 #: Mixer kinds a layer can be (see :mod:`mesanet.layers.registry`), and how Hugging Face classifies them.
@@ -58,12 +60,8 @@ ROPE_KINDS = ("attention", "sliding_attention")
 LEGACY_NO_CAP = 0
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _bad(name: str, expected: str, value) -> ValueError:
@@ -119,7 +117,7 @@ class MesaNetConfig(PreTrainedConfig):
         if unknown:
             valid = sorted(f.name for f in dataclasses.fields(self))
             raise ValueError(f"MesaNetConfig: unknown keys {unknown}; valid keys: {valid}")
-        if self.mixer_types is None and _is_int(self.num_hidden_layers):
+        if self.mixer_types is None and is_int(self.num_hidden_layers):
             self.mixer_types = ["mesa"] * self.num_hidden_layers
         if isinstance(self.mixer_types, tuple):
             self.mixer_types = list(self.mixer_types)
@@ -127,7 +125,7 @@ class MesaNetConfig(PreTrainedConfig):
             self.value_head_dim = self.head_dim
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
-        if _is_number(self.logit_soft_cap) and self.logit_soft_cap == LEGACY_NO_CAP:
+        if is_real(self.logit_soft_cap, finite=False) and self.logit_soft_cap == LEGACY_NO_CAP:
             warnings.warn("MesaNetConfig.logit_soft_cap: 0 for 'no cap' is deprecated; mapped to None (write None)",
                           DeprecationWarning, stacklevel=4)
             self.logit_soft_cap = None
@@ -143,19 +141,19 @@ class MesaNetConfig(PreTrainedConfig):
         expected and what arrived (the solver fields are checked by :meth:`_solver_fields`)."""
         for name in POSITIVE_INT_FIELDS:
             value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
+            if not (is_int(value) and value >= 1):
                 raise _bad(name, "an integer >= 1", value)
         for name, bound in LOWER_BOUNDED_FIELDS.items():
             value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value > bound):
+            if not (is_real(value, finite=False) and math.isfinite(value) and value > bound):
                 raise _bad(name, f"a finite number > {bound:g}", value)
         for name in BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
-        if not (_is_number(self.gamma_cap) and 0 < self.gamma_cap <= 1):
+        if not (is_real(self.gamma_cap, finite=False) and 0 < self.gamma_cap <= 1):
             raise _bad("gamma_cap", "a number in (0, 1]", self.gamma_cap)
         cap = self.logit_soft_cap
-        if cap is not None and not (_is_number(cap) and math.isfinite(cap) and cap > 0):
+        if cap is not None and not (is_real(cap, finite=False) and math.isfinite(cap) and cap > 0):
             raise _bad("logit_soft_cap", "None (no cap) or a finite number > 0", cap)
         if round(self.mlp_expansion * self.hidden_size) < 1:
             raise _bad("mlp_expansion", f"at least one MLP unit (round(mlp_expansion x hidden_size {self.hidden_size}) >= 1)", self.mlp_expansion)
@@ -182,7 +180,7 @@ class MesaNetConfig(PreTrainedConfig):
         for name in TOKEN_ID_FIELDS:
             value = getattr(self, name)
             ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
-            if value is not None and not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+            if value is not None and not all(is_int(i) and 0 <= i < self.vocab_size for i in ids):
                 raise _bad(name, f"None or a token id in [0, vocab_size) = [0, {self.vocab_size - 1}]", value)
 
     def _solver_fields(self, kwargs: dict) -> None:

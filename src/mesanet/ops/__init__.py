@@ -1,6 +1,21 @@
 """Pure functions and autograd Functions on tensors: the Mesa operator and its references.
 
-Layout ``[B, T, H, D]``; states ``[B, H, Dk, Dk]`` and ``[B, H, Dk, Dv]``; decay as ``g = log gamma``.
+Shape notation, used by every module of the package (docstrings and error messages refer to it):
+
+=========  ==========================================================================================
+``B``      batch (number of sequences; 1 with packed sequences, see ``cu_seqlens``)
+``T``      time (tokens per sequence)
+``H``      heads
+``Dk``     key / query head size (``D`` when keys and values share it)
+``Dv``     value head size
+``C``      chunk size (tokens per chunk of the chunkwise form)
+``N``      number of chunks (``ceil(T / C)``); also the number of sequences of an initial state
+=========  ==========================================================================================
+
+Inputs are laid out ``[B, T, H, D]`` (``q``, ``k`` ``[B, T, H, Dk]``; ``v`` ``[B, T, H, Dv]``); per-token gates
+``[B, T, H]``. The Mesa states are ``[B, H, Dk, Dk]`` (``H_t``, the forget-weighted key Gram matrix) and
+``[B, H, Dk, Dv]`` (``G_t``, keys times values); chunked tensors are ``[B, H, N, C, D]``. Decay is stored in log
+space: ``g = log gamma <= 0`` per token, so products of forget gates are sums of ``g`` (``exp(cumsum(g))``).
 """
 
 from .cg import CGOptions, CGResult, conjugate_gradient, implicit_solve

@@ -20,6 +20,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from mesanet.utils.validation import is_int
+
 from .numerics import KEY_STATE_PSD_RTOL, STATE_SYMMETRY_RTOL
 
 
@@ -66,7 +68,7 @@ def check_same_device(where: str, named: dict[str, Optional[Tensor]]) -> None:
 
 
 def check_positive_int(where: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         fail(where, f"expected {name} to be a positive integer, got {value!r}")
 
 

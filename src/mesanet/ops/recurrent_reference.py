@@ -3,7 +3,7 @@
 A plain Python loop over tokens with the textbook update, independent of the chunk forms (no
 chunking, no WY representation, no triangular solve); gradients by plain autograd. Computes in
 the inputs' dtype (no casting): pass float64 when comparing against the chunkwise operators.
-Layout ``[B, T, H, D]``; ``g = None`` means ``gamma = 1``, ``beta = None`` means ``beta = 1``.
+Shapes as in the legend of :mod:`mesanet.ops` (``[B, T, H, D]``); ``g = None`` means ``gamma = 1``, ``beta = None`` means ``beta = 1``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Mapping, Optional
 
+from mesanet.utils.validation import check_int, is_int, is_real
+
 #: Preconditioners of the chunkwise solve (see :mod:`mesanet.ops.preconditioners`):
 #: ``"none"`` plain CG; ``"jacobi"`` the diagonal of ``H_t + Lambda``; ``"chunk"`` the inverse of the
 #: chunk-entry matrix ``exp(b) H_c + Lambda`` (one Cholesky per chunk and head).
@@ -51,19 +53,18 @@ class SolverSettings:
     decode: DecodeSolver = "cholesky"
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 0:
-            raise ValueError(f"SolverSettings.max_iter: expected an integer >= 0, got {self.max_iter!r}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not (math.isfinite(self.tol) and self.tol >= 0):
+        check_int("SolverSettings.max_iter", self.max_iter, minimum=0)
+        if not is_real(self.tol, finite=False) or not (math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"SolverSettings.tol: expected a finite number >= 0, got {self.tol!r}")
         object.__setattr__(self, "tol", float(self.tol))
         if self.preconditioner not in PRECONDITIONERS:
             raise ValueError(f"SolverSettings.preconditioner: expected one of {PRECONDITIONERS}, got {self.preconditioner!r}")
         if self.precondition_every is not None and (
-            isinstance(self.precondition_every, bool) or not isinstance(self.precondition_every, int) or self.precondition_every < 1
+            not is_int(self.precondition_every, 1)
         ):
             raise ValueError(f"SolverSettings.precondition_every: expected None or an integer >= 1, got {self.precondition_every!r}")
         if self.check_every is not None and (
-            isinstance(self.check_every, bool) or not isinstance(self.check_every, int) or self.check_every < 1
+            not is_int(self.check_every, 1)
         ):
             raise ValueError(f"SolverSettings.check_every: expected None or an integer >= 1, got {self.check_every!r}")
         if self.decode not in DECODE_SOLVERS:

@@ -5,7 +5,7 @@ from .cells import Cell, run_cell
 from .config import SynthConfig, TaskSize, check_config, load_config
 from .report import check_targets, select_best, write_summary
 from .runner import grid_cells, run_grid
-from .tasks import Setting, build_settings
+from .settings import Setting, build_settings
 
 __all__ = [
     "Cell", "Setting", "SynthConfig", "TaskSize", "build_settings", "check_config", "check_targets", "grid_cells",

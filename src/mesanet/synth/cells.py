@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mesanet.data.synthetic import IGNORE_INDEX, bayes_optimal_ridge, ridge_prediction_loss
 from mesanet.train import NonFiniteLossError, OptimConfig, fit_steps
 
 from .config import SynthConfig
 from .models import build_model, loss_on, predict
-from .tasks import Setting, load_data
+from .settings import Setting, load_data
+from .tasks import IGNORE_INDEX, bayes_optimal_ridge, ridge_prediction_loss
 
 
 @dataclass(frozen=True)

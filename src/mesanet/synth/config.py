@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from mesanet.data.synthetic import MAD_TASKS
 from mesanet.models import MIXER_KINDS
 from mesanet.ops import INFERENCE, TRAINING
 from mesanet.ops.solver_settings import as_settings
 from mesanet.utils.config import ConfigError, from_dict, load, to_dict
+
+from .tasks import MAD_TASKS
 
 #: Tasks the runner knows: the six MAD tasks, MQAR and in-context linear regression.
 TASKS = (*MAD_TASKS, "mqar", "regression")

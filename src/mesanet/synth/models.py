@@ -3,7 +3,7 @@
 * ``lm``: :class:`MesaNetForCausalLM` logits at every position (targets are already aligned per position).
 * ``autoencoder`` (MAD compression): :class:`CompressionAutoEncoder`, the backbone's last hidden state
   decoded to every position with fixed sinusoidal position embeddings (MAD's auto-encoder head).
-* ``regression``: :class:`~mesanet.models.MesaNetForRegression` (continuous tokens -> one output).
+* ``regression``: :class:`~mesanet.synth.regression_model.MesaNetForRegression` (continuous tokens -> one output).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mesanet.layers.norms import RMSNorm
-from mesanet.models import MesaNetConfig, MesaNetForCausalLM, MesaNetForRegression, MesaNetModel
+from mesanet.models import MesaNetConfig, MesaNetForCausalLM, MesaNetModel
 
 from .config import SynthConfig, split_mixer
-from .tasks import Setting
+from .regression_model import MesaNetForRegression
+from .settings import Setting
 
 
 def backbone_config(cfg: SynthConfig, mixer: str, vocab_size: int) -> MesaNetConfig:

@@ -15,9 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesanet.data.synthetic import MAD_TASKS
-
 from .config import SynthConfig
+from .tasks import MAD_TASKS
 
 MESA, GDN = "mesa", "gated_deltanet"
 

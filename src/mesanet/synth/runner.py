@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .cells import Cell, run_cell
 from .config import GRID_FIELDS, SynthConfig, config_dict, fingerprint
-from .tasks import build_settings
+from .settings import build_settings
 
 
 def grid_cells(cfg: SynthConfig) -> list[Cell]:

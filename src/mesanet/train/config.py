@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from mesanet.data import DataConfig
 from mesanet.models import MesaNetConfig, preset_config
+from mesanet.utils.validation import check_int
 
 #: Fields that may differ between a checkpoint's config and the config that resumes it. Everything else
 #: (model, data, batch_size, seed, optim, ...) decides the loss trace, so a change there is an error.
@@ -145,8 +146,7 @@ def check_optim(o: OptimConfig, where: str = "optim") -> None:
         raise ValueError(f"{where}.betas: expected two finite values in [0, 1), got {o.betas!r}")
     if not 0 < o.eps < MAX_EPS:
         raise ValueError(f"{where}.eps: expected 0 < eps < {MAX_EPS:g}, got {o.eps}")
-    if isinstance(o.warmup_steps, bool) or not isinstance(o.warmup_steps, int) or o.warmup_steps < 0:
-        raise ValueError(f"{where}.warmup_steps: expected an integer >= 0, got {o.warmup_steps!r}")
+    check_int(f"{where}.warmup_steps", o.warmup_steps, minimum=0)
     if not 0 <= o.min_lr_ratio <= 1:
         raise ValueError(f"{where}.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got {o.min_lr_ratio}")
     if o.grad_clip is not None and not (_number(o.grad_clip) and o.grad_clip > 0):

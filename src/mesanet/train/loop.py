@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mesanet.utils.validation import check_int
+
 from .config import OptimConfig
 from .optim import build_optimizer, build_scheduler, clip_norm
 
@@ -53,8 +55,7 @@ def fit_steps(
     Raises ``ValueError`` for ``steps < 1`` and :class:`NonFiniteLossError` if a loss or gradient norm is
     not finite (no silent NaN training).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+    check_int("steps", steps, minimum=1)
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim, steps)
     params = [p for p in model.parameters() if p.requires_grad]

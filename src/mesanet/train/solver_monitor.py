@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 from torch import nn
 
 from mesanet.layers import LayerSolverSummary, collect_solver_stats, mesa_layers
+from mesanet.utils.validation import is_int
 
 #: Default minimum number of steps between two convergence warnings.
 WARN_EVERY_STEPS = 100
@@ -34,7 +35,7 @@ class SolverMonitor:
     """Per-step CG statistics of ``model``'s Mesa layers; inert for a model without them or when not ``enabled``."""
 
     def __init__(self, model: nn.Module, *, enabled: bool = True, warn_every: int = WARN_EVERY_STEPS):
-        if isinstance(warn_every, bool) or not isinstance(warn_every, int) or warn_every < 1:
+        if not is_int(warn_every, 1):
             raise ValueError(f"SolverMonitor: expected warn_every to be an integer >= 1, got {warn_every!r}")
         self.model, self.warn_every = model, warn_every
         layers = mesa_layers(model) if enabled else []

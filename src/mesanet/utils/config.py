@@ -16,6 +16,8 @@ from typing import Any, Sequence, TypeVar, Union
 
 import yaml
 
+from .validation import is_int, is_real
+
 T = TypeVar("T")
 
 
@@ -73,11 +75,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_real(value, finite=False):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is bool:

@@ -1,0 +1,22 @@
+"""Analysis tools: hand-built reference algorithms and weight compressions for mesa-optimization studies."""
+
+from .compressed import (
+    BlockScalarCompression,
+    chebyshev_solve,
+    compress_block_scalar,
+    compress_head,
+    compressed_alg_prediction,
+    reconstruct_block_scalar,
+    ridge_prediction,
+)
+from .one_step_gd import GDConstruction, linear_self_attention, one_step_gd_prediction, optimal_eta
+from .seq_training import SeqTrainConfig, lds_batch_fn, next_token_mse, per_position_loss, train_sequence_model
+from .zoo import ZOO, load_or_train
+
+__all__ = [
+    "GDConstruction", "linear_self_attention", "one_step_gd_prediction", "optimal_eta",
+    "BlockScalarCompression", "compress_block_scalar", "reconstruct_block_scalar", "compress_head",
+    "chebyshev_solve", "ridge_prediction", "compressed_alg_prediction",
+    "SeqTrainConfig", "lds_batch_fn", "next_token_mse", "per_position_loss", "train_sequence_model",
+    "ZOO", "load_or_train",
+]

@@ -1,0 +1,460 @@
+# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (prompts, tuning,
+# references, report) belongs to the structure issue's package-by-paper move (mesaopt/).
+"""Few-shot in-context regression with models trained on linear dynamics ("Uncovering mesa-optimization algorithms in Transformers", Fig. 8 / 18).
+
+Trained autoregressive zoo models that read raw (unconstructed) tokens are prompted with regression data
+``[x_1, y_1, x_2, y_2, ...]`` (``W*`` Haar-orthogonal, ``y_i = W* x_i``; :mod:`mesanet.mesaopt.data.fewshot`) and the
+prediction at every ``x_i`` token is scored, ``L_i = 1/2 E ||y_i - f(x_i; pairs < i)||^2`` (sum over dims).
+Variants per model:
+
+* ``plain``:  the model as it is, ``T = 2N``;
+* ``eos``:    one learned EOS token ``[n]`` (init ``N(0, I)``) in ``[x_1, y_1, EOS, x_2, ...]``, ``T = 3N``,
+  optimised by Adam on the mean ``L_i`` with the model frozen;
+* ``prefix``: ``P`` learned prefix tokens ``[P, n]`` plus the EOS token, tuned together on the pairs after the
+  prefix (eq. 69; the prefix slots carry no target), ``T = P + 3N``.
+
+``N`` is the largest that fits the model's training length (the positional table ends there). References
+on the same pairs: plain LSQ on ``{(x_j, y_j)}_{j<i}`` and the token-binding control on
+``{(x_j, y_j)} U {(y_j, x_{j+1})}`` (ridge-regularised: the min-norm control has an interpolation spike at
+``2(i - 1) = n``), and the zero predictor ``1/2 E ||y||^2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mesanet.utils.config import to_dict
+from mesanet.utils.validation import is_int, is_real
+
+from ..data.fewshot import FewShotBatch, FewShotConfig, fewshot_lsq_predictions, generate_fewshot
+from ..models import SequenceModel
+from . import zoo
+from .reporting import write_csv
+
+__all__ = [
+    "VARIANTS", "FewShotRepurposeConfig", "PromptTokens", "fewshot_config_for", "predict_with_prompt",
+    "tune_prompt", "evaluate_variant", "lsq_references", "run_fewshot", "main",
+]
+
+VARIANTS = ("plain", "eos", "prefix")
+DEFAULT_OUT = Path("runs/mesaopt/fewshot")
+_TUNE_SEED_BASE = 10**6  # tuning batches; evaluation seeds are small integers
+_LSQ_NAMES = ("lsq_plain", "lsq_autoregressive")
+
+
+
+
+@dataclass
+class FewShotRepurposeConfig:
+    """Zoo ``models`` (unconstructed-token recipes), prompt distribution, prompt-tuning budget (Adam, ``tune_steps``
+    x ``tune_batch``; the paper: 5000 x 256), evaluation size and the LSQ ridge. ``long_train_len > 0`` adds a
+    ``softmax-2`` copy trained on LDS sequences of that length (a zoo-compatible recipe via ``load_or_train``)."""
+
+    models: list[str] = field(default_factory=lambda: ["softmax-2", "hybrid-softmax-mesa"])
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    zoo_root: str = str(zoo.DEFAULT_ROOT)
+    x_dist: str = "uniform"
+    x_range: float = 1.0
+    noise_std: float = 0.0
+    prefix_len: int = 5
+    tune_steps: int = 200
+    tune_batch: int = 64
+    tune_lr: float = 0.02
+    eval_batch: int = 1024
+    ridge: float = 0.1
+    seed: int = 0
+    long_train_len: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.models, list) or not self.models or not all(isinstance(m, str) for m in self.models):
+            raise ValueError(f"models: expected a non-empty list of zoo names, got {self.models!r}")
+        bad = [m for m in self.models if m not in zoo.ZOO or zoo.ZOO[m][1].tokens != "unconstructed"]
+        if bad:
+            ok = sorted(m for m, (_, t) in zoo.ZOO.items() if t.tokens == "unconstructed")
+            raise ValueError(f"models: expected unconstructed-token zoo recipes from {ok}, got {bad}")
+        if not isinstance(self.variants, list) or not self.variants or any(v not in VARIANTS for v in self.variants):
+            raise ValueError(f"variants: expected a non-empty list from {VARIANTS}, got {self.variants!r}")
+        for name, minimum in (("prefix_len", 1), ("tune_steps", 0), ("tune_batch", 1), ("eval_batch", 2),
+                              ("seed", 0), ("long_train_len", 0)):
+            v = getattr(self, name)
+            if not is_int(v) or v < minimum:
+                raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+        for name in ("tune_lr", "ridge", "x_range", "noise_std"):
+            v = getattr(self, name)
+            if not is_real(v, finite=False) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: expected a finite float >= 0, got {v!r}")
+        if self.tune_lr <= 0 or self.x_range <= 0:
+            raise ValueError(f"tune_lr, x_range: expected > 0, got {self.tune_lr!r}, {self.x_range!r}")
+        # x_dist is validated by FewShotConfig
+        FewShotConfig(x_dist=self.x_dist, x_range=float(self.x_range), noise_std=float(self.noise_std))
+
+
+def fewshot_config_for(variant: str, dim: int, max_len: int, prefix_len: int, *, x_dist: str = "uniform",
+                       x_range: float = 1.0, noise_std: float = 0.0) -> FewShotConfig:
+    """The prompt layout of ``variant`` with the most pairs that fit ``max_len`` tokens."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    eos = variant != "plain"
+    p = prefix_len if variant == "prefix" else 0
+    pairs = (max_len - p) // (3 if eos else 2)
+    if pairs < 1:
+        raise ValueError(f"max_len = {max_len}: expected room for at least one pair of variant {variant!r}")
+    return FewShotConfig(dim=dim, num_pairs=pairs, x_dist=x_dist, x_range=float(x_range), noise_std=float(noise_std),
+                         eos=eos, prefix_len=p)
+
+
+class PromptTokens(nn.Module):
+    """Learned prompt vectors in token space: ``eos [n]`` and ``prefix [P, n]`` (``P = 0``: none), both
+    initialised ``N(0, I)`` from ``seed``. ``forward(batch) -> tokens [B, T, n]`` with the EOS / prefix slots
+    (``batch.eos_mask`` / ``batch.prefix_mask``) filled in."""
+
+    def __init__(self, dim: int, prefix_len: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if not is_int(dim) or dim < 1 or not is_int(prefix_len) or prefix_len < 0:
+            raise ValueError(f"PromptTokens: expected dim >= 1 and prefix_len >= 0, got {dim!r}, {prefix_len!r}")
+        gen = torch.Generator().manual_seed(seed)
+        self.eos = nn.Parameter(torch.randn(dim, generator=gen))
+        self.prefix = nn.Parameter(torch.randn(prefix_len, dim, generator=gen)) if prefix_len else None
+
+    def forward(self, batch: FewShotBatch) -> Tensor:
+        tokens = batch.tokens.to(self.eos.dtype)
+        b, t, n = tokens.shape
+        if n != self.eos.shape[0]:
+            raise ValueError(f"PromptTokens: expected tokens of width {self.eos.shape[0]}, got {n}")
+        tokens = torch.where(batch.eos_mask[..., None], self.eos, tokens)
+        p = int(batch.prefix_mask[0].sum())
+        if p:
+            if self.prefix is None or self.prefix.shape[0] != p or not batch.prefix_mask[:, :p].all():
+                have = 0 if self.prefix is None else self.prefix.shape[0]
+                raise ValueError(f"PromptTokens: batch has {p} leading prefix slots, this prompt has {have} tokens")
+            filled = torch.cat([self.prefix, self.prefix.new_zeros(t - p, n)], dim=0)
+            tokens = torch.where(batch.prefix_mask[..., None], filled, tokens)
+        return tokens
+
+
+def predict_with_prompt(model: Callable[[Tensor], Tensor], batch: FewShotBatch,
+                        prompt: PromptTokens | None = None) -> Tensor:
+    """Model output ``[B, T, n]`` on the batch tokens (EOS / prefix slots filled by ``prompt`` if given)."""
+    tokens = batch.tokens if prompt is None else prompt(batch)
+    return model(tokens)
+
+
+def _frozen(model: nn.Module):
+    class _Ctx:
+        def __enter__(self):
+            self.flags = [(p, p.requires_grad) for p in model.parameters()]
+            for p, _ in self.flags:
+                p.requires_grad_(False)
+            return model
+
+        def __exit__(self, *exc):
+            for p, flag in self.flags:
+                p.requires_grad_(flag)
+            return False
+
+    return _Ctx()
+
+
+def tune_prompt(model: nn.Module, fs_cfg: FewShotConfig, prompt: PromptTokens, *, steps: int, batch_size: int,
+                lr: float, seed: int = 0, progress: bool = False, desc: str = "tune") -> list[float]:
+    """Adam on ``prompt``'s vectors only (the model is frozen and left bit-identical) minimising the mean
+    pair loss ``L_i`` over fresh batches of ``fs_cfg`` prompts (seeds ``10**6 * (1 + seed) + step``).
+    Returns the per-step training losses."""
+    from tqdm.auto import tqdm
+
+    if not is_int(steps) or steps < 0:
+        raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
+    opt = torch.optim.Adam(prompt.parameters(), lr=lr)
+    losses: list[float] = []
+    was_training = model.training
+    model.eval()
+    with _frozen(model):
+        for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            batch = generate_fewshot(fs_cfg, batch_size, seed=_TUNE_SEED_BASE * (1 + seed) + step)
+            loss = batch.pair_losses(predict_with_prompt(model, batch, prompt)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    model.train(was_training)
+    return losses
+
+
+@torch.no_grad()
+def evaluate_variant(model: Callable[[Tensor], Tensor], batch: FewShotBatch, prompt: PromptTokens | None = None,
+                     chunk: int = 256) -> Tensor:
+    """``[B, N]`` per-example pair losses ``1/2 ||y_i - f(x_i)||^2`` (float64), ``chunk`` prompts at a time."""
+    per_example = ("x", "y", "w_star", "tokens", "targets", "loss_mask", "eos_mask", "prefix_mask")
+    out = []
+    for s in range(0, batch.tokens.shape[0], chunk):
+        sub = replace(batch, **{f: getattr(batch, f)[s: s + chunk] for f in per_example})
+        out.append(sub.pair_losses(predict_with_prompt(model, sub, prompt)).double())
+    return torch.cat(out, dim=0)
+
+
+def lsq_references(x: Tensor, y: Tensor, ridge: float) -> dict[str, Tensor]:
+    """``x, y [B, M, n]`` -> per-example pair losses ``[B, M]`` of the plain and the token-binding LSQ controls."""
+    out = {}
+    for name, mode in zip(_LSQ_NAMES, ("plain", "autoregressive")):
+        pred = fewshot_lsq_predictions(x, y, mode=mode, ridge=ridge)
+        out[name] = 0.5 * (y.double() - pred).pow(2).sum(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def _stats(per_example: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    mean = per_example.mean(0)
+    return mean, per_example.median(0).values, per_example.std(0) / math.sqrt(per_example.shape[0])
+
+
+def _load_models(cfg: FewShotRepurposeConfig, progress: bool) -> dict[str, tuple[SequenceModel, int]]:
+    """name -> (model, training length)."""
+    root = Path(cfg.zoo_root)
+    models = {}
+    for name in cfg.models:
+        _, train_cfg = zoo.recipe(name)
+        models[name] = (zoo.load_or_train(name, root, progress=progress), train_cfg.task.seq_len)
+    if cfg.long_train_len:
+        m_cfg, t_cfg = zoo.recipe("softmax-2")
+        length = cfg.long_train_len
+        m_cfg = replace(m_cfg, max_len=length)
+        t_cfg = replace(t_cfg, task=replace(t_cfg.task, seq_len=length))
+        name = f"softmax-2-T{length}"
+        models[name] = (zoo.load_or_train(name, root, progress=progress, configs=(m_cfg, t_cfg)), length)
+    return models
+
+
+def _plot(rows: list[dict], tune_curves: dict, model_names: list[str], zero_loss: float, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, axes = plt.subplots(1, len(model_names), figsize=(5.5 * len(model_names), 4.2), squeeze=False)
+    styles = {"plain": "-", "eos": "-", "prefix": "-", "lsq_plain": ":", "lsq_autoregressive": "--"}
+    for ax, mname in zip(axes[0], model_names):
+        for variant in (*VARIANTS, *_LSQ_NAMES):
+            pts = [(r["i"], r["loss_mean"]) for r in rows if r["variant"] == variant
+                   and (r["model"] == mname or (r["model"] == "lsq" and variant in _LSQ_NAMES))]
+            if pts:
+                ax.plot(*zip(*pts), styles[variant], marker="o" if variant in VARIANTS else None, ms=3,
+                        label=variant, color="gray" if variant in _LSQ_NAMES else None)
+        ax.axhline(zero_loss, color="k", lw=0.7, alpha=0.5, label="zero predictor")
+        ax.set_title(mname)
+        ax.set_xlabel("in-context pair i")
+        ax.set_ylabel("L_i = 1/2 E||y_i - f(x_i)||^2")
+        ax.set_ylim(bottom=0, top=2.0 * zero_loss)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "fewshot_loss.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    if tune_curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, losses in tune_curves.items():
+            ax.plot(losses, label=key)
+        ax.set_xlabel("Adam step")
+        ax.set_ylabel("mean pair loss (tuning batch)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out_dir / "fewshot_tuning.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _summary(cfg: FewShotRepurposeConfig, dim: int, curves: dict, lsq: dict, zero_loss: float, lengths: dict,
+             tune_info: dict, seconds: float) -> tuple[str, dict]:
+    lines = ["# Few-shot regression with LDS-trained models", "",
+             f"Prompts: W* Haar-orthogonal (n = {dim}), x ~ "
+             + (f"U(-{cfg.x_range}, {cfg.x_range})" if cfg.x_dist == "uniform" else "N(0, I)")
+             + f", label noise {cfg.noise_std}; {cfg.eval_batch} test prompts per variant (seed {cfg.seed}). "
+             f"EOS / prefix tuning: Adam lr {cfg.tune_lr}, {cfg.tune_steps} steps x batch {cfg.tune_batch} "
+             f"(paper: 5000 x 256), model frozen; prefix length {cfg.prefix_len} (paper: 20). "
+             f"LSQ controls with ridge {cfg.ridge}. Zero predictor: {zero_loss:.3f}.",
+             f"Training lengths: {lengths}. The zoo has no recipe with a longer training length"
+             + (f"; a softmax-2 copy trained at T = {cfg.long_train_len} was added." if cfg.long_train_len else
+                " (run with --long-train-len to add one)."), ""]
+    metrics: dict = {"zero_loss": zero_loss}
+    lines += ["| model | variant | pairs | L_1 | min L_i (i) | L_last | mean L | early ascent max_{i<=8} L_i |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (mname, variant), mean in curves.items():
+        i_min = int(mean.argmin())
+        lines.append(f"| {mname} | {variant} | {mean.numel()} | {mean[0]:.3f} | {mean[i_min]:.3f} ({i_min + 1}) | "
+                     f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |")
+    for name, mean in lsq.items():
+        lines.append(f"| lsq | {name} | {mean.numel()} | {mean[0]:.3f} | {mean.min():.3f} ({int(mean.argmin()) + 1}) | "
+                     f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |")
+    lines += ["", "## Checks", ""]
+    for mname in {m for m, _ in curves}:
+        plain = curves.get((mname, "plain"))
+        if plain is not None:
+            late = float(plain[-5:].mean())
+            ok = late < 0.9 * float(plain[0])
+            metrics[f"{mname}/icl_ratio"] = late / float(plain[0])
+            lines.append(f"- {_verdict(ok)} ICL emerges ({mname}, plain): mean L over the last 5 pairs {late:.3f} "
+                         f"< 0.9 x L_1 = {0.9 * float(plain[0]):.3f}.")
+            lsq_last = float(lsq["lsq_plain"][plain.numel() - 1])
+            lines.append(f"- {_verdict(late > lsq_last)} sub-optimal vs plain LSQ ({mname}): L_last {float(plain[-1]):.3f} vs "
+                         f"LSQ {lsq_last:.3f} at i = {plain.numel()}.")
+            asc = float(plain[1:8].max())
+            lines.append(f"- {_verdict(asc > float(plain[0]))} early ascent ({mname}, plain): max_(2<=i<=8) L_i = "
+                         f"{asc:.3f} vs L_1 = {float(plain[0]):.3f} (token-binding LSQ: "
+                         f"{float(lsq['lsq_autoregressive'][1:8].max()):.3f} vs {float(lsq['lsq_autoregressive'][0]):.3f}).")
+        eos = curves.get((mname, "eos"))
+        if plain is not None and eos is not None:
+            m = min(plain.numel(), eos.numel())
+            a, b = float(plain[:m].mean()), float(eos[:m].mean())
+            metrics[f"{mname}/eos_gain"] = a - b
+            lines.append(f"- {_verdict(b < a)} EOS tuning helps ({mname}): mean L over pairs 1..{m} {b:.3f} (EOS) vs "
+                         f"{a:.3f} (plain).")
+        prefix = curves.get((mname, "prefix"))
+        if eos is not None and prefix is not None:
+            a, b = float(eos[:5].mean()), float(prefix[:5].mean())
+            metrics[f"{mname}/prefix_gain_early"] = a - b
+            m = min(eos.numel(), prefix.numel())
+            lines.append(f"- {_verdict(b < a)} prefix tuning improves the early pairs ({mname}): mean L over pairs 1..5 "
+                         f"{b:.3f} (prefix+EOS) vs {a:.3f} (EOS); over pairs 1..{m}: {float(prefix[:m].mean()):.3f} vs "
+                         f"{float(eos[:m].mean()):.3f}.")
+    if tune_info:
+        lines += ["", "Tuning (first -> last 20-step mean of the training loss, seconds): "
+                  + "; ".join(f"{k}: {v['start']:.3f} -> {v['end']:.3f} ({v['seconds']:.0f} s)"
+                              for k, v in tune_info.items())]
+    lines += ["", f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} thread(s).", ""]
+    return "\n".join(lines), metrics
+
+
+def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
+                models: dict[str, tuple[nn.Module, int]] | None = None) -> dict:
+    """Run the analysis; writes ``fewshot.csv``, ``fewshot_summary.md``, ``fewshot_loss.png``,
+    ``fewshot_tuning.png`` and the resolved ``config.yaml`` to ``out_dir``. ``models`` (name -> (model,
+    training length)) replaces the zoo models (tests). Returns the metrics and the file paths."""
+    import yaml
+
+    if not isinstance(config, FewShotRepurposeConfig):
+        raise ValueError(f"config: expected a FewShotRepurposeConfig, got {type(config).__name__}")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    if models is None:
+        models = _load_models(config, progress)
+    rows: list[dict] = []
+    curves: dict = {}
+    tune_curves: dict = {}
+    tune_info: dict = {}
+    lengths = {name: length for name, (_, length) in models.items()}
+    dims = {model.config.input_dim for model, _ in models.values()}
+    if len(dims) != 1:
+        raise ValueError(f"models: expected one token width (model.config.input_dim), got {sorted(dims)}")
+    dim = dims.pop()
+    plain_pairs = max(length // 2 for length in lengths.values())
+    for mname, (model, length) in models.items():
+        model.eval()
+        for variant in config.variants:
+            fs_cfg = fewshot_config_for(variant, dim, length, config.prefix_len, x_dist=config.x_dist,
+                                        x_range=config.x_range, noise_std=config.noise_std)
+            prompt = None
+            if variant != "plain":
+                prompt = PromptTokens(dim, fs_cfg.prefix_len, seed=config.seed)
+                t0 = time.perf_counter()
+                losses = tune_prompt(model, fs_cfg, prompt, steps=config.tune_steps, batch_size=config.tune_batch,
+                                     lr=config.tune_lr, seed=config.seed, progress=progress, desc=f"{mname}/{variant}")
+                if losses:
+                    key = f"{mname}/{variant}"
+                    tune_curves[key] = losses
+                    tune_info[key] = {"start": sum(losses[:20]) / len(losses[:20]),
+                                      "end": sum(losses[-20:]) / len(losses[-20:]),
+                                      "seconds": time.perf_counter() - t0}
+            batch = generate_fewshot(fs_cfg, config.eval_batch, seed=config.seed)
+            per_ex = evaluate_variant(model, batch, prompt)
+            mean, median, sem = _stats(per_ex)
+            curves[(mname, variant)] = mean
+            rows += [{"model": mname, "variant": variant, "i": i + 1, "loss_mean": float(mean[i]),
+                      "loss_median": float(median[i]), "loss_sem": float(sem[i])} for i in range(mean.numel())]
+    # LSQ controls on plain prompts with as many pairs as the longest plain prompt
+    ref_cfg = FewShotConfig(dim=dim, num_pairs=plain_pairs, x_dist=config.x_dist, x_range=float(config.x_range),
+                            noise_std=float(config.noise_std))
+    ref = generate_fewshot(ref_cfg, config.eval_batch, seed=config.seed, dtype=torch.float64)
+    lsq = {}
+    for name, per_ex in lsq_references(ref.flat_x, ref.flat_y, float(config.ridge)).items():
+        mean, median, sem = _stats(per_ex)
+        lsq[name] = mean
+        rows += [{"model": "lsq", "variant": name, "i": i + 1, "loss_mean": float(mean[i]),
+                  "loss_median": float(median[i]), "loss_sem": float(sem[i])} for i in range(mean.numel())]
+    zero_loss = float(0.5 * ref.flat_y.pow(2).sum(-1).mean())
+
+    csv_path = out_dir / "fewshot.csv"
+    write_csv(csv_path, rows)
+    figures = _plot(rows, tune_curves, list(models), zero_loss, out_dir)
+    text, metrics = _summary(config, dim, curves, lsq, zero_loss, lengths, tune_info, time.perf_counter() - start)
+    md_path = out_dir / "fewshot_summary.md"
+    md_path.write_text(text)
+    return {"metrics": metrics, "csv": csv_path, "summary": md_path, "figures": figures,
+            "curves": {f"{m}/{v}": c.tolist() for (m, v), c in curves.items()},
+            "lsq": {k: v.tolist() for k, v in lsq.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mesanet.mesaopt fewshot [--out DIR] [--quick] [--models ...] [--tune-steps N] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt fewshot",
+                                     description="Few-shot regression repurposing of LDS-trained models (B.4).")
+    d = FewShotRepurposeConfig()
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (untrained tiny models)")
+    parser.add_argument("--models", nargs="+", default=d.models)
+    parser.add_argument("--variants", nargs="+", default=d.variants, choices=VARIANTS)
+    parser.add_argument("--zoo-root", default=d.zoo_root)
+    parser.add_argument("--x-dist", default=d.x_dist, choices=("uniform", "normal"))
+    parser.add_argument("--prefix-len", type=int, default=d.prefix_len)
+    parser.add_argument("--tune-steps", type=int, default=d.tune_steps)
+    parser.add_argument("--tune-batch", type=int, default=d.tune_batch)
+    parser.add_argument("--tune-lr", type=float, default=d.tune_lr)
+    parser.add_argument("--eval-batch", type=int, default=d.eval_batch)
+    parser.add_argument("--ridge", type=float, default=d.ridge)
+    parser.add_argument("--long-train-len", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    torch.set_num_threads(args.threads)
+    cfg = FewShotRepurposeConfig(
+        models=list(args.models), variants=list(args.variants), zoo_root=str(args.zoo_root), x_dist=args.x_dist,
+        prefix_len=args.prefix_len, tune_steps=args.tune_steps, tune_batch=args.tune_batch, tune_lr=args.tune_lr,
+        eval_batch=args.eval_batch, ridge=args.ridge, seed=args.seed, long_train_len=args.long_train_len)
+    models = None
+    if args.quick:
+        cfg = replace(cfg, tune_steps=min(cfg.tune_steps, 5), tune_batch=8, eval_batch=32, long_train_len=0)
+        models = _quick_models(cfg)
+    result = run_fewshot(cfg, args.out, progress=not args.no_progress, models=models)
+    print(result["summary"].read_text())
+    print(f"wrote {result['csv']}, {result['summary']}, " + ", ".join(str(p) for p in result["figures"]))
+    return 0
+
+
+def _quick_models(cfg: FewShotRepurposeConfig) -> dict[str, tuple[nn.Module, int]]:
+    """Untrained (seeded) models of the zoo architectures with a short positional table (smoke runs only)."""
+    from .seq_training import build_model
+
+    out = {}
+    for name in cfg.models:
+        m_cfg, _ = zoo.recipe(name)
+        m_cfg = replace(m_cfg, embed_dim=8, num_heads=2, key_size=4, max_len=16)
+        out[name] = (build_model(m_cfg, seed=cfg.seed).eval(), 16)
+    return out
