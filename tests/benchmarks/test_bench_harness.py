@@ -72,3 +72,18 @@ def test_peer_loader_skips_a_missing_file(tmp_path):
     assert peer is None and "not found" in note
     peer, note = bench_mesa_op.load_peer(None)
     assert peer is None and note == "not given"
+
+
+def test_time_interleaved_takes_turns_and_rotates_the_order():
+    """Every round times each call once, the first call of a round rotates, and each name gets its own record."""
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name) or name) for name in ("a", "b", "c")}
+    policy = h.RepeatPolicy(warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0)
+    records, results = h.time_interleaved(calls, "cpu", policy, inner=2)
+    assert results == {"a": "a", "b": "b", "c": "c"}
+    timed_calls = order[3 * 2:]  # after one warm-up round of blocks of 2
+    rounds = [timed_calls[i:i + 6] for i in range(0, len(timed_calls), 6)]
+    assert [r[::2] for r in rounds] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    for name, record in records.items():
+        assert record["repeats"] == 3 and record["inner"] == 2 and len(record["times_s"]) == 3
+        assert record["median_s"] >= record["min_s"] >= 0 and set(record["interleaved_with"]) == {"a", "b", "c"} - {name}

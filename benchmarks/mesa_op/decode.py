@@ -1,0 +1,73 @@
+"""The decode section of the Mesa operator benchmark: ``mesa_step`` per token and layer, against the peer's one-step
+decode, from prefilled states."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from benchmarks import harness as h
+from mesanet.ops import INFERENCE, SolverSettings, mesa, mesa_step
+
+from .cases import PEER_STEPS, VALIDATE, Shape, make_inputs, require_peer
+
+
+def decode_defaults() -> dict[str, Any]:
+    """The defaults of ``mesa_step``'s solver parameters (whatever its signature is)."""
+    params = inspect.signature(mesa_step).parameters
+    defaults = {name: repr(p.default) for name, p in params.items()
+                if name in ("solver", "max_iter", "tol") and p.default is not inspect.Parameter.empty}
+    if defaults.get("solver") == "None":  # SolverSettings | None: the operator's inference default
+        defaults["solver"] = f"None, i.e. {INFERENCE}"
+    return defaults
+
+
+def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[str, Any]]:
+    """Per-token time and error of ``mesa_step`` (default settings) and of the peer's decode step, per
+    batch and prefill length; the error against a float64 direct solve on the same float64 state."""
+    shape, device, policy = Shape(**spec["shape"]), spec["device"], h.RepeatPolicy(**spec["policy"])
+    peer = require_peer(spec["peer"]) if spec.get("peer") else None
+    records = []
+    for batch in spec["batches"]:
+        for context in spec["contexts"]:
+            prefill = make_inputs(shape, context + 1, seed=spec["seed"] + context, dtype=torch.float64, batch=batch)
+            token = {n: t[:, -1] if n != "lam" else t for n, t in prefill.items()}  # [B, H, D], [B, H]
+            prompt = {n: t[:, :-1] if n != "lam" else t for n, t in prefill.items()}
+            with torch.no_grad():  # the states do not depend on the solve: max_iter=0
+                state = mesa(**prompt, solver=SolverSettings(max_iter=0, preconditioner="none"), chunk_size=shape.chunk,
+                             output_final_state=True).final_state
+            gamma, beta = token["g"].exp()[..., None, None], token["beta"][..., None, None]
+            h_kk = gamma * state[0] + beta * token["k"].unsqueeze(-1) * token["k"].unsqueeze(-2)
+            s_kv = gamma * state[1] + beta * token["k"].unsqueeze(-1) * token["v"].unsqueeze(-2)
+            x = torch.linalg.solve(h_kk + torch.diag_embed(token["lam"]), token["q"].unsqueeze(-1)).squeeze(-1)
+            exact = torch.einsum("bhkv,bhk->bhv", s_kv, x)
+            t32 = {n: t.to(device=device, dtype=torch.float32) for n, t in token.items()}
+            s32 = tuple(s.to(device=device, dtype=torch.float32) for s in state)
+            calls = {"mesa_step": lambda: mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32,
+                                                    validate=VALIDATE)}
+            if peer is not None:
+                calls["peer-30"] = lambda: peer.naive_mesa_net_decoding_one_step(
+                    t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s32[0], s32[1], max_CG_iteration=PEER_STEPS)
+            with torch.no_grad():
+                outputs = {impl: call()[0] for impl, call in calls.items()}
+                timing = h.least_contended(lambda: _interleaved(calls, device, policy, spec["inner"]), spec["retries"])
+            for impl in calls:
+                record = dict(timing["records"][impl], attempts=timing["attempts"])
+                total, _ = h.relative_errors(outputs[impl], exact)
+                steps = None
+                if impl == "mesa_step":
+                    stats = mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, return_stats=True,
+                                      validate=VALIDATE).stats
+                    steps = dict(mean=stats.mean_iterations, max=stats.max_iterations)
+                records.append(dict(record, impl=impl, batch=batch, context=context, relative_error=total, cg_steps=steps))
+                log(f"decode {impl:<9s} B={batch} prefill T={context:<6d} {1e3 * record['median_s']:.3f} ms/token/layer  "
+                    f"rel. error {total:.1e}  other load {h.percent(record['foreign_cpu_fraction'])}")
+    return records
+
+
+def _interleaved(calls, device: str, policy: h.RepeatPolicy, inner: int) -> dict[str, Any]:
+    """Ours and the peer timed in turns (:func:`benchmarks.harness.time_interleaved`), as one record for the retries."""
+    records, _ = h.time_interleaved(calls, device, policy, inner=inner)
+    return dict(records=records, foreign_cpu_fraction=next(iter(records.values()))["foreign_cpu_fraction"])

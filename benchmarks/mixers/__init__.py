@@ -1,0 +1,1 @@
+"""The model benchmark's parts; the script and its documentation: :mod:`benchmarks.bench_models`."""
