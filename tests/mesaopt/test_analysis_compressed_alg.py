@@ -2,22 +2,26 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
-from mesanet.mesaopt.analysis.compressed import chebyshev_solve, compressed_alg_prediction, ridge_prediction
-from mesanet.mesaopt.analysis.compressed_alg import (
-    LearnedCompressedAlg,
+from mesanet.mesaopt.analysis.compressed import (
     block_scalar_energy,
     chebyshev_coefficients,
-    compress_products,
     compressed_alg_k,
+    compressed_alg_prediction,
+    prefix_gram_cross,
+    ridge_prediction,
+    second_order_richardson,
+)
+from mesanet.mesaopt.analysis.compressed_alg import (
+    LearnedCompressedAlg,
+    compress_products,
     interpolate_products,
     main,
     model_products,
-    prefix_gram_cross,
     run_with_products,
-    second_order_richardson,
 )
 from mesanet.mesaopt.data.dynamics import LDSConfig, constructed_tokens, generate_lds
 from mesanet.mesaopt.models import SeqModelConfig, SequenceModel
@@ -40,23 +44,62 @@ def _per_position_chebyshev(states, lam, k):
     return chebyshev_coefficients(1.0 / lam, top, k)
 
 
+def _chebyshev_polynomial_solution(mat, rhs, lam_min, lam_max, k):
+    """Independent reference (Saad, Thm. 12.1 / 12.2): Chebyshev's k-th iterate from zero is
+    ``x_k = A^{-1} (I - p_k(A)) rhs`` with the residual polynomial ``p_k(x) = T_k((theta - x)/delta) / T_k(theta/delta)``;
+    evaluated on the eigendecomposition of ``A`` with numpy's Chebyshev series (needs ``lam_min < lam_max``)."""
+    evals, evecs = torch.linalg.eigh(mat)
+    a = torch.as_tensor(lam_min, dtype=torch.float64).expand(mat.shape[:-2]).unsqueeze(-1).numpy()
+    b = torch.as_tensor(lam_max, dtype=torch.float64).expand(mat.shape[:-2]).unsqueeze(-1).numpy()
+    theta, delta = (a + b) / 2, (b - a) / 2
+    t_k = np.zeros(k + 1)
+    t_k[k] = 1.0
+    ev = evals.numpy()
+    p = np.polynomial.chebyshev.chebval((theta - ev) / delta, t_k) / np.polynomial.chebyshev.chebval(theta / delta, t_k)
+    filt = torch.from_numpy((1 - p) / ev)
+    coef = (evecs.transpose(-1, -2) @ rhs.unsqueeze(-1)).squeeze(-1)
+    return (evecs @ (filt * coef).unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 6, 20])
+def test_chebyshev_coefficients_match_the_chebyshev_polynomial(k):
+    gen = torch.Generator().manual_seed(4)
+    s = torch.randn(3, 7, 15, generator=gen, dtype=torch.float64)
+    mat = s @ s.transpose(-1, -2) + 0.5 * torch.eye(7, dtype=torch.float64)
+    rhs = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    evals = torch.linalg.eigvalsh(mat)
+    lo, hi = 0.9 * evals[:, 0], 1.1 * evals[:, -1]  # per-matrix bounds enclosing the spectrum
+    alphas, betas = chebyshev_coefficients(lo, hi, k)
+    assert alphas.shape == betas.shape == (k, 3)
+    want = _chebyshev_polynomial_solution(mat, rhs, lo, hi, k)
+    assert rel_err(second_order_richardson(mat, rhs, alphas, betas), want) <= COMPRESSED_ALG_F64_RTOL
+    # one step fewer is a different iterate, far outside the tolerance (the check can fail)
+    assert rel_err(second_order_richardson(mat, rhs, alphas[:-1], betas[:-1]), want) > 1e-6
+
+
 @pytest.mark.parametrize("k", [1, 2, 6])
-def test_chebyshev_coefficients_reproduce_compressed_alg_prediction(states, k):
+def test_compressed_alg_prediction_matches_chebyshev_polynomial(states, k):
+    """Per-position bounds ``[1/lam, lambda_max(X_t)]``: the predictions ``C_t x_k`` against the polynomial reference
+    (positions t >= 1; at t = 0, ``C_0 = 0`` and the spectrum is the single point 1/lam)."""
+    gram, cross = prefix_gram_cross(states)
+    x_mat = gram + torch.eye(N, dtype=torch.float64) / LAM
+    top = torch.linalg.eigvalsh(x_mat)[..., -1]
+    x_ref = _chebyshev_polynomial_solution(x_mat[:, 1:], states[:, 1:], 1.0 / LAM, top[:, 1:], k)
+    want = (cross[:, 1:] @ x_ref.unsqueeze(-1)).squeeze(-1)
+    got = compressed_alg_prediction(states, LAM, k)
+    assert rel_err(got[:, 1:], want) <= COMPRESSED_ALG_F64_RTOL
+    assert torch.equal(got[:, 0], torch.zeros_like(got[:, 0]))
     alphas, betas = _per_position_chebyshev(states, LAM, k)
     assert alphas.shape == (k, *states.shape[:2])
-    got = compressed_alg_k(states, alphas, betas, LAM)
-    want = compressed_alg_prediction(states, LAM, k)
-    assert rel_err(got, want) <= COMPRESSED_ALG_F64_RTOL
-    # one step fewer is a different algorithm (the check can fail)
-    if k > 1:
-        assert rel_err(compressed_alg_k(states, alphas[:-1], betas[:-1], LAM), want) > 1e-3
+    torch.testing.assert_close(compressed_alg_k(states, alphas, betas, LAM), got, rtol=0, atol=0)
 
 
-def test_learned_module_set_to_chebyshev_matches_chebyshev_solve(states):
+def test_learned_module_set_to_chebyshev_matches_the_chebyshev_polynomial(states):
     k, lam, lam_max = 5, 0.5, 40.0
     alg = LearnedCompressedAlg(k).set_chebyshev(lam_max, lam=lam, eta=1.0)
     gram, cross = prefix_gram_cross(states)
-    x = chebyshev_solve(gram + torch.eye(N, dtype=torch.float64) / lam, states, k, lam_min=1 / lam, lam_max=lam_max)
+    x_mat = gram + torch.eye(N, dtype=torch.float64) / lam
+    x = _chebyshev_polynomial_solution(x_mat, states, 1 / lam, lam_max, k)
     want = (cross @ x.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         got = alg(states)

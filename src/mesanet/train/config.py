@@ -5,14 +5,13 @@ The resolved config is written to ``<out_dir>/<name>/config.yaml`` with every ru
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from mesanet.data import DataConfig
 from mesanet.models import MesaNetConfig, preset_config
-from mesanet.utils.validation import check_int
+from mesanet.utils.validation import check_int, is_real
 
 #: Fields that may differ between a checkpoint's config and the config that resumes it. Everything else
 #: (model, data, batch_size, seed, optim, ...) decides the loss trace, so a change there is an error.
@@ -125,16 +124,12 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     check_optim(cfg.optim)
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_optim(o: OptimConfig, where: str = "optim") -> None:
     """``ValueError`` naming the field for any optimizer number that is not finite or out of range (a NaN or inf
     learning rate, decay or epsilon would otherwise train to NaN weights or silently learn nothing)."""
     finite = dict(lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, min_lr_ratio=o.min_lr_ratio)
     for key, value in finite.items():
-        if not _number(value):
+        if not is_real(value):
             raise ValueError(f"{where}.{key}: expected a finite number, got {value!r}")
     if not 0 < o.lr <= MAX_LR:
         raise ValueError(f"{where}.lr: expected 0 < lr <= {MAX_LR:g}, got {o.lr}")
@@ -142,14 +137,14 @@ def check_optim(o: OptimConfig, where: str = "optim") -> None:
         raise ValueError(f"{where}.weight_decay: expected >= 0 with lr x weight_decay < 1 (every step multiplies the "
                          f"decayed weights by 1 - lr x weight_decay), got {o.weight_decay} (lr {o.lr})")
     betas = tuple(o.betas) if isinstance(o.betas, (list, tuple)) else ()
-    if len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(is_real(b) and 0 <= b < 1 for b in betas):
         raise ValueError(f"{where}.betas: expected two finite values in [0, 1), got {o.betas!r}")
     if not 0 < o.eps < MAX_EPS:
         raise ValueError(f"{where}.eps: expected 0 < eps < {MAX_EPS:g}, got {o.eps}")
     check_int(f"{where}.warmup_steps", o.warmup_steps, minimum=0)
     if not 0 <= o.min_lr_ratio <= 1:
         raise ValueError(f"{where}.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got {o.min_lr_ratio}")
-    if o.grad_clip is not None and not (_number(o.grad_clip) and o.grad_clip > 0):
+    if o.grad_clip is not None and not (is_real(o.grad_clip) and o.grad_clip > 0):
         raise ValueError(f"{where}.grad_clip: expected a finite number > 0, or null for no clipping, got {o.grad_clip!r}")
 
 

@@ -1,5 +1,3 @@
-# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (prompts, tuning,
-# references, report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Few-shot in-context regression with models trained on linear dynamics ("Uncovering mesa-optimization algorithms in Transformers", Fig. 8 / 18).
 
 Trained autoregressive zoo models that read raw (unconstructed) tokens are prompted with regression data
@@ -38,19 +36,16 @@ from mesanet.utils.validation import is_int, is_real
 from ..data.fewshot import FewShotBatch, FewShotConfig, fewshot_lsq_predictions, generate_fewshot
 from ..models import SequenceModel
 from . import zoo
+from .fewshot_report import LSQ_NAMES, VARIANTS, FewShotResult, TuneInfo, plot_fewshot, summarise_fewshot
 from .reporting import write_csv
 
 __all__ = [
     "VARIANTS", "FewShotRepurposeConfig", "PromptTokens", "fewshot_config_for", "predict_with_prompt",
-    "tune_prompt", "evaluate_variant", "lsq_references", "run_fewshot", "main",
+    "tune_prompt", "evaluate_variant", "lsq_references", "FewShotResult", "TuneInfo", "run_fewshot", "main",
 ]
 
-VARIANTS = ("plain", "eos", "prefix")
 DEFAULT_OUT = Path("runs/mesaopt/fewshot")
 _TUNE_SEED_BASE = 10**6  # tuning batches; evaluation seeds are small integers
-_LSQ_NAMES = ("lsq_plain", "lsq_autoregressive")
-
-
 
 
 @dataclass
@@ -204,7 +199,7 @@ def evaluate_variant(model: Callable[[Tensor], Tensor], batch: FewShotBatch, pro
 def lsq_references(x: Tensor, y: Tensor, ridge: float) -> dict[str, Tensor]:
     """``x, y [B, M, n]`` -> per-example pair losses ``[B, M]`` of the plain and the token-binding LSQ controls."""
     out = {}
-    for name, mode in zip(_LSQ_NAMES, ("plain", "autoregressive")):
+    for name, mode in zip(LSQ_NAMES, ("plain", "autoregressive")):
         pred = fewshot_lsq_predictions(x, y, mode=mode, ridge=ridge)
         out[name] = 0.5 * (y.double() - pred).pow(2).sum(-1)
     return out
@@ -235,111 +230,6 @@ def _load_models(cfg: FewShotRepurposeConfig, progress: bool) -> dict[str, tuple
     return models
 
 
-def _plot(rows: list[dict], tune_curves: dict, model_names: list[str], zero_loss: float, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    fig, axes = plt.subplots(1, len(model_names), figsize=(5.5 * len(model_names), 4.2), squeeze=False)
-    styles = {"plain": "-", "eos": "-", "prefix": "-", "lsq_plain": ":", "lsq_autoregressive": "--"}
-    for ax, mname in zip(axes[0], model_names):
-        for variant in (*VARIANTS, *_LSQ_NAMES):
-            pts = [(r["i"], r["loss_mean"]) for r in rows if r["variant"] == variant
-                   and (r["model"] == mname or (r["model"] == "lsq" and variant in _LSQ_NAMES))]
-            if pts:
-                ax.plot(*zip(*pts), styles[variant], marker="o" if variant in VARIANTS else None, ms=3,
-                        label=variant, color="gray" if variant in _LSQ_NAMES else None)
-        ax.axhline(zero_loss, color="k", lw=0.7, alpha=0.5, label="zero predictor")
-        ax.set_title(mname)
-        ax.set_xlabel("in-context pair i")
-        ax.set_ylabel("L_i = 1/2 E||y_i - f(x_i)||^2")
-        ax.set_ylim(bottom=0, top=2.0 * zero_loss)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "fewshot_loss.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    if tune_curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, losses in tune_curves.items():
-            ax.plot(losses, label=key)
-        ax.set_xlabel("Adam step")
-        ax.set_ylabel("mean pair loss (tuning batch)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out_dir / "fewshot_tuning.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def _summary(cfg: FewShotRepurposeConfig, dim: int, curves: dict, lsq: dict, zero_loss: float, lengths: dict,
-             tune_info: dict, seconds: float) -> tuple[str, dict]:
-    lines = ["# Few-shot regression with LDS-trained models", "",
-             f"Prompts: W* Haar-orthogonal (n = {dim}), x ~ "
-             + (f"U(-{cfg.x_range}, {cfg.x_range})" if cfg.x_dist == "uniform" else "N(0, I)")
-             + f", label noise {cfg.noise_std}; {cfg.eval_batch} test prompts per variant (seed {cfg.seed}). "
-             f"EOS / prefix tuning: Adam lr {cfg.tune_lr}, {cfg.tune_steps} steps x batch {cfg.tune_batch} "
-             f"(paper: 5000 x 256), model frozen; prefix length {cfg.prefix_len} (paper: 20). "
-             f"LSQ controls with ridge {cfg.ridge}. Zero predictor: {zero_loss:.3f}.",
-             f"Training lengths: {lengths}. The zoo has no recipe with a longer training length"
-             + (f"; a softmax-2 copy trained at T = {cfg.long_train_len} was added." if cfg.long_train_len else
-                " (run with --long-train-len to add one)."), ""]
-    metrics: dict = {"zero_loss": zero_loss}
-    lines += ["| model | variant | pairs | L_1 | min L_i (i) | L_last | mean L | early ascent max_{i<=8} L_i |",
-              "|---|---|---|---|---|---|---|---|"]
-    for (mname, variant), mean in curves.items():
-        i_min = int(mean.argmin())
-        lines.append(f"| {mname} | {variant} | {mean.numel()} | {mean[0]:.3f} | {mean[i_min]:.3f} ({i_min + 1}) | "
-                     f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |")
-    for name, mean in lsq.items():
-        lines.append(f"| lsq | {name} | {mean.numel()} | {mean[0]:.3f} | {mean.min():.3f} ({int(mean.argmin()) + 1}) | "
-                     f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |")
-    lines += ["", "## Checks", ""]
-    for mname in {m for m, _ in curves}:
-        plain = curves.get((mname, "plain"))
-        if plain is not None:
-            late = float(plain[-5:].mean())
-            ok = late < 0.9 * float(plain[0])
-            metrics[f"{mname}/icl_ratio"] = late / float(plain[0])
-            lines.append(f"- {_verdict(ok)} ICL emerges ({mname}, plain): mean L over the last 5 pairs {late:.3f} "
-                         f"< 0.9 x L_1 = {0.9 * float(plain[0]):.3f}.")
-            lsq_last = float(lsq["lsq_plain"][plain.numel() - 1])
-            lines.append(f"- {_verdict(late > lsq_last)} sub-optimal vs plain LSQ ({mname}): L_last {float(plain[-1]):.3f} vs "
-                         f"LSQ {lsq_last:.3f} at i = {plain.numel()}.")
-            asc = float(plain[1:8].max())
-            lines.append(f"- {_verdict(asc > float(plain[0]))} early ascent ({mname}, plain): max_(2<=i<=8) L_i = "
-                         f"{asc:.3f} vs L_1 = {float(plain[0]):.3f} (token-binding LSQ: "
-                         f"{float(lsq['lsq_autoregressive'][1:8].max()):.3f} vs {float(lsq['lsq_autoregressive'][0]):.3f}).")
-        eos = curves.get((mname, "eos"))
-        if plain is not None and eos is not None:
-            m = min(plain.numel(), eos.numel())
-            a, b = float(plain[:m].mean()), float(eos[:m].mean())
-            metrics[f"{mname}/eos_gain"] = a - b
-            lines.append(f"- {_verdict(b < a)} EOS tuning helps ({mname}): mean L over pairs 1..{m} {b:.3f} (EOS) vs "
-                         f"{a:.3f} (plain).")
-        prefix = curves.get((mname, "prefix"))
-        if eos is not None and prefix is not None:
-            a, b = float(eos[:5].mean()), float(prefix[:5].mean())
-            metrics[f"{mname}/prefix_gain_early"] = a - b
-            m = min(eos.numel(), prefix.numel())
-            lines.append(f"- {_verdict(b < a)} prefix tuning improves the early pairs ({mname}): mean L over pairs 1..5 "
-                         f"{b:.3f} (prefix+EOS) vs {a:.3f} (EOS); over pairs 1..{m}: {float(prefix[:m].mean()):.3f} vs "
-                         f"{float(eos[:m].mean()):.3f}.")
-    if tune_info:
-        lines += ["", "Tuning (first -> last 20-step mean of the training loss, seconds): "
-                  + "; ".join(f"{k}: {v['start']:.3f} -> {v['end']:.3f} ({v['seconds']:.0f} s)"
-                              for k, v in tune_info.items())]
-    lines += ["", f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} thread(s).", ""]
-    return "\n".join(lines), metrics
-
-
 def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
                 models: dict[str, tuple[nn.Module, int]] | None = None) -> dict:
     """Run the analysis; writes ``fewshot.csv``, ``fewshot_summary.md``, ``fewshot_loss.png``,
@@ -357,8 +247,7 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
         models = _load_models(config, progress)
     rows: list[dict] = []
     curves: dict = {}
-    tune_curves: dict = {}
-    tune_info: dict = {}
+    tuning: dict[str, TuneInfo] = {}
     lengths = {name: length for name, (_, length) in models.items()}
     dims = {model.config.input_dim for model, _ in models.values()}
     if len(dims) != 1:
@@ -377,11 +266,9 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
                 losses = tune_prompt(model, fs_cfg, prompt, steps=config.tune_steps, batch_size=config.tune_batch,
                                      lr=config.tune_lr, seed=config.seed, progress=progress, desc=f"{mname}/{variant}")
                 if losses:
-                    key = f"{mname}/{variant}"
-                    tune_curves[key] = losses
-                    tune_info[key] = {"start": sum(losses[:20]) / len(losses[:20]),
-                                      "end": sum(losses[-20:]) / len(losses[-20:]),
-                                      "seconds": time.perf_counter() - t0}
+                    tuning[f"{mname}/{variant}"] = TuneInfo(
+                        losses=losses, start=sum(losses[:20]) / len(losses[:20]),
+                        end=sum(losses[-20:]) / len(losses[-20:]), seconds=time.perf_counter() - t0)
             batch = generate_fewshot(fs_cfg, config.eval_batch, seed=config.seed)
             per_ex = evaluate_variant(model, batch, prompt)
             mean, median, sem = _stats(per_ex)
@@ -400,10 +287,13 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
                   "loss_median": float(median[i]), "loss_sem": float(sem[i])} for i in range(mean.numel())]
     zero_loss = float(0.5 * ref.flat_y.pow(2).sum(-1).mean())
 
+    result = FewShotResult(dim=dim, lengths=lengths, rows=rows, curves=curves, lsq=lsq, zero_loss=zero_loss,
+                           tuning=tuning)
     csv_path = out_dir / "fewshot.csv"
     write_csv(csv_path, rows)
-    figures = _plot(rows, tune_curves, list(models), zero_loss, out_dir)
-    text, metrics = _summary(config, dim, curves, lsq, zero_loss, lengths, tune_info, time.perf_counter() - start)
+    figures = plot_fewshot(result, out_dir)
+    result.seconds = time.perf_counter() - start
+    text, metrics = summarise_fewshot(config, result)
     md_path = out_dir / "fewshot_summary.md"
     md_path.write_text(text)
     return {"metrics": metrics, "csv": csv_path, "summary": md_path, "figures": figures,

@@ -1,5 +1,3 @@
-# Over 400 lines for now: one analysis (construction tuning, product comparison, plots, summary, CLI); its split by
-# job, as eval/needle/ was split, is left to a follow-up of the structure issue.
 """Analysis "gd-construction": a trained 1-layer linear self-attention model vs Proposition 1 (paper B, B.3).
 
 The zoo model ``linear-1`` (2 heads, constructed tokens ``[0, s_t, s_{t-1}]``, fully observed LDS, n_s = 10,
@@ -44,14 +42,14 @@ from mesanet.utils.validation import check_int
 
 from ..layers.linear_self_attention import LinearSelfAttention
 from ..models import SequenceModel
+from .gd_construction_report import GDConstructionResult, write_gd_construction
 from .one_step_gd import GDConstruction, one_step_gd_prediction, optimal_eta
-from .reporting import write_csv
 from .seq_training import per_position_loss, training_states
 from .zoo import load_for_analysis, recipe
 
 __all__ = [
     "GDConstructionConfig", "tune_construction", "construction_as_layer", "balance_heads", "effective_tensor",
-    "block_mass_fraction", "product_similarity", "run_gd_construction", "main",
+    "block_mass_fraction", "product_similarity", "GDConstructionResult", "run_gd_construction", "main",
 ]
 
 DEFAULT_OUT = Path("runs/mesaopt/gd-construction")
@@ -263,71 +261,10 @@ def _tuning_states(cfg: GDConstructionConfig) -> Tensor:
     return training_states(recipe(cfg.model)[1], cfg.tune_sequences)
 
 
-def _plot_losses(path: Path, curves: dict[str, Tensor]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    t = range(1, len(next(iter(curves.values()))) + 1)
-    styles = ["-", "--", ":"]
-    for (name, curve), style in zip(curves.items(), styles):
-        ax.plot(t, curve.numpy(), style, label=name, linewidth=1.6)
-    ax.set_xlabel("t (tokens seen; predicting s_{t+1})")
-    ax.set_ylabel("test loss 1/2 ||pred - s_{t+1}||^2")
-    ax.set_title("1-layer linear SA vs Proposition 1 (one GD step)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_products(path: Path, kq: Tensor, pv: Tensor, construction: GDConstruction, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ckq, cpv = construction.kq_product.double(), construction.pv_product.double()
-    ckq_b, cpv_b = balance_heads(ckq[None], cpv[None])
-    kq_b, pv_b = balance_heads(kq.double(), pv.double(), ckq)
-    heads = kq.shape[0]
-    columns = [f"head {h}" for h in range(heads)] + ["sum over heads", "construction"]
-    mats = {"W_k^T W_q": list(kq_b) + [kq_b.sum(0), ckq_b[0]], "P W_v": list(pv_b) + [pv_b.sum(0), cpv_b[0]]}
-    fig, axes = plt.subplots(2, len(columns), figsize=(3.1 * len(columns), 6.2))
-    for r, (row_name, row) in enumerate(mats.items()):
-        for c, (col_name, m) in enumerate(zip(columns, row)):
-            ax = axes[r, c]
-            vmax = float(m.abs().max()) or 1.0
-            im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-            for k in range(1, m.shape[0] // n):
-                ax.axhline(k * n - 0.5, color="k", linewidth=0.5)
-                ax.axvline(k * n - 0.5, color="k", linewidth=0.5)
-            ax.set_title(f"{row_name}: {col_name}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    fig.suptitle("per-head products (balanced gauge, sign-aligned to the construction); blocks [0, s_t, s_{t-1}]",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _block_table(matrix: Tensor, n: int) -> str:
-    from .compressed import compress_block_scalar
-
-    s = compress_block_scalar(matrix, n)
-    names = ["0", "s_t", "s_{t-1}"]
-    lines = ["| block | " + " | ".join(names) + " |", "|---|---|---|---|"]
-    for i, name in enumerate(names):
-        lines.append(f"| {name} | " + " | ".join(f"{float(v):+.4g}" for v in s[i]) + " |")
-    return "\n".join(lines)
-
-
-def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OUT, *, progress: bool = True) -> dict:
-    """Run the analysis (see the module docstring); returns the summary numbers."""
+def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OUT, *,
+                        progress: bool = True) -> GDConstructionResult:
+    """Run the analysis (see the module docstring), write its files; returns the typed result (``.summary``: the
+    numbers of ``summary.csv``)."""
     if not isinstance(config, GDConstructionConfig):
         raise ValueError(f"config: expected a GDConstructionConfig, got {type(config).__name__}")
     out_dir = Path(out_dir)
@@ -356,95 +293,19 @@ def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OU
         if config.tune_phi0:
             curves[f"GD, Phi0 = cI (c = {tuned['c']:+.3g}, eta = {tuned['eta_c']:.4g})"] = evaluate(
                 lambda tok: one_step_gd_prediction(tok.double(), tuned["eta_c"], phi_c))
-    names = list(curves)
-    trained_curve, gd0_curve = curves[names[0]], curves[names[1]]
-    ref_curve = curves[names[2]] if use_c else gd0_curve
-    trained_loss, ref_loss = float(trained_curve.mean()), float(ref_curve.mean())
-    ratio = trained_loss / ref_loss
-    passed = abs(ratio - 1.0) <= config.target_ratio
-
     mixer = model.blocks[0].mixer
     kq, pv = mixer.kq_products().detach().double(), mixer.pv_products().detach().double()
     sim = product_similarity(kq, pv, reference)  # block masses: the support of the reference's products
 
-    floor = 0.5 * n * task.noise_std ** 2
-    write_csv(out_dir / "per_step_loss.csv", [
-        {"t": t + 1, "trained": f"{float(trained_curve[t]):.6g}", "gd_phi0_zero": f"{float(gd0_curve[t]):.6g}",
-         **({"gd_phi0_cI": f"{float(curves[names[2]][t]):.6g}"} if config.tune_phi0 else {})}
-        for t in range(len(trained_curve))])
-    write_csv(out_dir / "similarity.csv", [
-        {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in sim["rows"]])
-    _plot_losses(out_dir / "per_step_loss.png", curves)
-    _plot_products(out_dir / "products.png", kq, pv, reference, n)
-
-    summary = {
-        "model": config.model, "eta_phi0_zero": tuned["eta0"], "tune_loss_phi0_zero": tuned["loss0"],
-        "phi0_c": tuned["c"], "eta_phi0_cI": tuned["eta_c"], "tune_loss_phi0_cI": tuned["loss_c"],
-        "reference": "Phi0 = cI" if use_c else "Phi0 = 0",
-        "test_loss_trained": trained_loss, "test_loss_gd_phi0_zero": float(gd0_curve.mean()),
-        "test_loss_reference": ref_loss, "ratio_trained_over_reference": ratio,
-        "test_loss_last_trained": float(trained_curve[-1]), "test_loss_last_reference": float(ref_curve[-1]),
-        "cosine_sum": sim["rows"][-1]["cosine"], "implied_eta_sum": sim["rows"][-1]["implied_eta"],
-        "kq_mass_sum": sim["rows"][-1]["kq_mass"], "pv_mass_sum": sim["rows"][-1]["pv_mass"],
-        "target": f"|ratio - 1| <= {config.target_ratio}", "target_pass": passed,
-    }
-    write_csv(out_dir / "summary.csv", [{"metric": k, "value": v} for k, v in summary.items()])
-    kq_b, pv_b = balance_heads(kq, pv, reference.kq_product.double())
-    head_rows = "\n".join(
-        f"| {r['head']} | {r['cosine']:.4f} | {r['implied_eta']:.5g} | {r['kq_mass']:.4f} | {r['pv_mass']:.4f} |"
-        for r in sim["rows"])
-    md = f"""# gd-construction: trained 1-layer linear SA vs Proposition 1
-
-Model `{config.model}` (zoo recipe: {model_cfg.num_heads} heads x key {model_cfg.key_size}, {train_cfg.steps} steps,
-tokens `[0, s_t, s_{{t-1}}]`, LDS n_s = {n}, T = {task.seq_len}, noise {task.noise_std}). Construction tuned on
-{config.tune_sequences} training sequences (the recipe's own batches); losses on {config.test_sequences} fresh
-test sequences (seed {config.test_seed}), eq. 1 per position averaged over the {task.seq_len - 1} scored positions.
-
-Tuned: `eta` in closed form with `Phi0 = 0` -> eta = {tuned['eta0']:.5g} (tuning loss {tuned['loss0']:.5g});
-{"with `Phi0 = c I` (golden section on c, closed-form eta): c = %+.4g, eta = %.5g (tuning loss %.5g)." % (tuned['c'], tuned['eta_c'], tuned['loss_c']) if config.tune_phi0 else "Phi0 not tuned."}
-Reference construction: **{summary['reference']}** (Phi0 = cI only where it lowers the tuning loss by more than
-{100 * config.phi0_min_gain:g} %).
-
-| | mean test loss | loss at last position (t = {task.seq_len - 1}, predicting s_T) |
-|---|---|---|
-| trained `{config.model}` | {trained_loss:.6g} | {float(trained_curve[-1]):.6g} |
-| GD, Phi0 = 0 | {float(gd0_curve.mean()):.6g} | {float(gd0_curve[-1]):.6g} |
-{f"| GD, Phi0 = cI | {float(curves[names[2]].mean()):.6g} | {float(curves[names[2]][-1]):.6g} |" if config.tune_phi0 else ""}
-| noise floor 0.5 n sigma^2 | {floor:.3g} | {floor:.3g} |
-
-**Target (trained within {100 * config.target_ratio:g} % of the tuned construction): {"PASS" if passed else "MISS"}** -
-ratio trained / construction = {ratio:.4f} (mean over positions); at the last position
-{float(trained_curve[-1] / ref_curve[-1]):.4f}.
-
-## Weight products vs the construction
-
-Effective tensor `E = sum_h PV_h (x) KQ_h` (symmetrised over the two key/value token factors; output rows of
-block 0, inputs from blocks 1-2): cosine similarity with the construction's, the implied step size (projection
-onto the construction at eta = 1; the tuned eta is {reference.proj[0, 0].item():.5g}), and the fraction of each
-product's Frobenius mass inside the construction's non-zero blocks (KQ: block (s_{{t-1}}, s_t); PV: block
-{"(0, s_t) and (0, s_{t-1})" if use_c else "(0, s_t)"}; "sum": balanced, sign-aligned heads summed). Per-head products are only
-defined up to the gauge (a PV, KQ / a); the heatmaps show each head balanced (equal norms) and sign-aligned.
-
-| head | cosine | implied eta | KQ mass in blocks | PV mass in blocks |
-|---|---|---|---|---|
-{head_rows}
-
-Block means (mean diagonal of every n x n block, rows = output / key block, columns = input / query block) of the
-balanced head sums:
-
-W_k^T W_q (sum over heads):
-
-{_block_table(kq_b.sum(0), n)}
-
-P W_v (sum over heads):
-
-{_block_table(pv_b.sum(0), n)}
-
-Figures: `per_step_loss.png` (per-position test loss), `products.png` (heatmaps). Numbers: `per_step_loss.csv`,
-`similarity.csv`, `summary.csv`.
-"""
-    (out_dir / "summary.md").write_text(md)
-    return summary
+    ckq, cpv = reference.kq_product.double(), reference.pv_product.double()
+    kq_b, pv_b = balance_heads(kq, pv, ckq)
+    ckq_b, cpv_b = balance_heads(ckq[None], cpv[None])
+    result = GDConstructionResult(
+        config=config, model_cfg=model_cfg, train_cfg=train_cfg, tuned=tuned, use_c=use_c, reference=reference,
+        curves=curves, kq=kq, pv=pv, similarity=sim, kq_balanced=kq_b, pv_balanced=pv_b,
+        construction_kq_balanced=ckq_b, construction_pv_balanced=cpv_b)
+    write_gd_construction(out_dir, result)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -469,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields["test_sequences"] = args.test_sequences
     if args.tune_sequences is not None:
         fields["tune_sequences"] = args.tune_sequences
-    summary = run_gd_construction(GDConstructionConfig(**fields), args.out, progress=not args.no_progress)
+    summary = run_gd_construction(GDConstructionConfig(**fields), args.out, progress=not args.no_progress).summary
     print(f"trained {summary['test_loss_trained']:.6g} vs construction ({summary['reference']}) "
           f"{summary['test_loss_reference']:.6g}: ratio {summary['ratio_trained_over_reference']:.4f} -> "
           f"{'PASS' if summary['target_pass'] else 'MISS'}; cosine {summary['cosine_sum']:.4f}; wrote {args.out}")

@@ -1,5 +1,3 @@
-# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (fit, evaluation,
-# report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Linearisation of softmax attention layers ("Uncovering mesa-optimization algorithms in Transformers", SI F.2; analysis 4 of the toolkit, README "Mesa-optimization toolkit").
 
 For a trained :class:`~mesanet.mesaopt.models.SequenceModel`, every softmax self-attention layer's input ``x_l``
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 import sys
 import time
@@ -38,13 +35,13 @@ from ..data.dynamics import generate_lds
 from ..layers.linear_self_attention import LinearSelfAttention
 from ..layers.softmax_self_attention import SoftmaxSelfAttention
 from ..models import SequenceModel
-from .reporting import write_csv
+from .linearize_report import LinearizeResult, SwapVariant, write_linearize
 from .seq_training import per_position_loss, tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
     "LinearizeConfig", "ZeroMixer", "record_mixer_io", "distil_linear", "distillation_error", "swap_mixers", "test_loss",
-    "run_linearize", "main",
+    "LinearizeResult", "SwapVariant", "run_linearize", "main",
 ]
 
 DEFAULT_OUT = Path("runs/mesaopt/linearize")
@@ -200,13 +197,12 @@ def _softmax_layers(model: SequenceModel) -> list[int]:
 
 
 def run_linearize(config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
-                  recipes: dict | None = None) -> dict:
+                  recipes: dict | None = None) -> LinearizeResult:
     """Distil and swap every softmax layer of ``config.model``; writes ``linearize.csv``,
     ``linearize_curves.csv``, ``linearize_summary.md``, ``linearize_ratios.png``, ``linearize_curves.png``, ``config.yaml``.
 
-    ``recipes`` maps names outside the zoo to ``(SeqModelConfig, SeqTrainConfig)``. Returns
-    ``{"rows": [...], "ratios": {variant: ratio}, "distil_error": {layer: heldout error}, "passed": bool, ...}``
-    with 1-based layer numbers in the variant names.
+    ``recipes`` maps names outside the zoo to ``(SeqModelConfig, SeqTrainConfig)``. Returns the typed
+    :class:`~.linearize_report.LinearizeResult` (``ratios``, ``passed``; 1-based layer numbers in the variant names).
     """
     if not isinstance(config, LinearizeConfig):
         raise ValueError(f"run_linearize: expected a LinearizeConfig, got {type(config).__name__}")
@@ -245,118 +241,17 @@ def run_linearize(config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *,
         variants["all but first"] = layers[1:]
         variants["all"] = list(layers)
     base_curve = test_loss(model, task, tok, config.test_sequences, config.test_seed)
-    base = float(base_curve.mean())
-    curves = {"original": base_curve}
-    rows, ratios, ablations = [], {}, {}
+    result = LinearizeResult(config=config, model_layers=list(model.config.layers), tokens=tok,
+                             num_heads=model_cfg.num_heads, key_size=model_cfg.key_size, layers=layers,
+                             original_curve=base_curve, distil_error_train=train_err, distil_error_heldout=held_err)
     for name, swap in variants.items():
         curve = test_loss(swap_mixers(model, {l: students[l] for l in swap}), task, tok, config.test_sequences,
                           config.test_seed)
-        curves[name] = curve
-        ratios[name] = float(curve.mean()) / base
-        ablated = float(test_loss(swap_mixers(model, {l: ZeroMixer() for l in swap}), task, tok,
-                                  config.test_sequences, config.test_seed).mean()) / base
-        ablations[name] = ablated
-        rows.append({
-            "model": config.model, "variant": name, "swapped_layers": "+".join(str(l + 1) for l in swap),
-            "test_loss": f"{float(curve.mean()):.6g}", "original_loss": f"{base:.6g}",
-            "loss_ratio": f"{ratios[name]:.6g}", "ablation_ratio": f"{ablated:.6g}",
-            "recovered": f"{(ablated - ratios[name]) / (ablated - 1):.4g}" if abs(ablated - 1) > 1e-9 else "",
-            "distil_error_train": f"{train_err[swap[0]]:.6g}" if len(swap) == 1 else "",
-            "distil_error_heldout": f"{held_err[swap[0]]:.6g}" if len(swap) == 1 else "",
-        })
-    write_csv(out / "linearize.csv", rows)
-    with open(out / "linearize_curves.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["t"] + list(curves))
-        for p in range(base_curve.shape[0]):
-            writer.writerow([p + 1] + [f"{float(c[p]):.6g}" for c in curves.values()])
-
-    single = {l: ratios[f"layer {l + 1}"] for l in layers}
-    if len(layers) > 1:
-        first_largest = all(single[layers[0]] > single[l] for l in layers[1:])
-        rest_ok = ratios["all but first"] <= config.max_ratio
-        passed = bool(first_largest and rest_ok)
-    else:
-        first_largest = rest_ok = passed = False
-    files = _plots(config, variants, ratios, ablations, curves, out)
-    seconds = time.perf_counter() - start
-
-    lines = [
-        "# Linearisation of softmax attention layers (paper B, B.3 / SI F.2)", "",
-        f"Model `{config.model}` ({'+'.join(model.config.layers)}, {tok} tokens, zoo root `{config.zoo_root}`). "
-        f"Each softmax layer's mixer input/output was recorded on {config.record_sequences} sequences and distilled "
-        f"into a linear self-attention layer ({model_cfg.num_heads} heads x key {model_cfg.key_size}) with Adam "
-        f"({config.steps} steps, batch {config.batch_size}, lr {config.lr:g} cosine). Distillation error = "
-        f"||delta - LSA(x)||^2 / ||delta||^2 on {config.heldout_sequences} held-out sequences. Loss ratio = "
-        f"test loss (eq. 1, mean over positions, {config.test_sequences} sequences) of the swapped model / "
-        f"original ({base:.5g}). Control: the ablation ratio, the same layers' mixers replaced by zero; "
-        "recovered = (ablation ratio - loss ratio) / (ablation ratio - 1), the share of the layers' contribution "
-        "to the loss that the linear layers reproduce (1 = all of it).", "",
-        "| variant | swapped layers | test loss | loss ratio | ablation ratio | recovered | distil err (train) | distil err (held-out) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['variant']} | {r['swapped_layers']} | {r['test_loss']} | {float(r['loss_ratio']):.4f} | "
-                     f"{float(r['ablation_ratio']):.4f} | {r['recovered']} | {r['distil_error_train']} | {r['distil_error_heldout']} |")
-    lines += ["", "## Check: every layer but the first behaves linearly (paper, SI F.2)", "",
-              f"Criterion (no number in the issue): the first layer's single-swap ratio is the largest, and swapping "
-              f"all layers but the first at once gives a ratio <= {config.max_ratio:g}.", ""]
-    if len(layers) > 1:
-        lines.append(f"- first layer ratio largest: {'yes' if first_largest else 'no'} ("
-                     + ", ".join(f"layer {l + 1}: {single[l]:.4f}" for l in layers) + ")")
-        lines.append(f"- all but first: {ratios['all but first']:.4f} <= {config.max_ratio:g}: {'yes' if rest_ok else 'no'}")
-        lines.append(f"- {'PASS' if passed else 'MISS'}")
-    else:
-        lines.append("- not applicable (the model has a single softmax layer)")
-    lines += ["", f"Figures: {', '.join(f'`{f}`' for f in files)}. CSV: `linearize.csv`, `linearize_curves.csv`. "
-              f"Wall time {seconds:.1f} s.", ""]
-    (out / "linearize_summary.md").write_text("\n".join(lines))
-    return {"rows": rows, "ratios": ratios, "original_loss": base,
-            "distil_error": {l + 1: held_err[l] for l in layers},
-            "distil_error_train": {l + 1: train_err[l] for l in layers}, "passed": passed, "seconds": seconds}
-
-
-def _plots(config, variants, ratios, ablations, curves, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(variants), 3.8))
-    names = list(variants)
-    pos = torch.arange(len(names), dtype=torch.float64)
-    ax.bar(pos - 0.2, [ratios[n] for n in names], width=0.4, color="C0", label="linearised (distilled linear SA)")
-    ax.bar(pos + 0.2, [ablations[n] for n in names], width=0.4, color="0.75", hatch="//",
-           label="control: layer(s) removed")
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xticks(pos.tolist())
-    ax.set_xticklabels(names, fontsize=8)
-    ax.set_ylabel("test loss ratio (modified / original)")
-    ax.set_title(f"{config.model}: softmax layers distilled into linear SA", fontsize=9)
-    for i, n in enumerate(names):
-        ax.text(i - 0.2, ratios[n], f"{ratios[n]:.3g}", ha="center", va="bottom", fontsize=7)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "linearize_ratios.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    seen = set()
-    for name, curve in curves.items():
-        key = tuple(variants.get(name, ()))
-        if key in seen:  # e.g. "all but first" == "layer 2" for a 2-layer model
-            continue
-        seen.add(key)
-        ax.plot(range(1, curve.shape[0] + 1), curve.numpy(), label=name, lw=2 if name == "original" else 1.2)
-    ax.set_yscale("log")
-    ax.set_xlabel("time step t")
-    ax.set_ylabel("test loss 1/2 ||s_(t+1) - pred||^2")
-    ax.set_title(f"{config.model}: per-step loss, original vs linearised", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "linearize_curves.png", dpi=120)
-    plt.close(fig)
-    return ["linearize_ratios.png", "linearize_curves.png"]
+        ablated = test_loss(swap_mixers(model, {l: ZeroMixer() for l in swap}), task, tok, config.test_sequences,
+                            config.test_seed)
+        result.variants.append(SwapVariant(name, swap, curve, float(ablated.mean()) / result.original_loss))
+    write_linearize(out, result, start)
+    return result
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -402,10 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "record_sequences": args.record_sequences, "test_sequences": args.test_sequences}
     cfg = LinearizeConfig(**{**to_dict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     res = run_linearize(cfg, args.out, progress=not args.no_progress, recipes=recipes)
-    for name, ratio in res["ratios"].items():
+    for name, ratio in res.ratios.items():
         print(f"{cfg.model} {name}: loss ratio {ratio:.4f}")
-    print("distillation error (held-out): " + ", ".join(f"layer {l}: {e:.4g}" for l, e in res["distil_error"].items()))
-    print(f"check (all layers but the first behave linearly): {'PASS' if res['passed'] else 'MISS'}; wrote {args.out}")
+    print("distillation error (held-out): "
+          + ", ".join(f"layer {l + 1}: {e:.4g}" for l, e in res.distil_error_heldout.items()))
+    print(f"check (all layers but the first behave linearly): {'PASS' if res.passed else 'MISS'}; wrote {args.out}")
     return 0
 
 

@@ -1,5 +1,3 @@
-# Over 400 lines, unchanged in size by the solver and reliability work: the split by job (probe fitting,
-# aggregation, report) belongs to the structure issue's package-by-paper move (mesaopt/).
 """Linear probes per layer and per time step ("Uncovering mesa-optimization algorithms in Transformers"; analysis 3 of the toolkit, README "Mesa-optimization toolkit").
 
 For a trained :class:`~mesanet.mesaopt.models.SequenceModel` the residual stream after the embedding (layer 0) and
@@ -38,16 +36,15 @@ from mesanet.utils.validation import check_int, is_int
 
 from ..data.dynamics import generate_lds
 from .compressed import chebyshev_solve
-from .reporting import write_csv
+from .probes_report import PROBE_KINDS, ProbeResult, write_probes
 from .seq_training import tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
     "PROBE_KINDS", "ProbeConfig", "preconditioned_inputs", "fit_ridge_probe", "probe_predict",
-    "normalised_probe_error", "probe_errors", "run_probes", "main",
+    "normalised_probe_error", "probe_errors", "ProbeResult", "run_probes", "main",
 ]
 
-PROBE_KINDS = ("target", "precond")
 _PRECOND_METHODS = ("solve", "chebyshev")
 DEFAULT_OUT = Path("runs/mesaopt/probes")
 
@@ -214,72 +211,15 @@ def _chebyshev_gap(cfg: ProbeConfig, task) -> float:
     return float((approx - exact).norm() / exact.norm())
 
 
-# ----------------------------------------------------------------------------------------- report
-
-
-def _mean_late(err: Tensor, min_t: int) -> Tensor:
-    """``[L+1]``: mean over 1-based ``t >= min_t`` of ``err [L+1, T-1]``."""
-    return err[:, min_t - 1:].mean(1)
-
-
-def _plots(results: dict[str, dict[str, Tensor]], cfg: ProbeConfig, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    names = list(results)
-    files = []
-    fig, axes = plt.subplots(len(names), 2, figsize=(11, 2.2 + 1.6 * len(names)), squeeze=False)
-    for i, name in enumerate(names):
-        for j, kind in enumerate(PROBE_KINDS):
-            err = results[name][kind].clamp_min(1e-4).numpy()
-            ax = axes[i, j]
-            im = ax.imshow(err, aspect="auto", origin="lower", cmap="viridis", norm=LogNorm(vmin=1e-3, vmax=1.5),
-                           extent=(0.5, err.shape[1] + 0.5, -0.5, err.shape[0] - 0.5))
-            ax.set_title(f"{name}: {kind} probe", fontsize=9)
-            ax.set_xlabel("time step t")
-            ax.set_ylabel("layer (0 = input)")
-            ax.set_yticks(range(err.shape[0]))
-            fig.colorbar(im, ax=ax, label="normalised MSE")
-    fig.tight_layout()
-    fig.savefig(out / "probes_heatmaps.png", dpi=120)
-    plt.close(fig)
-    files.append("probes_heatmaps.png")
-
-    fig, axes = plt.subplots(len(names), 2, figsize=(10, 2.2 + 1.8 * len(names)), squeeze=False)
-    for i, name in enumerate(names):
-        for j, kind in enumerate(PROBE_KINDS):
-            err = results[name][kind]
-            ax = axes[i, j]
-            layers = list(range(err.shape[0]))
-            for t in cfg.curve_times:
-                if t <= err.shape[1]:
-                    ax.plot(layers, err[:, t - 1].numpy(), marker="o", label=f"t = {t}")
-            ax.plot(layers, _mean_late(err, cfg.min_t).numpy(), "k--", marker="s", label=f"mean t >= {cfg.min_t}")
-            ax.set_yscale("log")
-            ax.set_xticks(layers)
-            ax.set_xlabel("layer (0 = input)")
-            ax.set_ylabel("normalised MSE")
-            ax.set_title(f"{name}: {kind} probe", fontsize=9)
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "probes_vs_layer.png", dpi=120)
-    plt.close(fig)
-    files.append("probes_vs_layer.png")
-    return files
-
-
 def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
-               recipes: dict | None = None) -> dict:
+               recipes: dict | None = None) -> ProbeResult:
     """Run the probe analysis; writes ``probes.csv``, ``probes_summary.md``, two PNGs and ``config.yaml``.
 
     Models come from :func:`~mesanet.mesaopt.analysis.zoo.load_or_train` (trained on first use); ``recipes`` maps
     names outside the zoo to ``(SeqModelConfig, SeqTrainConfig)``.
 
-    Returns ``{"errors": {model: {kind: [L+1, T-1] tensor}}, "late_mean": {model: {kind: [L+1] list}},
-    "checks": {model: {kind: bool}}, "passed": bool, "chebyshev_gap": float, "seconds": float}``.
+    Returns the typed :class:`~.probes_report.ProbeResult` (``errors``, ``late_mean``, ``checks``, ``passed``,
+    ``chebyshev_gap``, ``seconds``).
     """
     if not isinstance(config, ProbeConfig):
         raise ValueError(f"run_probes: expected a ProbeConfig, got {type(config).__name__}")
@@ -297,60 +237,9 @@ def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progre
         results[name] = _model_errors(name, config, progress, configs[name])
     gap = _chebyshev_gap(config, configs[config.models[0]][1].task)
 
-    rows = []
-    for name, per_kind in results.items():
-        for kind, err in per_kind.items():
-            for layer in range(err.shape[0]):
-                for p in range(err.shape[1]):
-                    rows.append({"model": name, "probe": kind, "layer": layer, "t": p + 1,
-                                 "normalised_mse": f"{float(err[layer, p]):.6g}"})
-    write_csv(out / "probes.csv", rows)
-
-    late, checks = {}, {}
-    for name, per_kind in results.items():
-        late[name], checks[name] = {}, {}
-        for kind, err in per_kind.items():
-            m = _mean_late(err, config.min_t)
-            late[name][kind] = [float(v) for v in m]
-            checks[name][kind] = bool(m.shape[0] >= 3 and m[-1] < (1 - config.depth_margin) * m[1])
-    passed = all(all(c.values()) for c in checks.values())
-    files = _plots(results, config, out)
-    seconds = time.perf_counter() - start
-
-    width = max(len(v["target"]) for v in late.values())
-    lines = [
-        "# Linear probes per layer and time step (paper B, B.3)", "",
-        f"Models: {', '.join(config.models)} (zoo root `{config.zoo_root}`). Probes: closed-form ridge "
-        f"(relative ridge {config.ridge:g}, intercept) per (layer, t), fit on {config.train_sequences} sequences "
-        f"(seed {config.train_seed}), scored on {config.test_sequences} held-out sequences (seed {config.test_seed}). "
-        "Error = held-out MSE / target variance (1 = no linear information). Layer 0 = input/embedding, layer l = "
-        "residual stream after block l.", "",
-        f"Preconditioned target `(S_(t-1) S_(t-1)^T + I/lam)^-1 s_t`, lam = {config.lam:g}, computed by "
-        f"`{config.precond_method}`. The paper used a {config.chebyshev_steps}-step Chebyshev approximation; on "
-        f"held-out data it differs from the exact solve by {gap:.3g} (relative norm, t >= 2).", "",
-        f"## Mean normalised error over t >= {config.min_t}", "",
-        "| model | probe | " + " | ".join(f"layer {l}" for l in range(width)) + " |",
-        "|---|---|" + "---|" * width,
-    ]
-    for name in late:
-        for kind in PROBE_KINDS:
-            cells = [f"{v:.4f}" for v in late[name][kind]]
-            cells += [""] * (width - len(cells))
-            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "## Target check: probe errors fall with depth", "",
-              f"Criterion: for each model and probe, mean normalised error over t >= {config.min_t} at the last "
-              f"layer < (1 - {config.depth_margin:g}) x that at layer 1 (output of the first block).", ""]
-    for name in late:
-        for kind in PROBE_KINDS:
-            v = late[name][kind]
-            mono = all(b <= a for a, b in zip(v[1:], v[2:]))
-            lines.append(f"- {'PASS' if checks[name][kind] else 'MISS'} {name} / {kind}: layer 1 {v[1]:.4f} -> "
-                         f"layer {len(v) - 1} {v[-1]:.4f} (monotone over layers 1..L: {'yes' if mono else 'no'})")
-    lines += ["", f"Overall: {'PASS' if passed else 'MISS'}", "",
-              f"Figures: {', '.join(f'`{f}`' for f in files)}. CSV: `probes.csv`. Wall time {seconds:.1f} s.", ""]
-    (out / "probes_summary.md").write_text("\n".join(lines))
-    return {"errors": results, "late_mean": late, "checks": checks, "passed": passed, "chebyshev_gap": gap,
-            "seconds": seconds}
+    result = ProbeResult(config=config, errors=results, chebyshev_gap=gap)
+    write_probes(out, result, start)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,10 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "precond_method": args.precond_method}
     cfg = ProbeConfig(**{**to_dict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     res = run_probes(cfg, args.out, progress=not args.no_progress, recipes=recipes)
-    for name, per_kind in res["late_mean"].items():
+    for name, per_kind in res.late_mean.items():
         for kind, v in per_kind.items():
             print(f"{name} {kind}: mean err t>={cfg.min_t} per layer " + " ".join(f"{x:.4f}" for x in v))
-    print(f"target check (errors fall with depth): {'PASS' if res['passed'] else 'MISS'}; wrote {args.out}")
+    print(f"target check (errors fall with depth): {'PASS' if res.passed else 'MISS'}; wrote {args.out}")
     return 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mesanet.utils.validation import is_int
+from mesanet.utils.validation import check_float, is_int
 
 #: Target value ignored by the loss and the accuracy (PyTorch's ``cross_entropy`` default).
 IGNORE_INDEX = -100
@@ -46,13 +46,8 @@ def check_even(name: str, value: int) -> None:
 
 
 def check_fraction(name: str, value: object, *, upper_inclusive: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
-    if not ok:
-        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
-        raise ValueError(f"{name}: expected a float in {bound}, got {value!r}")
-    return float(value)
+    """``value`` as a ``float`` in ``[0, 1)`` (``[0, 1]`` with ``upper_inclusive``), else one ``ValueError`` line."""
+    return check_float(name, value, minimum=0.0, maximum=1.0, max_inclusive=upper_inclusive)
 
 
 def stack(rows_in: Sequence[Sequence[int]], rows_tgt: Sequence[Sequence[int]]) -> TokenBatch:
