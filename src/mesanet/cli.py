@@ -1,14 +1,15 @@
 """``mesanet train | eval | generate | compare | synth | needle | mesaopt``: the command line over the pipelines.
 
-    mesanet train configs/small.yaml optim.lr=1e-3 model.mixer=gla     # a YAML preset + dotted overrides
+    mesanet train small optim.lr=1e-3 model.mixer=gla                  # a preset name (or a YAML file) + dotted overrides
+    mesanet train small --print-config                                 # the resolved config; `train --help` lists every key
     mesanet eval runs/small --tol 1e-4                                  # loss/ppl, per-position NLL, 2x/4x length, CG stats
     mesanet generate runs/small --prompt "def parse(" --temperature 0.8 --top-p 0.95
-    mesanet compare configs/compare.yaml                                # several models, one data/token budget, a report
+    mesanet compare compare                                             # several models, one data/token budget, a report
     mesanet synth --quick                                               # the synthetic ICL suite (MAD, MQAR, regression)
     mesanet needle runs/small                                           # needle-in-a-haystack at and beyond the training length
     mesanet mesaopt list                                                # mesa-optimization analyses ("Uncovering ..." paper)
 
-Training also runs under torchrun: ``torchrun --nproc_per_node 2 -m mesanet train configs/small.yaml``.
+Training also runs under torchrun: ``torchrun --nproc_per_node 2 -m mesanet train small``.
 Unknown config keys are errors that list the valid ones. Options may come anywhere among the positionals. Every
 user error ends in ONE line on stderr, ``mesanet <command>: error: <what was expected, what arrived>``, with exit
 code 2 (usage and config) or 1 (a runtime failure, e.g. a non-finite loss); ``--debug`` anywhere on the command line
@@ -28,14 +29,33 @@ from mesanet.utils.cli_errors import add_debug_flag, device_arg, run_cli, split_
 
 
 def _config_and_overrides(args: Sequence[str]) -> tuple[Path | None, list[str]]:
-    path = Path(args[0]) if args and "=" not in args[0] else None
+    """The config file (a path or a packaged preset name, first) and the ``key=value`` overrides."""
+    from mesanet.presets import resolve_config
+
+    path = resolve_config(args[0]) if args and "=" not in args[0] else None
     return path, list(args[1:] if path is not None else args)
+
+
+def with_config_keys(parser: argparse.ArgumentParser, config_class: str) -> None:
+    """Append every config key of ``config_class`` (``"module:Class"``) with its type and default to ``parser``'s
+    help, imported only when the help is shown (so building the parser stays cheap)."""
+    plain = parser.format_help
+
+    def format_help() -> str:
+        import importlib
+
+        from mesanet.utils.config import fields_help
+
+        module, _, name = config_class.partition(":")
+        return f"{plain()}\n{fields_help(getattr(importlib.import_module(module), name))}\n"
+
+    parser.format_help = format_help
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
     from mesanet.train.__main__ import main as train_main
 
-    train_main([*ns.args, *(["--no-progress"] if ns.no_progress else [])])
+    train_main([*ns.args, *(["--no-progress"] if ns.no_progress else []), *(["--print-config"] if ns.print_config else [])])
 
 
 def solver_overrides(ns: argparse.Namespace) -> dict | None:
@@ -108,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (a YAML config and key=value overrides)")
-    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    p = sub.add_parser("train", help="train a model (a preset name or YAML config, and key=value overrides)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    with_config_keys(p, "mesanet.train.config:TrainConfig")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run or model directory; writes eval.json, per_position.csv/png, summary.md")
@@ -137,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_generate)
 
-    p = sub.add_parser("compare", help="train and evaluate several models on the same data and budget; writes a report")
-    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    p = sub.add_parser("compare", help="train and evaluate several models on the same data and budget; writes a report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value")
+    with_config_keys(p, "mesanet.eval.compare:CompareConfig")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_compare)
 

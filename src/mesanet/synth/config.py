@@ -1,6 +1,6 @@
 """``SynthConfig``: the task x mixer x lr x wd x seed grid of the synthetic suite and its training budget.
 
-Strict typed dataclass (unknown keys are errors) loaded from YAML presets in ``configs/synth*.yaml`` with
+Strict typed dataclass (unknown keys are errors) loaded from YAML presets (``mesanet.presets``: ``synth*.yaml``) with
 ``key=value`` overrides; :func:`check_config` validates names and ranges (``ValueError``).
 """
 
@@ -15,6 +15,7 @@ from mesanet.data.synthetic import MAD_TASKS
 from mesanet.models import MIXER_KINDS
 from mesanet.ops import INFERENCE, TRAINING
 from mesanet.ops.solver_settings import as_settings
+from mesanet.presets import PRESET_DIR
 from mesanet.utils.config import ConfigError, from_dict, load, to_dict
 
 #: Tasks the runner knows: the six MAD tasks, MQAR and in-context linear regression.
@@ -24,8 +25,8 @@ TASKS = (*MAD_TASKS, "mqar", "regression")
 #: (finished cells are reused, new ones are added). Every other field changes what a cell computes.
 GRID_FIELDS = frozenset({"tasks", "mixers", "lrs", "weight_decays", "seeds", "workers", "progress", "out_dir"})
 
-#: Repository ``configs/`` directory (the ``--quick`` preset lives there).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+#: The packaged presets (``mesanet.presets``; the ``--quick`` preset lives there).
+CONFIG_DIR = PRESET_DIR
 
 
 @dataclass
