@@ -65,12 +65,26 @@ def solver_overrides(ns: argparse.Namespace) -> dict | None:
     return given or None
 
 
+def text_tokens(model_dir: Path, path: str):
+    """The token ids of the UTF-8 text file ``path`` under the tokenizer saved in ``model_dir`` (``--val-text``)."""
+    import numpy as np
+
+    from mesanet.eval.checkpoint import load_tokenizer
+    from mesanet.utils.config import read_text
+
+    text = read_text(Path(path), "--val-text file")
+    return np.asarray(load_tokenizer(model_dir)(text, add_special_tokens=False).input_ids, dtype=np.int64)
+
+
 def cmd_eval(ns: argparse.Namespace) -> None:
     from mesanet.eval import evaluate_run
+    from mesanet.eval.run_files import resolve_model_dir
 
+    val_tokens = text_tokens(resolve_model_dir(ns.path)[0], ns.val_text) if ns.val_text is not None else None
     report = evaluate_run(
         ns.path, solver=solver_overrides(ns), extrapolation=tuple(ns.extrapolation), max_windows=ns.max_windows,
-        out_dir=ns.out, progress=not ns.no_progress, verify=not ns.allow_modified_weights,
+        out_dir=ns.out, progress=not ns.no_progress, verify=not ns.allow_modified_weights, device=ns.device,
+        train_len=ns.train_len, val_tokens=val_tokens,
     )
     print(Path(report["files"]["summary_md"]).read_text())
 
@@ -118,6 +132,9 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
     return int(module.main(list(argv)) or 0)
 
 
+#: ``--device`` (eval, generate), as ``train``'s ``device``: ``auto`` = CUDA when present.
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto: CUDA when present, else CPU)"
+
 #: ``--allow-modified-weights`` (eval, generate): the override of the SHA-256 check of a trained model's files.
 ALLOW_MODIFIED_HELP = "load the model even if its files no longer match the SHA-256 recorded when training wrote them"
 
@@ -144,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extrapolation", type=int, nargs="*", default=[2, 4], help="multiples of the training length (default 2 4)")
     p.add_argument("--max-windows", type=int, default=32, help="windows at the longest length; every length scores the same tokens (default 32)")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--train-len", type=int, default=None,
+                   help="the training length in tokens (default: the run's data.seq_len; needed for a bare model directory)")
+    p.add_argument("--val-text", default=None, metavar="FILE",
+                   help="evaluate on this UTF-8 text file, tokenized with the model directory's tokenizer "
+                        "(default: the run's validation split; needed for a bare model directory)")
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_eval)
@@ -156,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_generate)
 

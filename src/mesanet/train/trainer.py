@@ -178,7 +178,7 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             p = self.prepared
             stats = {"corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash, "eod_id": p.eod_id, **p.stats,
-                     "cache_dir": str(Path(cfg.data.cache_dir).expanduser().resolve())}  # where evaluation finds the caches
+                     "cache_dir": str(cfg.data.cache_root.resolve())}  # where evaluation finds the caches
             ckpt.atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2, default=str) + "\n")
         self.solver_monitor = SolverMonitor(self.model, enabled=d.is_main)  # CG steps of the Mesa layers (rank 0's)
         self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main, extra_columns=self.solver_monitor.columns)
