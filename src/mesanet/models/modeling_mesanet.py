@@ -126,6 +126,15 @@ class MesaNetPreTrainedModel(PreTrainedModel):
     _is_stateful = True
     supports_gradient_checkpointing = True  # activation_checkpointing_enable(): every block is recomputed in backward
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the modeling code and ``auto_map`` (:mod:`.remote_code`): the
+        folder loads with ``trust_remote_code=True`` where ``mesanet`` is not installed."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            from .remote_code import write_remote_code
+
+            write_remote_code(save_directory)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # The model builds its own MesaNetCache (recurrent states + KV caches) on the first forward.
