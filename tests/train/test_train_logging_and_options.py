@@ -83,3 +83,19 @@ def test_gradient_checkpointing_trains_the_same_loss_trace(make_cfg, tmp_path, o
     b = [r["train_loss"] for r in read_metrics(checkpointed.run_dir / "metrics.csv")]
     assert len(a) == 3
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=CHECKPOINT_TRAIN_LOSS_RTOL, atol=0)
+
+
+def test_train_compile_runs_the_compiled_forward(make_cfg, one_thread, monkeypatch):
+    """``compile: true`` trains through ``torch.compile`` (the eager backend here: inductor takes minutes on CPU)."""
+    import torch._dynamo as dynamo
+
+    calls = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or real(model, **kw))
+    dynamo.reset()
+    plain = train(make_cfg(name="plain", max_steps=2), progress=False)
+    compiled = train(make_cfg(name="compiled", max_steps=2, compile=True, compile_backend="eager"), progress=False)
+    assert calls == [{"backend": "eager"}]
+    a = [r["train_loss"] for r in read_metrics(plain.run_dir / "metrics.csv")]
+    b = [r["train_loss"] for r in read_metrics(compiled.run_dir / "metrics.csv")]
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=CHECKPOINT_TRAIN_LOSS_RTOL, atol=0)

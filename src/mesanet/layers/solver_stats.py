@@ -129,7 +129,11 @@ class SolverStatsCollector:
 
 def active_collectors(layer: nn.Module) -> tuple[Optional[SolverSettings], list[SolverStatsCollector]]:
     """``(settings override or None, collectors watching layer)`` of the open contexts; the innermost
-    collector with ``solver`` set decides the override."""
+    collector with ``solver`` set decides the override. Inside ``torch.compile``: ``(None, [])``, the contexts
+    are Python state a compiled graph does not read (reading them would break the graph at every Mesa layer), so
+    a compiled model records no CG statistics and solves with its own settings."""
+    if torch.compiler.is_compiling():
+        return None, []
     watching = [c for c in _ACTIVE.get() if c.watches(layer)]
     override = next((c.solver for c in reversed(watching) if c.solver is not None), None)
     return override, ([] if _REPLAY.get() else watching)
@@ -144,6 +148,8 @@ def replay_quietly(fn: Callable) -> Callable:
 
     def run(*args, **kwargs):
         nonlocal captured
+        if torch.compiler.is_compiling():  # no collectors inside a compiled graph (see active_collectors)
+            return fn(*args, **kwargs)
         if captured is None:
             captured = _ACTIVE.get()
             return fn(*args, **kwargs)

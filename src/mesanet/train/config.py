@@ -20,7 +20,7 @@ from mesanet.models import MesaNetConfig, preset_config
 #: names are single fields of a section.
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "grad_accum", "precision", "device", "log_every", "eval_every", "eval_batches",
-    "checkpoint_every", "keep_last", "resume", "out_dir", "data.cache_dir", "gradient_checkpointing", "compile", "logging",
+    "checkpoint_every", "keep_last", "resume", "out_dir", "data.cache_dir", "gradient_checkpointing", "compile", "compile_backend", "logging",
 })
 
 
@@ -89,7 +89,8 @@ class TrainConfig:
     with ``resume: false`` an existing run directory with results is an error (nothing is overwritten).
     ``gradient_checkpointing``: recompute every block in the backward pass (Hugging Face
     ``activation_checkpointing_enable()``; the same gradients for less activation memory). ``compile``:
-    ``torch.compile`` the training forward (the first steps then include the compile time).
+    ``torch.compile`` the training forward with ``compile_backend`` (the first step then includes the compile time;
+    compiled layers record no CG statistics, see :func:`mesanet.layers.solver_stats.active_collectors`).
     ``logging``: the optional Weights & Biases logger (TensorBoard is always written).
     """
 
@@ -112,6 +113,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

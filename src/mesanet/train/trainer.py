@@ -164,7 +164,8 @@ class Trainer:
         if d.distributed:
             self.ddp = DistributedDataParallel(  # buffers (RoPE tables) are constants: no per-step broadcast
                 self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-        self.compiled = torch.compile(self.ddp or self.model) if cfg.compile else None  # the training forward only
+        step_model = self.ddp if self.ddp is not None else self.model
+        self.compiled = torch.compile(step_model, backend=cfg.compile_backend) if cfg.compile else None  # training forward
 
         # Validation windows: this rank's share of the first eval_batches * batch_size windows.
         if len(self.prepared.val) >= cfg.data.seq_len:
@@ -247,7 +248,7 @@ class Trainer:
             raise self._nonfinite(step, bad, "NaN/inf", after_update=True)
 
     def _step(self, step: int) -> tuple[float, float, float]:
-        cfg, model = self.cfg, self.compiled or self.ddp or self.model
+        cfg, model = self.cfg, next(m for m in (self.compiled, self.ddp, self.model) if m is not None)
         self.model.train()
         lr = self.scheduler.get_last_lr()[0]
         total = torch.zeros((), device=self.dist.device)
