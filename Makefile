@@ -18,7 +18,7 @@ setup: $(STAMP)
 # 2 CPU cores), evaluate it (runs/small/summary.md, per_position.png), and print a generated sample.
 # Running it again reuses the finished run.
 run: $(STAMP)
-	$(PY) -m mesanet train configs/small.yaml
+	$(PY) -m mesanet train small
 	$(PY) -m mesanet eval runs/small
 	$(PY) -m mesanet generate runs/small --prompt "def " --max-new-tokens 120 --temperature 0.7 --seed 0
 

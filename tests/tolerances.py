@@ -175,3 +175,20 @@ DECODE_F32_RTOL = 1e-5
 #: drift further for any two solves (Adam's normalised update amplifies 1e-7 differences: 1.5e-3 at step 9),
 #: so the test stops at step 4; equal validation loss after a full run is an experiment (README).
 ADAPTIVE_TRAIN_LOSS_RTOL = 5e-5
+
+#: Activation checkpointing recomputes each block with the same float64 ops on the same inputs, so the gradients
+#: equal the plain path's up to the order in which the recomputed and the stored pieces are summed (rounding);
+#: any difference in what is recomputed (other solver settings, a lost state) shows up at >= 1e-6.
+CHECKPOINT_GRAD_RTOL = 1e-12
+
+#: The same few float32 training steps with and without activation checkpointing: the recomputation repeats the
+#: forward's ops exactly, so only the summation order of the parameter gradients may differ (float32 rounding,
+#: ~1e-7 relative per step, amplified a little by three AdamW steps).
+CHECKPOINT_TRAIN_LOSS_RTOL = 1e-5
+
+#: A model compiled with the eager backend runs the same float32 forward ops as the eager model (the loss is
+#: bit-identical), but autograd of the captured graph decomposes some backward formulas and sums contributions (the
+#: tied embedding's two, the residual stream's) in another order: measured differences ~2e-8 absolute on gradients of
+#: size <= 0.15 (float32 rounding); 1e-6 absolute leaves a 50x margin and still catches any wrong gradient term.
+COMPILED_GRAD_RTOL = 1e-5
+COMPILED_GRAD_ATOL = 1e-6

@@ -1,14 +1,15 @@
 """``mesanet train | eval | generate | compare | synth | needle | mesaopt``: the command line over the pipelines.
 
-    mesanet train configs/small.yaml optim.lr=1e-3 model.mixer=gla     # a YAML preset + dotted overrides
+    mesanet train small optim.lr=1e-3 model.mixer=gla                  # a preset name (or a YAML file) + dotted overrides
+    mesanet train small --print-config                                 # the resolved config; `train --help` lists every key
     mesanet eval runs/small --tol 1e-4                                  # loss/ppl, per-position NLL, 2x/4x length, CG stats
     mesanet generate runs/small --prompt "def parse(" --temperature 0.8 --top-p 0.95
-    mesanet compare configs/compare.yaml                                # several models, one data/token budget, a report
+    mesanet compare compare                                             # several models, one data/token budget, a report
     mesanet synth --quick                                               # the synthetic ICL suite (MAD, MQAR, regression)
     mesanet needle runs/small                                           # needle-in-a-haystack at and beyond the training length
     mesanet mesaopt list                                                # mesa-optimization analyses ("Uncovering ..." paper)
 
-Training also runs under torchrun: ``torchrun --nproc_per_node 2 -m mesanet train configs/small.yaml``.
+Training also runs under torchrun: ``torchrun --nproc_per_node 2 -m mesanet train small``.
 Unknown config keys are errors that list the valid ones. Options may come anywhere among the positionals. Every
 user error ends in ONE line on stderr, ``mesanet <command>: error: <what was expected, what arrived>``, with exit
 code 2 (usage and config) or 1 (a runtime failure, e.g. a non-finite loss); ``--debug`` anywhere on the command line
@@ -28,14 +29,33 @@ from mesanet.utils.cli_errors import add_debug_flag, device_arg, run_cli, split_
 
 
 def _config_and_overrides(args: Sequence[str]) -> tuple[Path | None, list[str]]:
-    path = Path(args[0]) if args and "=" not in args[0] else None
+    """The config file (a path or a packaged preset name, first) and the ``key=value`` overrides."""
+    from mesanet.presets import resolve_config
+
+    path = resolve_config(args[0]) if args and "=" not in args[0] else None
     return path, list(args[1:] if path is not None else args)
+
+
+def with_config_keys(parser: argparse.ArgumentParser, config_class: str) -> None:
+    """Append every config key of ``config_class`` (``"module:Class"``) with its type and default to ``parser``'s
+    help, imported only when the help is shown (so building the parser stays cheap)."""
+    plain = parser.format_help
+
+    def format_help() -> str:
+        import importlib
+
+        from mesanet.utils.config import fields_help
+
+        module, _, name = config_class.partition(":")
+        return f"{plain()}\n{fields_help(getattr(importlib.import_module(module), name))}\n"
+
+    parser.format_help = format_help
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
     from mesanet.train.__main__ import main as train_main
 
-    train_main([*ns.args, *(["--no-progress"] if ns.no_progress else [])])
+    train_main([*ns.args, *(["--no-progress"] if ns.no_progress else []), *(["--print-config"] if ns.print_config else [])])
 
 
 def solver_overrides(ns: argparse.Namespace) -> dict | None:
@@ -45,12 +65,26 @@ def solver_overrides(ns: argparse.Namespace) -> dict | None:
     return given or None
 
 
+def text_tokens(model_dir: Path, path: str):
+    """The token ids of the UTF-8 text file ``path`` under the tokenizer saved in ``model_dir`` (``--val-text``)."""
+    import numpy as np
+
+    from mesanet.eval.checkpoint import load_tokenizer
+    from mesanet.utils.config import read_text
+
+    text = read_text(Path(path), "--val-text file")
+    return np.asarray(load_tokenizer(model_dir)(text, add_special_tokens=False).input_ids, dtype=np.int64)
+
+
 def cmd_eval(ns: argparse.Namespace) -> None:
     from mesanet.eval import evaluate_run
+    from mesanet.eval.run_files import resolve_model_dir
 
+    val_tokens = text_tokens(resolve_model_dir(ns.path)[0], ns.val_text) if ns.val_text is not None else None
     report = evaluate_run(
         ns.path, solver=solver_overrides(ns), extrapolation=tuple(ns.extrapolation), max_windows=ns.max_windows,
-        out_dir=ns.out, progress=not ns.no_progress, verify=not ns.allow_modified_weights,
+        out_dir=ns.out, progress=not ns.no_progress, verify=not ns.allow_modified_weights, device=ns.device,
+        train_len=ns.train_len, val_tokens=val_tokens,
     )
     print(Path(report["files"]["summary_md"]).read_text())
 
@@ -98,6 +132,9 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
     return int(module.main(list(argv)) or 0)
 
 
+#: ``--device`` (eval, generate), as ``train``'s ``device``: ``auto`` = CUDA when present.
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto: CUDA when present, else CPU)"
+
 #: ``--allow-modified-weights`` (eval, generate): the override of the SHA-256 check of a trained model's files.
 ALLOW_MODIFIED_HELP = "load the model even if its files no longer match the SHA-256 recorded when training wrote them"
 
@@ -108,9 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (a YAML config and key=value overrides)")
-    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    p = sub.add_parser("train", help="train a model (a preset name or YAML config, and key=value overrides)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    with_config_keys(p, "mesanet.train.config:TrainConfig")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run or model directory; writes eval.json, per_position.csv/png, summary.md")
@@ -121,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extrapolation", type=int, nargs="*", default=[2, 4], help="multiples of the training length (default 2 4)")
     p.add_argument("--max-windows", type=int, default=32, help="windows at the longest length; every length scores the same tokens (default 32)")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--train-len", type=int, default=None,
+                   help="the training length in tokens (default: the run's data.seq_len; needed for a bare model directory)")
+    p.add_argument("--val-text", default=None, metavar="FILE",
+                   help="evaluate on this UTF-8 text file, tokenized with the model directory's tokenizer "
+                        "(default: the run's validation split; needed for a bare model directory)")
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_eval)
@@ -133,12 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_generate)
 
-    p = sub.add_parser("compare", help="train and evaluate several models on the same data and budget; writes a report")
-    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    p = sub.add_parser("compare", help="train and evaluate several models on the same data and budget; writes a report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value")
+    with_config_keys(p, "mesanet.eval.compare:CompareConfig")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_compare)
 

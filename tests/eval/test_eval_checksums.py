@@ -98,10 +98,12 @@ def test_cli_flag_overrides_the_check(final_dir, capsys):
 
 def test_a_relative_cache_dir_never_lands_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("MESANET_CACHE")  # the suite's own (tests/conftest.py) would take precedence
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
     assert run_eval.resolve_cache_dir("/abs/cache", run) == "/abs/cache"
     assert run_eval.resolve_cache_dir(".cache/mesanet", run) == str(tmp_path / "xdg" / "mesanet")  # nothing recorded
+    assert run_eval.resolve_cache_dir(None, run) == str(tmp_path / "xdg" / "mesanet")  # None: the user cache folder
     recorded = tmp_path / "where-training-ran" / ".cache" / "mesanet"
     recorded.mkdir(parents=True)
     (run / "data_stats.json").write_text(json.dumps({"cache_dir": str(recorded)}))

@@ -73,9 +73,9 @@ def test_evaluate_run_writes_every_file_with_consistent_numbers(model_dir, tmp_p
 
 def test_out_dir_and_model_directory_outside_a_run(model_dir, tmp_path, eval_windows):
     val = random_tokens(100, seed=1)
-    with pytest.raises(ValueError, match="is a model directory outside a run: pass train_len="):
+    with pytest.raises(ValueError, match=r"is a model directory outside a run: give the training length \(mesanet eval --train-len N"):
         evaluate_run(model_dir, val_tokens=val, progress=False)
-    with pytest.raises(ValueError, match="is a model directory outside a run: pass val_tokens="):
+    with pytest.raises(ValueError, match=r"is a model directory outside a run: give the text to evaluate on \(mesanet eval --val-text FILE"):
         evaluate_run(model_dir, train_len=16, progress=False)
     out = tmp_path / "elsewhere"
     report = evaluate_run(model_dir, val_tokens=val, train_len=16, extrapolation=(), out_dir=out, max_windows=2, progress=False)

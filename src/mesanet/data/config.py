@@ -7,7 +7,9 @@ arrived), so a bad config fails before anything is read or written. Load it from
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from mesanet.utils.validation import check_int, is_real
 
@@ -20,6 +22,18 @@ SPECIAL_TOKENS = (EOD_TOKEN, PAD_TOKEN)
 #: Byte-level BPE starts from the 256 byte symbols; the vocabulary must hold those plus the specials.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 MAX_VOCAB_SIZE = 2**32 - 1
+
+
+#: Environment variable naming the data-cache folder (tokenizers, token caches); see :func:`user_cache_dir`.
+CACHE_ENV = "MESANET_CACHE"
+
+
+def user_cache_dir() -> Path:
+    """The user's data-cache folder: ``$MESANET_CACHE``, else ``$XDG_CACHE_HOME/mesanet``, else
+    ``~/.cache/mesanet``; never a folder relative to the working directory."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mesanet").resolve()
 
 
 class DataError(ValueError):
@@ -46,7 +60,7 @@ class DataConfig:
     val_fraction: float = 0.05  # share of documents held out for validation, in (0, 1)
     seed: int = 0  # document subset / split / packing order
     max_documents: int | None = None  # cap on documents (deterministic subset), for quick runs/tests
-    cache_dir: str = ".cache/mesanet"  # tokenizer + token caches, keyed by content hashes
+    cache_dir: str | None = None  # tokenizer + token caches, keyed by content hashes; None: user_cache_dir()
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -71,7 +85,12 @@ class DataConfig:
         check_int("DataConfig.seed", self.seed, minimum=0, error=DataError)
         check_int("DataConfig.max_documents", self.max_documents, minimum=1, optional=True, what="None: all documents",
                   error=DataError)
-        if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
-            raise DataError(f"DataConfig.cache_dir: expected a folder path, got {self.cache_dir!r}")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
+            raise DataError(f"DataConfig.cache_dir: expected a folder path or null (the user cache folder), got {self.cache_dir!r}")
+
+    @property
+    def cache_root(self) -> Path:
+        """The cache folder: ``cache_dir``, or :func:`user_cache_dir` when it is ``None``."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir is not None else user_cache_dir()
 
 

@@ -73,7 +73,7 @@ def prepare_data(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"prepare_data: expected a DataConfig, got {type(cfg).__name__}")
     start = time.perf_counter()
-    root = Path(cfg.cache_dir).expanduser()
+    root = cfg.cache_root
     candidates = resolve_source(cfg)
     dtype = packing.token_dtype(cfg.vocab_size)
     hits = {"corpus_memo": False, "tokenizer": False, "tokens": False}

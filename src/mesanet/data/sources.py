@@ -91,7 +91,7 @@ def resolve_source(cfg: DataConfig) -> Candidates:
     if source.startswith("hf:"):
         from .hf_source import hf_candidates  # imports `datasets` only when asked for
 
-        return hf_candidates(source[3:], cache_dir=Path(cfg.cache_dir))
+        return hf_candidates(source[3:], cache_dir=cfg.cache_root)
     return local_candidates(source)
 
 

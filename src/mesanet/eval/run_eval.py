@@ -28,6 +28,7 @@ import numpy as np
 
 from mesanet.utils.validation import is_int
 
+from ..data.config import user_cache_dir
 from ..ops import INFERENCE, SolverSettings
 from ..ops.solver_settings import as_settings
 from ..utils.config import from_dict
@@ -49,17 +50,13 @@ PLOT_BINS_PER_DECADE = 20
 _VAL_CACHE: dict[str, np.ndarray] = {}
 
 
-def user_cache_dir() -> Path:
-    """The user's data-cache folder: ``$XDG_CACHE_HOME/mesanet``, else ``~/.cache/mesanet``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mesanet"
-
-
-def resolve_cache_dir(cache_dir: str, run_dir: Optional[Path]) -> str:
-    """Where evaluation keeps the data caches of a run whose config says ``cache_dir``. A relative path meant the
-    training process's working directory, not ours: it becomes the absolute folder training recorded (when it
-    exists and is writable), else :func:`user_cache_dir`. Never a folder relative to the current directory."""
-    path = Path(cache_dir).expanduser()
-    if path.is_absolute():
+def resolve_cache_dir(cache_dir: Optional[str], run_dir: Optional[Path]) -> str:
+    """Where evaluation keeps the data caches of a run whose config says ``cache_dir``. ``None`` (the user cache
+    folder) and a relative path (which meant the training process's working directory, not ours) become the
+    absolute folder training recorded (when it exists and is writable), else :func:`user_cache_dir`
+    (``$MESANET_CACHE``, ...). Never a folder relative to the current directory."""
+    path = Path(cache_dir).expanduser() if cache_dir is not None else None
+    if path is not None and path.is_absolute():
         return str(path)
     recorded = recorded_cache_dir(run_dir) if run_dir is not None else None
     if recorded is not None and recorded.is_dir() and os.access(recorded, os.W_OK | os.X_OK):
@@ -156,11 +153,13 @@ def evaluate_run(
 
     if train_len is None:
         if run_config is None:
-            raise ValueError(f"{str(path)!r} is a model directory outside a run: pass train_len= (and val_tokens=)")
+            raise ValueError(f"{str(path)!r} is a model directory outside a run: give the training length "
+                             "(mesanet eval --train-len N; evaluate_run(train_len=N))")
         train_len = train_seq_len(run_config, where)
     if val_tokens is None:
         if run_config is None:
-            raise ValueError(f"{str(path)!r} is a model directory outside a run: pass val_tokens= (the validation split)")
+            raise ValueError(f"{str(path)!r} is a model directory outside a run: give the text to evaluate on "
+                             "(mesanet eval --val-text FILE; evaluate_run(val_tokens=...))")
         if "data" not in run_config:
             raise ValueError(f"{where}: no data section to rebuild the validation split from")
         val_tokens = validation_tokens(run_config["data"], progress=progress, run_dir=Path(run_dir))

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,9 @@ from ..ops.results import SolverStats
 from ..ops.solver_settings import INFERENCE, SolverSettings, as_settings
 
 _ACTIVE: contextvars.ContextVar[tuple["SolverStatsCollector", ...]] = contextvars.ContextVar("mesa_solver_stats", default=())
+#: True while a checkpointed block is recomputed in the backward pass: the layers solve as in the forward but
+#: record nothing (the forward already did). See :func:`replay_quietly`.
+_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("mesa_solver_stats_replay", default=False)
 _LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
 
@@ -126,10 +129,38 @@ class SolverStatsCollector:
 
 def active_collectors(layer: nn.Module) -> tuple[Optional[SolverSettings], list[SolverStatsCollector]]:
     """``(settings override or None, collectors watching layer)`` of the open contexts; the innermost
-    collector with ``solver`` set decides the override."""
+    collector with ``solver`` set decides the override. Inside ``torch.compile``: ``(None, [])``, the contexts
+    are Python state a compiled graph does not read (reading them would break the graph at every Mesa layer), so
+    a compiled model records no CG statistics and solves with its own settings."""
+    if torch.compiler.is_compiling():
+        return None, []
     watching = [c for c in _ACTIVE.get() if c.watches(layer)]
     override = next((c.solver for c in reversed(watching) if c.solver is not None), None)
-    return override, watching
+    return override, ([] if _REPLAY.get() else watching)
+
+
+def replay_quietly(fn: Callable) -> Callable:
+    """``fn`` for activation checkpointing (``torch.utils.checkpoint``): the first call runs as usual; every later
+    call (the recomputation in the backward pass, possibly on another thread) runs with the collectors that were
+    open at the first call, so the Mesa layers solve with the same settings and give the same outputs, but records
+    nothing, so the CG statistics count each forward once."""
+    captured: Optional[tuple] = None
+
+    def run(*args, **kwargs):
+        nonlocal captured
+        if torch.compiler.is_compiling():  # no collectors inside a compiled graph (see active_collectors)
+            return fn(*args, **kwargs)
+        if captured is None:
+            captured = _ACTIVE.get()
+            return fn(*args, **kwargs)
+        active, replay = _ACTIVE.set(captured), _REPLAY.set(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _REPLAY.reset(replay)
+            _ACTIVE.reset(active)
+
+    return run
 
 
 def mesa_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -159,5 +190,5 @@ def collect_solver_stats(
 
 
 __all__ = [
-    "LayerSolverSummary", "SolverStatsCollector", "active_collectors", "collect_solver_stats", "mesa_layers",
+    "LayerSolverSummary", "SolverStatsCollector", "active_collectors", "collect_solver_stats", "mesa_layers", "replay_quietly",
 ]

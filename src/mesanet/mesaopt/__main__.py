@@ -41,7 +41,7 @@ def resolve(name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help", "list"):
         print(_usage(), end="")
         return 0
     try:

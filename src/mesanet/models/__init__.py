@@ -1,15 +1,31 @@
-"""Language models: ``MesaNetConfig`` / ``MesaNetForCausalLM``, registered with the Auto classes on import."""
+"""Language models: ``MesaNetConfig`` / ``MesaNetForCausalLM``, known to the Hugging Face Auto classes once
+``mesanet`` is imported (:mod:`.auto_registration`). The names below are imported on first use, so that
+``import mesanet`` stays cheap (README, "Import time")."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from __future__ import annotations
 
-from .cache import MesaNetCache
-from .configuration_mesanet import MIXER_KINDS, MesaNetConfig
-from .modeling_mesanet import MesaNetForCausalLM, MesaNetModel, MesaNetPreTrainedModel
-from .presets import PRESETS, preset_config
+import importlib
 
-AutoConfig.register(MesaNetConfig.model_type, MesaNetConfig, exist_ok=True)
-AutoModel.register(MesaNetConfig, MesaNetModel, exist_ok=True)
-AutoModelForCausalLM.register(MesaNetConfig, MesaNetForCausalLM, exist_ok=True)
+#: public name -> submodule that defines it
+_LAZY = {
+    "MesaNetCache": "cache",
+    "MIXER_KINDS": "configuration_mesanet", "MesaNetConfig": "configuration_mesanet",
+    "MesaNetForCausalLM": "modeling_mesanet", "MesaNetModel": "modeling_mesanet", "MesaNetPreTrainedModel": "modeling_mesanet",
+    "PRESETS": "presets", "preset_config": "presets",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "MIXER_KINDS", "MesaNetCache", "MesaNetConfig", "MesaNetForCausalLM", "MesaNetModel", "MesaNetPreTrainedModel",

@@ -8,6 +8,7 @@ stream scaled by ``sqrt(2 / N)``. The mixer of each layer comes from ``config.mi
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -20,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from ..layers.mlp import GatedMLP
 from ..layers.norms import RMSNorm
 from ..layers.registry import build_mixer
+from ..layers.solver_stats import replay_quietly
 from .cache import MesaNetCache
 from .configuration_mesanet import MIXER_KINDS, MesaNetConfig
 
@@ -87,7 +89,12 @@ def positions_from(attention_mask: Optional[Tensor], length: int, seen: int, cu_
 
 
 class MesaNetBlock(nn.Module):
-    """Pre-norm residual block: ``x + Mixer(RMSNorm(x))``, then ``x + MLP(RMSNorm(x))``."""
+    """Pre-norm residual block: ``x + Mixer(RMSNorm(x))``, then ``x + MLP(RMSNorm(x))``.
+
+    ``gradient_checkpointing`` / ``_gradient_checkpointing_func`` are set by the Hugging Face
+    ``activation_checkpointing_enable()`` (the model then recomputes the block in the backward pass)."""
+
+    gradient_checkpointing = False
 
     def __init__(self, config: MesaNetConfig, layer_idx: int):
         super().__init__()
@@ -117,7 +124,16 @@ class MesaNetPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["MesaNetBlock"]
     _is_stateful = True
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # activation_checkpointing_enable(): every block is recomputed in backward
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the modeling code and ``auto_map`` (:mod:`.remote_code`): the
+        folder loads with ``trust_remote_code=True`` where ``mesanet`` is not installed."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            from .remote_code import write_remote_code
+
+            write_remote_code(save_directory)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -212,10 +228,13 @@ class MesaNetModel(MesaNetPreTrainedModel):
             if output_hidden_states:
                 hidden_states.append(x)
             state = past_key_values.states[i] if past_key_values is not None else None
-            x, new_state, weights = block(
-                x, state=state, attention_mask=attention_mask, position_ids=position_ids, cu_seqlens=cu_seqlens,
-                use_cache=use_cache, output_attentions=bool(output_attentions),
-            )
+            kwargs = dict(state=state, attention_mask=attention_mask, position_ids=position_ids, cu_seqlens=cu_seqlens,
+                          use_cache=use_cache, output_attentions=bool(output_attentions))
+            if block.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # use_cache is off in training; the recomputation solves with the forward's settings, records no stats
+                x, new_state, weights = block._gradient_checkpointing_func(replay_quietly(functools.partial(block.__call__, **kwargs)), x)
+            else:
+                x, new_state, weights = block(x, **kwargs)
             if use_cache:
                 past_key_values.states[i] = new_state
             if output_attentions:

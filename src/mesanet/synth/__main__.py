@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from mesanet.presets import resolve_config
 from mesanet.utils.cli_errors import add_debug_flag, run_cli
 
 from .config import CONFIG_DIR, SynthConfig, load_config
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> tuple[SynthConfig, argparse.Namespace]
     items = list(args.items)
     path = None
     if items and "=" not in items[0]:
-        path = items.pop(0)
+        path = resolve_config(items.pop(0))  # a YAML file or a packaged preset name
     if args.quick:
         if path is not None:
             raise ValueError(f"--quick: expected no CONFIG.yaml (the quick preset is {QUICK_PRESET}), got {path}")

@@ -1,6 +1,6 @@
 """``SynthConfig``: the task x mixer x lr x wd x seed grid of the synthetic suite and its training budget.
 
-Strict typed dataclass (unknown keys are errors) loaded from YAML presets in ``configs/synth*.yaml`` with
+Strict typed dataclass (unknown keys are errors) loaded from YAML presets (``mesanet.presets``: ``synth*.yaml``) with
 ``key=value`` overrides; :func:`check_config` validates names and ranges (``ValueError``).
 """
 
@@ -14,6 +14,7 @@ from typing import Sequence
 from mesanet.models import MIXER_KINDS
 from mesanet.ops import INFERENCE, TRAINING
 from mesanet.ops.solver_settings import as_settings
+from mesanet.presets import PRESET_DIR
 from mesanet.utils.config import ConfigError, from_dict, load, to_dict
 
 from .tasks import MAD_TASKS
@@ -25,8 +26,8 @@ TASKS = (*MAD_TASKS, "mqar", "regression")
 #: (finished cells are reused, new ones are added). Every other field changes what a cell computes.
 GRID_FIELDS = frozenset({"tasks", "mixers", "lrs", "weight_decays", "seeds", "workers", "progress", "out_dir"})
 
-#: Repository ``configs/`` directory (the ``--quick`` preset lives there).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+#: The packaged presets (``mesanet.presets``; the ``--quick`` preset lives there).
+CONFIG_DIR = PRESET_DIR
 
 
 @dataclass

@@ -9,10 +9,12 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
+import yaml
+
+from mesanet.presets import resolve_config
 from mesanet.utils.cli_errors import add_debug_flag, run_cli
-from mesanet.utils.config import load
+from mesanet.utils.config import fields_help, load, to_dict
 
 from .config import TrainConfig
 from .interrupts import TrainingInterrupted, resume_command
@@ -20,15 +22,21 @@ from .trainer import train
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mesanet.train", description=__doc__)
-    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value", help="a YAML config (optional, first) and overrides")
+    parser = argparse.ArgumentParser(prog="python -m mesanet.train", description=__doc__, epilog=fields_help(TrainConfig),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value",
+                        help="a YAML config file or a packaged preset name (optional, first) and overrides")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     add_debug_flag(parser)
     ns = parser.parse_intermixed_args(argv)
     path = ns.args[0] if ns.args and "=" not in ns.args[0] else None
     overrides = ns.args[1:] if path is not None else ns.args
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load(TrainConfig, Path(path) if path else None, overrides)
+    cfg = load(TrainConfig, resolve_config(path) if path else None, overrides)
+    if ns.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         result = train(cfg, progress=not ns.no_progress)

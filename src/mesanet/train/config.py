@@ -20,7 +20,7 @@ from mesanet.utils.validation import check_int, is_real
 #: names are single fields of a section.
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "grad_accum", "precision", "device", "log_every", "eval_every", "eval_batches",
-    "checkpoint_every", "keep_last", "resume", "out_dir", "data.cache_dir",
+    "checkpoint_every", "keep_last", "resume", "out_dir", "data.cache_dir", "gradient_checkpointing", "compile", "compile_backend", "logging",
 })
 
 
@@ -66,6 +66,16 @@ class OptimConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Loggers besides ``metrics.csv`` and TensorBoard (which also gets the resolved config as text and hparams).
+    ``wandb``: log the same metrics and the config to Weights & Biases (needs ``pip install wandb``; off by
+    default) into project ``wandb_project`` (run name: the run's ``name``)."""
+
+    wandb: bool = False
+    wandb_project: str = "mesanet"
+
+
+@dataclass
 class TrainConfig:
     """One training run; the run directory is ``<out_dir>/<name>``.
 
@@ -77,6 +87,11 @@ class TrainConfig:
     batches of ``batch_size`` validation windows are used per evaluation. ``device``: ``auto`` = CUDA when
     available, else CPU. ``resume``: continue from the newest complete checkpoint of the run directory;
     with ``resume: false`` an existing run directory with results is an error (nothing is overwritten).
+    ``gradient_checkpointing``: recompute every block in the backward pass (Hugging Face
+    ``activation_checkpointing_enable()``; the same gradients for less activation memory). ``compile``:
+    ``torch.compile`` the training forward with ``compile_backend`` (the first step then includes the compile time;
+    compiled layers record no CG statistics, see :func:`mesanet.layers.solver_stats.active_collectors`).
+    ``logging``: the optional Weights & Biases logger (TensorBoard is always written).
     """
 
     name: str = "mesanet"
@@ -96,6 +111,10 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -119,6 +138,10 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
             f"x grad_accum ({cfg.grad_accum}) = {split}: every process runs grad_accum micro-batches of "
             f"batch_size / (world_size x grad_accum) sequences"
         )
+    if cfg.logging.wandb:
+        from .wandb_logger import require_wandb
+
+        require_wandb()  # installed? (one line before anything is written)
     if cfg.data.seq_len < 2:
         raise ValueError(f"data.seq_len: expected >= 2 (next-token prediction), got {cfg.data.seq_len}")
     check_optim(cfg.optim)
@@ -172,6 +195,6 @@ def build_model_config(
 
 
 __all__ = [
-    "ModelSection", "OptimConfig", "RESUMABLE_CHANGES", "TrainConfig", "build_model_config", "check_config", "check_optim",
+    "LoggingConfig", "ModelSection", "OptimConfig", "RESUMABLE_CHANGES", "TrainConfig", "build_model_config", "check_config", "check_optim",
     "resumable_change",
 ]

@@ -11,6 +11,10 @@ per layer ``i``). Floats are written with ``repr`` (shortest exact round trip), 
 CSV is bit-identical to the one computed. On resume, rows after the checkpoint's step (written by the
 interrupted run, about to be recomputed) are dropped, and TensorBoard purges its events after that step; a
 file whose header lacks columns of this run is rewritten with them (empty cells in the old rows).
+
+TensorBoard also gets the resolved training config: as YAML text (tag ``config``) and as hparams (the config's
+dotted keys, with ``val/loss`` as the metric), so runs can be compared by their settings. With ``wandb`` (see
+:mod:`.wandb_logger`) the same metrics go to Weights & Biases.
 """
 
 from __future__ import annotations
@@ -51,11 +55,11 @@ class MetricsLogger:
     :data:`COLUMNS` that :meth:`log` fills from its ``extra`` mapping (TensorBoard tag ``train/<column>``)."""
 
     def __init__(self, run_dir: str | Path, *, start_step: int = 0, enabled: bool = True, tensorboard: bool = True,
-                 extra_columns: Sequence[str] = ()):
+                 extra_columns: Sequence[str] = (), config: Optional[dict] = None, wandb: Optional[dict] = None):
         self.enabled = enabled
         self.columns = COLUMNS + tuple(c for c in extra_columns if c not in COLUMNS)
         self.path = Path(run_dir) / "metrics.csv"
-        self._writer = None
+        self._writer = self._wandb = None
         if not enabled:
             return
         self._truncate(start_step)
@@ -69,6 +73,12 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
+            if config is not None:
+                write_config(self._writer, config, start_step)
+        if wandb is not None:  # {project, name}: see mesanet.train.wandb_logger
+            from .wandb_logger import WandbLogger
+
+            self._wandb = WandbLogger(run_dir, config=config or {}, **wandb)
 
     def _truncate(self, start_step: int) -> None:
         if not self.path.exists():
@@ -114,6 +124,11 @@ class MetricsLogger:
                 self._writer.add_scalar("val/loss", val_loss, step)
                 self._writer.add_scalar("val/ppl", math.exp(min(val_loss, 80.0)), step)
             self._writer.flush()
+        if self._wandb is not None:
+            ppl = math.exp(min(val_loss, 80.0)) if val_loss is not None else None
+            self._wandb.log(step, {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                   "train/tokens_per_s": tokens_per_s, "val/loss": val_loss, "val/ppl": ppl,
+                                   **{f"train/{k}": v for k, v in extra.items()}})
 
     def close(self) -> None:
         if not self.enabled:
@@ -121,6 +136,31 @@ class MetricsLogger:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.close()
 
 
-__all__ = ["COLUMNS", "MetricsLogger", "read_metrics"]
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """``{"optim.lr": 0.003, ...}``: the nested config with dotted keys; values TensorBoard's hparams accept
+    (numbers, strings, booleans; lists and ``None`` as their text)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def write_config(writer, config: dict, step: int = 0) -> None:
+    """The resolved config into TensorBoard: YAML text under ``config`` and hparams (metric ``val/loss``)."""
+    import yaml
+    from torch.utils.tensorboard.summary import hparams
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    writer.add_text("config", "```yaml\n" + text + "```", step)  # markdown: a fenced block keeps the layout
+    for summary in hparams(flat_config(config), {"val/loss": 0.0}):
+        writer.file_writer.add_summary(summary, step)
+
+
+__all__ = ["COLUMNS", "MetricsLogger", "flat_config", "read_metrics", "write_config"]

@@ -139,6 +139,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model = MesaNetForCausalLM(self.model_config).to(device)
+        if cfg.gradient_checkpointing:  # recompute every block in the backward pass (same gradients, less memory)
+            self.model.activation_checkpointing_enable()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps)
         self.micro_batch = cfg.batch_size // (d.world_size * cfg.grad_accum)
@@ -162,6 +164,8 @@ class Trainer:
         if d.distributed:
             self.ddp = DistributedDataParallel(  # buffers (RoPE tables) are constants: no per-step broadcast
                 self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        step_model = self.ddp if self.ddp is not None else self.model
+        self.compiled = torch.compile(step_model, backend=cfg.compile_backend) if cfg.compile else None  # training forward
 
         # Validation windows: this rank's share of the first eval_batches * batch_size windows.
         if len(self.prepared.val) >= cfg.data.seq_len:
@@ -178,10 +182,11 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             p = self.prepared
             stats = {"corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash, "eod_id": p.eod_id, **p.stats,
-                     "cache_dir": str(Path(cfg.data.cache_dir).expanduser().resolve())}  # where evaluation finds the caches
+                     "cache_dir": str(cfg.data.cache_root.resolve())}  # where evaluation finds the caches
             ckpt.atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2, default=str) + "\n")
         self.solver_monitor = SolverMonitor(self.model, enabled=d.is_main)  # CG steps of the Mesa layers (rank 0's)
-        self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main, extra_columns=self.solver_monitor.columns)
+        self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main, extra_columns=self.solver_monitor.columns,
+                                    config=to_dict(cfg), wandb=dict(project=cfg.logging.wandb_project, name=cfg.name) if cfg.logging.wandb else None)
 
     def _restore(self, state: dict) -> None:
         d, path = self.dist, self.resumed_from
@@ -243,7 +248,7 @@ class Trainer:
             raise self._nonfinite(step, bad, "NaN/inf", after_update=True)
 
     def _step(self, step: int) -> tuple[float, float, float]:
-        cfg, model = self.cfg, self.ddp if self.ddp is not None else self.model
+        cfg, model = self.cfg, next(m for m in (self.compiled, self.ddp, self.model) if m is not None)
         self.model.train()
         lr = self.scheduler.get_last_lr()[0]
         total = torch.zeros((), device=self.dist.device)
@@ -326,7 +331,7 @@ class Trainer:
             self.logger.close()
             # The DDP reducer must be freed while its process group still exists: freeing it after
             # destroy_process_group (when the Trainer goes out of scope) intermittently hangs gloo at exit.
-            self.ddp = None
+            self.ddp = self.compiled = None
             gc.collect()
             self.close()
 

@@ -163,5 +163,66 @@ def to_dict(config: Any) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+def type_name(hint: Any) -> str:
+    """A readable name of a field's type: ``int``, ``float | None``, ``str | list[str]``, ``'fp32' | 'bf16'``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if origin is not None:
+        inner = ", ".join(type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]" if inner else getattr(origin, "__name__", str(origin))
+    return getattr(hint, "__name__", str(hint))
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``(dotted key, type, default)`` of every field of the dataclass ``cls``, nested sections expanded."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe_fields(hint, f"{key}."))
+        else:
+            rows.append((key, type_name(hint), default))
+    return rows
+
+
+def fields_help(cls: type) -> str:
+    """The config keys of ``cls`` as help text: one line per dotted key with its type and default."""
+    rows = describe_fields(cls)
+    width = max(len(key) for key, _, _ in rows)
+
+    def shown(value: Any) -> str:
+        if value is dataclasses.MISSING:
+            return "(required)"
+        return yaml.safe_dump(to_dict_value(value), default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+    lines = [f"  {key:<{width}}  {kind} = {shown(default)}" for key, kind, default in rows]
+    return "config keys (in the YAML file or as KEY=VALUE overrides; values are YAML):\n" + "\n".join(lines)
+
+
+def to_dict_value(value: Any) -> Any:
+    """``value`` as plain YAML data (tuples as lists, dataclasses as mappings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, (tuple, list)):
+        return [to_dict_value(x) for x in value]
+    if isinstance(value, dict):
+        return {k: to_dict_value(x) for k, x in value.items()}
+    return value
+
+
 def save(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
