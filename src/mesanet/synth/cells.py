@@ -2,8 +2,9 @@
 
 ``run_cell`` returns a JSON-ready dict: the cell's key fields, the training summary and the test metrics
 (token tasks: accuracy on non-ignored targets of the held-out test set and of the first
-``num_train_eval`` training sequences; regression: MSE per number of in-context examples next to the
-optimal ridge loss on the same test data).
+``num_train_eval`` training sequences; RegBench: the same accuracy counted against each sequence's automaton,
+plus the total variation from its true next-token distribution; regression: MSE per number of in-context
+examples next to the optimal ridge loss on the same test data).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mesanet.train import NonFiniteLossError, OptimConfig, fit_steps
 from .config import SynthConfig
 from .models import build_model, loss_on, predict
 from .settings import Setting, load_data
-from .tasks import IGNORE_INDEX, bayes_optimal_ridge, ridge_prediction_loss
+from .tasks import IGNORE_INDEX, RegBenchBatch, bayes_optimal_ridge, pfa_scores, ridge_prediction_loss
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,28 @@ def token_accuracy(model, setting: Setting, inputs, targets, batch_size: int) ->
         loss_sum += float(torch.nn.functional.cross_entropy(logits[keep], tgt[keep], reduction="sum"))
     model.train()
     return (correct / total, loss_sum / total) if total else (math.nan, math.nan)
+
+
+@torch.no_grad()
+def pfa_metrics(model, setting: Setting, batch: RegBenchBatch, batch_size: int) -> dict[str, float]:
+    """RegBench means over scored positions: ``acc`` (greedy token readable by the sequence's automaton),
+    ``tv`` (total variation from its true next-token distribution), ``exact_acc`` (greedy == sampled target)
+    and ``loss`` (cross-entropy on the sampled targets)."""
+    model.eval()
+    sums = dict(correct=0.0, exact=0.0, tv=0.0, count=0.0)
+    loss_sum = 0.0
+    for i in range(0, batch.inputs.shape[0], batch_size):
+        part = batch.subset(slice(i, i + batch_size))
+        logits = predict(model, setting, part.inputs).float()
+        for k, v in pfa_scores(logits, part.targets, part.states, part.tables).items():
+            sums[k] += v
+        keep = part.targets != IGNORE_INDEX
+        loss_sum += float(torch.nn.functional.cross_entropy(logits[keep], part.targets[keep], reduction="sum"))
+    model.train()
+    n = sums["count"]
+    if not n:
+        return dict(acc=math.nan, tv=math.nan, exact_acc=math.nan, loss=math.nan)
+    return dict(acc=sums["correct"] / n, tv=sums["tv"] / n, exact_acc=sums["exact"] / n, loss=loss_sum / n)
 
 
 @torch.no_grad()
@@ -125,6 +148,15 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
             record["test_mse_last"] = float(curve[-1])
         else:
             record.update(mse_curve=[], test_mse=math.nan, test_mse_last=math.nan)
+    elif setting.task == "regbench":
+        k = min(cfg.num_train_eval, n_train)
+        if status == "ok":
+            test_m = pfa_metrics(model, setting, test, cfg.eval_batch_size)
+            train_m = pfa_metrics(model, setting, train.subset(slice(0, k)), cfg.eval_batch_size)
+        else:
+            test_m = train_m = dict(acc=math.nan, tv=math.nan, exact_acc=math.nan, loss=math.nan)
+        record.update(test_acc=test_m["acc"], test_tv=test_m["tv"], test_exact_acc=test_m["exact_acc"],
+                      test_loss=test_m["loss"], train_acc=train_m["acc"], train_tv=train_m["tv"])
     else:
         if status == "ok":
             record["test_acc"], record["test_loss"] = token_accuracy(model, setting, test.inputs, test.targets, cfg.eval_batch_size)
@@ -138,4 +170,4 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
     return record
 
 
-__all__ = ["Cell", "optim_config", "regression_curve", "run_cell", "token_accuracy"]
+__all__ = ["Cell", "optim_config", "pfa_metrics", "regression_curve", "run_cell", "token_accuracy"]
