@@ -174,3 +174,7 @@ DECODE_F32_RTOL = 1e-5
 #: drift further for any two solves (Adam's normalised update amplifies 1e-7 differences: 1.5e-3 at step 9),
 #: so the test stops at step 4; equal validation loss after a full run is an experiment (README).
 ADAPTIVE_TRAIN_LOSS_RTOL = 5e-5
+
+#: Empirical frequency of a uniformly drawn symbol (p = 1/3) over 6000 seeded draws: the standard deviation is
+#: sqrt(p (1 - p) / 6000) = 0.0061, so 0.03 is ~5 standard deviations, and a sampler biased by >= 0.05 fails.
+SAMPLED_FREQUENCY_ATOL = 0.03
