@@ -21,7 +21,7 @@ from mesanet.train import NonFiniteLossError, OptimConfig, fit_steps
 from .config import SynthConfig
 from .models import build_model, loss_on, predict
 from .settings import Setting, load_data
-from .tasks import IGNORE_INDEX, RegBenchBatch, bayes_optimal_ridge, pfa_scores, ridge_prediction_loss
+from .tasks import IGNORE_INDEX, PAD_ID, RegBenchBatch, bayes_optimal_ridge, pfa_scores, ridge_prediction_loss
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,13 @@ def token_accuracy(model, setting: Setting, inputs, targets, batch_size: int) ->
     return (correct / total, loss_sum / total) if total else (math.nan, math.nan)
 
 
+def _trim_padding(inputs, targets, *rest):
+    """Drop the trailing columns that are padding in every row (RegBench rows differ in length; the models are
+    causal, so nothing before the cut changes)."""
+    keep = max(1, int((inputs != PAD_ID).sum(1).max()))
+    return (inputs[:, :keep], targets[:, :keep], *(t[:, :keep] for t in rest))
+
+
 @torch.no_grad()
 def pfa_metrics(model, setting: Setting, batch: RegBenchBatch, batch_size: int) -> dict[str, float]:
     """RegBench means over scored positions: ``acc`` (greedy token readable by the sequence's automaton),
@@ -79,7 +86,8 @@ def pfa_metrics(model, setting: Setting, batch: RegBenchBatch, batch_size: int) 
     sums = dict(correct=0.0, exact=0.0, tv=0.0, count=0.0)
     loss_sum = 0.0
     for i in range(0, batch.inputs.shape[0], batch_size):
-        part = batch.subset(slice(i, i + batch_size))
+        rows = batch.subset(slice(i, i + batch_size))
+        part = RegBenchBatch(*_trim_padding(rows.inputs, rows.targets, rows.states), rows.tables, rows.num_states)
         logits = predict(model, setting, part.inputs).float()
         for k, v in pfa_scores(logits, part.targets, part.states, part.tables).items():
             sums[k] += v
@@ -119,7 +127,8 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
 
     def next_batch(step: int):
         idx = stream[step * setting.batch_size:(step + 1) * setting.batch_size]
-        return tuple(t[idx] for t in tensors)
+        batch = tuple(t[idx] for t in tensors)
+        return _trim_padding(*batch) if setting.task == "regbench" else batch
 
     optim = optim_config(cfg, cell.lr, cell.weight_decay, setting.steps)
     record = dict(

@@ -19,6 +19,7 @@ from .config import SynthConfig
 from .tasks import (
     MAD_NUM_TEST,
     MAD_TASKS,
+    VOCAB_SIZE,
     InContextRegressionConfig,
     MQARConfig,
     RegBenchConfig,
@@ -35,7 +36,6 @@ from .tasks import (
     regbench,
     selective_copying,
 )
-from .tasks.pfa import VOCAB_SIZE
 
 #: Training-set sizes when nothing overrides them (MAD's own come from ``mad_settings``).
 DEFAULT_NUM_TRAIN = {"mqar": 20000, "regression": 20000}
