@@ -262,3 +262,26 @@ def test_scored_position_without_state_is_an_error():
     _, targets, states, table = _hand_batch()
     with pytest.raises(ValueError, match="no automaton state"):
         pfa_scores(torch.zeros(1, 3, VOCAB_SIZE), targets, torch.tensor([[-1, 0, 0]]), table)
+
+
+def test_in_context_ngram_hand_made():
+    # tokens a b a b | a (from 0 -a-> 1 -b-> 0): inputs are the first five, targets the shift with "|" ignored
+    from mesanet.synth.tasks import RegBenchBatch, ngram_probs, ngram_scores
+    table = torch.from_numpy(_table({0: {A: 1}, 1: {B: 0}}, 2))[None]
+    batch = RegBenchBatch(torch.tensor([[A, B, A, B, SEP_ID, PAD_ID]]), torch.tensor([[B, A, B, IGNORE_INDEX, A, IGNORE_INDEX]]),
+                          torch.tensor([[1, 0, 1, 0, 0, -1]]), table, torch.tensor([2]))
+    p = ngram_probs(batch, 3)
+    letters = torch.zeros(VOCAB_SIZE, dtype=torch.float64)
+    letters[list(LETTER_IDS)] = 1 / 18
+    assert torch.equal(p[0, 0], letters)  # nothing seen yet: uniform over the letters
+    assert p[0, 1, A] == 0 and p[0, 1, B] == 1  # context "a b" new, "b" new -> unigram of successors so far: {b}
+    assert p[0, 2, B] == 1  # context "b a" new -> back off to "a", followed by b once
+    assert p[0, 3, A] == 1  # context "a b" seen once, followed by a
+    assert p[0, 4, B] == pytest.approx(2 / 3) and p[0, 4, A] == pytest.approx(1 / 3)  # "|" never a successor
+    assert (p[0, 5] == 0).all()  # padding
+    s = ngram_scores(batch, 3)
+    # scored positions 0, 1, 2, 4 (3's target is "|"): 0 greedy a (uniform tie) but state 1 reads only b; 1 greedy b,
+    # state 0 reads only a; 2 greedy b from state 1: right; 4 greedy b from state 0: wrong
+    assert s["acc"] == pytest.approx(1 / 4)
+    tv = [0.5 * (17 / 18 + 17 / 18), 1.0, 0.0, 0.5 * (2 / 3 + 2 / 3)]
+    assert s["tv"] == pytest.approx(sum(tv) / 4)

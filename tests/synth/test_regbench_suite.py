@@ -67,7 +67,7 @@ def test_tiny_run_end_to_end(tiny_run):
         r = json.loads(path.read_text())
         assert r["status"] == "ok" and r["task"] == "regbench"
         assert r["num_train"] in (8, 16)
-        for key in ("test_acc", "test_tv", "test_exact_acc", "train_acc", "train_tv"):
+        for key in ("test_acc", "test_tv", "test_exact_acc", "train_acc", "train_tv", "ngram_acc", "ngram_tv"):
             assert 0.0 <= r[key] <= 1.0, key
         assert r["test_exact_acc"] <= r["test_acc"]  # the sampled target is always readable
         assert math.isfinite(r["test_loss"])
@@ -75,7 +75,7 @@ def test_tiny_run_end_to_end(tiny_run):
     assert all(row["test_tv"] != "" for row in rows)
     summary = (tiny_run / "summary.md").read_text()
     assert "## RegBench" in summary and "| 16 | gated_deltanet |" in summary
-    assert "RegBench (MesaNet Fig. 9)" in summary
+    assert "RegBench (MesaNet Fig. 9)" in summary and "in-context 3-gram" in summary
 
 
 def _rec(n, mixer, lr, acc, tv):

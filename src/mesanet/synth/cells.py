@@ -3,7 +3,7 @@
 ``run_cell`` returns a JSON-ready dict: the cell's key fields, the training summary and the test metrics
 (token tasks: accuracy on non-ignored targets of the held-out test set and of the first
 ``num_train_eval`` training sequences; RegBench: the same accuracy counted against each sequence's automaton,
-plus the total variation from its true next-token distribution; regression: MSE per number of in-context
+plus the total variation from its true next-token distribution, next to an in-context 3-gram's; regression: MSE per number of in-context
 examples next to the optimal ridge loss on the same test data).
 """
 
@@ -21,7 +21,7 @@ from mesanet.train import NonFiniteLossError, OptimConfig, fit_steps
 from .config import SynthConfig
 from .models import build_model, loss_on, predict
 from .settings import Setting, load_data
-from .tasks import IGNORE_INDEX, PAD_ID, RegBenchBatch, bayes_optimal_ridge, pfa_scores, ridge_prediction_loss
+from .tasks import IGNORE_INDEX, PAD_ID, RegBenchBatch, bayes_optimal_ridge, ngram_scores, pfa_scores, ridge_prediction_loss
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,10 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
             train_m = pfa_metrics(model, setting, train.subset(slice(0, k)), cfg.eval_batch_size)
         else:
             test_m = train_m = dict(acc=math.nan, tv=math.nan, exact_acc=math.nan, loss=math.nan)
+        ngram = ngram_scores(test, 3)  # reference point without training, same test set
         record.update(test_acc=test_m["acc"], test_tv=test_m["tv"], test_exact_acc=test_m["exact_acc"],
-                      test_loss=test_m["loss"], train_acc=train_m["acc"], train_tv=train_m["tv"])
+                      test_loss=test_m["loss"], train_acc=train_m["acc"], train_tv=train_m["tv"],
+                      ngram_acc=ngram["acc"], ngram_tv=ngram["tv"])
     else:
         if status == "ok":
             record["test_acc"], record["test_loss"] = token_accuracy(model, setting, test.inputs, test.targets, cfg.eval_batch_size)

@@ -103,6 +103,10 @@ def plot_regbench(best: list[Best], path: Path) -> bool:
         x = [p["num_train"] for p in pts]
         ax_acc.errorbar(x, [p["acc"] for p in pts], yerr=[p["acc_std"] for p in pts], marker="o", capsize=2, label=mixer)
         ax_tv.plot(x, [p["tv"] for p in pts], marker="o", label=mixer)
+    base = {r["num_train"]: r for r in rows}  # the 3-gram depends on the test set only
+    xs = sorted(base)
+    ax_acc.plot(xs, [base[n]["ngram_acc"] for n in xs], "k--", label="in-context 3-gram")
+    ax_tv.plot(xs, [base[n]["ngram_tv"] for n in xs], "k--", label="in-context 3-gram")
     for ax, label in ((ax_acc, "test accuracy (best lr/wd)"), (ax_tv, "total variation from the true PFA")):
         ax.set_xscale("log")
         ax.set_xlabel("training sequences (one automaton each)")

@@ -21,7 +21,16 @@ from .memorization import MemorizationConfig, memorization, memorization_map
 from .mqar import MQARConfig, mqar
 from .pfa import PAD_ID, SEP_ID, VOCAB, VOCAB_SIZE
 from .recall import InContextRecallConfig, NoisyRecallConfig, generate_recall, in_context_recall, noisy_recall
-from .regbench import RegBenchBatch, RegBenchConfig, automaton_keys, pfa_scores, regbench, true_next_probs
+from .regbench import (
+    RegBenchBatch,
+    RegBenchConfig,
+    automaton_keys,
+    ngram_probs,
+    ngram_scores,
+    pfa_scores,
+    regbench,
+    true_next_probs,
+)
 from .regression import (
     InContextRegressionConfig,
     RegressionBatch,
@@ -38,7 +47,7 @@ __all__ = [
     "CompressionConfig", "compression", "MemorizationConfig", "memorization", "memorization_map",
     "MAD_NUM_TEST", "MAD_TASKS", "MadSetting", "mad_settings",
     "MQARConfig", "mqar",
-    "PAD_ID", "SEP_ID", "VOCAB", "VOCAB_SIZE", "RegBenchBatch", "RegBenchConfig", "automaton_keys", "pfa_scores", "regbench", "true_next_probs",
+    "PAD_ID", "SEP_ID", "VOCAB", "VOCAB_SIZE", "RegBenchBatch", "RegBenchConfig", "automaton_keys", "ngram_probs", "ngram_scores", "pfa_scores", "regbench", "true_next_probs",
     "InContextRegressionConfig", "RegressionBatch", "bayes_optimal_ridge", "in_context_regression",
     "ridge_prediction_loss",
 ]

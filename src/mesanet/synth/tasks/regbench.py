@@ -20,6 +20,7 @@ Metrics (§3.4), on the positions with a target that is not ``IGNORE_INDEX``:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -178,4 +179,47 @@ def pfa_scores(logits: Tensor, targets: Tensor, states: Tensor, tables: Tensor) 
                 tv=float(tv[keep].sum()), count=float(keep.sum()))
 
 
-__all__ = ["RegBenchBatch", "RegBenchConfig", "automaton_keys", "pfa_scores", "regbench", "true_next_probs"]
+def ngram_probs(batch: RegBenchBatch, order: int = 3) -> Tensor:
+    """``[N, T, V]`` next-token distribution of an in-context n-gram model with back-off, a reference point
+    that needs no training (the reference code reports a 3-gram too). At position t it counts, earlier in
+    the same sequence, the successors of the last ``order - 1`` tokens (``|`` included in contexts, never
+    counted as a successor: like the models, it is not asked to predict a string's end); with no match it
+    backs off to shorter contexts, then to the symbols seen so far, then to uniform over the letters."""
+    check_int("order", order, minimum=1)
+    n, T = batch.inputs.shape
+    out = torch.zeros(n, T, VOCAB_SIZE, dtype=torch.float64)
+    uniform = torch.zeros(VOCAB_SIZE, dtype=torch.float64)
+    uniform[list(LETTER_IDS)] = 1 / len(LETTER_IDS)
+    for i in range(n):
+        length = int((batch.inputs[i] != PAD_ID).sum())
+        tokens = batch.inputs[i, :length].tolist() + [int(batch.targets[i, length - 1])] if length else []
+        counts: list[dict[tuple, dict[int, int]]] = [{} for _ in range(order)]  # counts[k]: context of k tokens
+        for t in range(length):
+            dist = None
+            for k in range(min(order - 1, t + 1), -1, -1):
+                seen = counts[k].get(tuple(tokens[t + 1 - k:t + 1]))
+                if seen:
+                    total = sum(seen.values())
+                    dist = torch.zeros(VOCAB_SIZE, dtype=torch.float64)
+                    for sym, c in seen.items():
+                        dist[sym] = c / total
+                    break
+            out[i, t] = uniform if dist is None else dist
+            nxt = tokens[t + 1]
+            if nxt != SEP_ID:
+                for k in range(min(order - 1, t + 1) + 1):
+                    table = counts[k].setdefault(tuple(tokens[t + 1 - k:t + 1]), {})
+                    table[nxt] = table.get(nxt, 0) + 1
+    return out
+
+
+def ngram_scores(batch: RegBenchBatch, order: int = 3) -> dict[str, float]:
+    """:func:`pfa_scores` of the in-context n-gram (:func:`ngram_probs`) on ``batch``: means ``acc``, ``tv``, ``exact_acc``."""
+    probs = ngram_probs(batch, order)
+    logits = torch.where(probs > 0, probs.log(), torch.full_like(probs, -math.inf))
+    s = pfa_scores(logits, batch.targets, batch.states, batch.tables)
+    n = s["count"] or math.nan
+    return dict(acc=s["correct"] / n, tv=s["tv"] / n, exact_acc=s["exact"] / n)
+
+
+__all__ = ["RegBenchBatch", "RegBenchConfig", "automaton_keys", "ngram_probs", "ngram_scores", "pfa_scores", "regbench", "true_next_probs"]
