@@ -109,6 +109,8 @@ def plot_regbench(best: list[Best], path: Path) -> bool:
     ax_tv.plot(xs, [base[n]["ngram_tv"] for n in xs], "k--", label="in-context 3-gram")
     for ax, label in ((ax_acc, "test accuracy (best lr/wd)"), (ax_tv, "total variation from the true PFA")):
         ax.set_xscale("log")
+        ax.set_xticks(xs, [str(n) for n in xs])
+        ax.minorticks_off()
         ax.set_xlabel("training sequences (one automaton each)")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
