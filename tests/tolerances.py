@@ -192,3 +192,7 @@ CHECKPOINT_TRAIN_LOSS_RTOL = 1e-5
 #: size <= 0.15 (float32 rounding); 1e-6 absolute leaves a 50x margin and still catches any wrong gradient term.
 COMPILED_GRAD_RTOL = 1e-5
 COMPILED_GRAD_ATOL = 1e-6
+
+#: Empirical frequency of a uniformly drawn symbol (p = 1/3) over 6000 seeded draws: the standard deviation is
+#: sqrt(p (1 - p) / 6000) = 0.0061, so 0.03 is ~5 standard deviations, and a sampler biased by >= 0.05 fails.
+SAMPLED_FREQUENCY_ATOL = 0.03

@@ -2,8 +2,9 @@
 
 ``run_cell`` returns a JSON-ready dict: the cell's key fields, the training summary and the test metrics
 (token tasks: accuracy on non-ignored targets of the held-out test set and of the first
-``num_train_eval`` training sequences; regression: MSE per number of in-context examples next to the
-optimal ridge loss on the same test data).
+``num_train_eval`` training sequences; RegBench: the same accuracy counted against each sequence's automaton,
+plus the total variation from its true next-token distribution, next to an in-context 3-gram's; regression: MSE per number of in-context
+examples next to the optimal ridge loss on the same test data).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mesanet.train import NonFiniteLossError, OptimConfig, fit_steps
 from .config import SynthConfig
 from .models import build_model, loss_on, predict
 from .settings import Setting, load_data
-from .tasks import IGNORE_INDEX, bayes_optimal_ridge, ridge_prediction_loss
+from .tasks import IGNORE_INDEX, PAD_ID, RegBenchBatch, bayes_optimal_ridge, ngram_scores, pfa_scores, ridge_prediction_loss
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,36 @@ def token_accuracy(model, setting: Setting, inputs, targets, batch_size: int) ->
     return (correct / total, loss_sum / total) if total else (math.nan, math.nan)
 
 
+def _trim_padding(inputs, targets, *rest):
+    """Drop the trailing columns that are padding in every row (RegBench rows differ in length; the models are
+    causal, so nothing before the cut changes)."""
+    keep = max(1, int((inputs != PAD_ID).sum(1).max()))
+    return (inputs[:, :keep], targets[:, :keep], *(t[:, :keep] for t in rest))
+
+
+@torch.no_grad()
+def pfa_metrics(model, setting: Setting, batch: RegBenchBatch, batch_size: int) -> dict[str, float]:
+    """RegBench means over scored positions: ``acc`` (greedy token readable by the sequence's automaton),
+    ``tv`` (total variation from its true next-token distribution), ``exact_acc`` (greedy == sampled target)
+    and ``loss`` (cross-entropy on the sampled targets)."""
+    model.eval()
+    sums = dict(correct=0.0, exact=0.0, tv=0.0, count=0.0)
+    loss_sum = 0.0
+    for i in range(0, batch.inputs.shape[0], batch_size):
+        rows = batch.subset(slice(i, i + batch_size))
+        part = RegBenchBatch(*_trim_padding(rows.inputs, rows.targets, rows.states), rows.tables, rows.num_states)
+        logits = predict(model, setting, part.inputs).float()
+        for k, v in pfa_scores(logits, part.targets, part.states, part.tables).items():
+            sums[k] += v
+        keep = part.targets != IGNORE_INDEX
+        loss_sum += float(torch.nn.functional.cross_entropy(logits[keep], part.targets[keep], reduction="sum"))
+    model.train()
+    n = sums["count"]
+    if not n:
+        return dict(acc=math.nan, tv=math.nan, exact_acc=math.nan, loss=math.nan)
+    return dict(acc=sums["correct"] / n, tv=sums["tv"] / n, exact_acc=sums["exact"] / n, loss=loss_sum / n)
+
+
 @torch.no_grad()
 def regression_curve(model, setting: Setting, test, batch_size: int) -> torch.Tensor:
     """``[n]`` test MSE of the prediction of ``y_k`` from the first k pairs, k = 0 .. n-1."""
@@ -96,7 +127,8 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
 
     def next_batch(step: int):
         idx = stream[step * setting.batch_size:(step + 1) * setting.batch_size]
-        return tuple(t[idx] for t in tensors)
+        batch = tuple(t[idx] for t in tensors)
+        return _trim_padding(*batch) if setting.task == "regbench" else batch
 
     optim = optim_config(cfg, cell.lr, cell.weight_decay, setting.steps)
     record = dict(
@@ -125,6 +157,17 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
             record["test_mse_last"] = float(curve[-1])
         else:
             record.update(mse_curve=[], test_mse=math.nan, test_mse_last=math.nan)
+    elif setting.task == "regbench":
+        k = min(cfg.num_train_eval, n_train)
+        if status == "ok":
+            test_m = pfa_metrics(model, setting, test, cfg.eval_batch_size)
+            train_m = pfa_metrics(model, setting, train.subset(slice(0, k)), cfg.eval_batch_size)
+        else:
+            test_m = train_m = dict(acc=math.nan, tv=math.nan, exact_acc=math.nan, loss=math.nan)
+        ngram = ngram_scores(test, 3)  # reference point without training, same test set
+        record.update(test_acc=test_m["acc"], test_tv=test_m["tv"], test_exact_acc=test_m["exact_acc"],
+                      test_loss=test_m["loss"], train_acc=train_m["acc"], train_tv=train_m["tv"],
+                      ngram_acc=ngram["acc"], ngram_tv=ngram["tv"])
     else:
         if status == "ok":
             record["test_acc"], record["test_loss"] = token_accuracy(model, setting, test.inputs, test.targets, cfg.eval_batch_size)
@@ -138,4 +181,4 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
     return record
 
 
-__all__ = ["Cell", "optim_config", "regression_curve", "run_cell", "token_accuracy"]
+__all__ = ["Cell", "optim_config", "pfa_metrics", "regression_curve", "run_cell", "token_accuracy"]

@@ -19,8 +19,8 @@ from mesanet.utils.config import ConfigError, from_dict, load, to_dict
 
 from .tasks import MAD_TASKS
 
-#: Tasks the runner knows: the six MAD tasks, MQAR and in-context linear regression.
-TASKS = (*MAD_TASKS, "mqar", "regression")
+#: Tasks the runner knows: the six MAD tasks, MQAR, in-context linear regression and RegBench.
+TASKS = (*MAD_TASKS, "mqar", "regression", "regbench")
 
 #: Fields that only choose which cells run, or how: an existing output dir may be re-run with other values
 #: (finished cells are reused, new ones are added). Every other field changes what a cell computes.
@@ -35,7 +35,9 @@ class TaskSize:
     """Per-task overrides. ``num_train`` caps the training set (MAD grid variants keep a smaller own value),
     ``num_test`` the test set, ``steps`` / ``batch_size`` the training budget, ``params`` generator config
     fields applied to every setting of the task (e.g. ``{seq_len: 64}``; a MAD grid variant keeps its own
-    value of the field it varies). For ``regression`` the params are ``dim``, ``num_pairs``, ``noise_std``."""
+    value of the field it varies). For ``regression`` the params are ``dim``, ``num_pairs``, ``noise_std``; for
+    ``regbench`` the :class:`~mesanet.synth.tasks.RegBenchConfig` fields (``num_train`` is not allowed there:
+    ``regbench_num_train`` lists the training-set sizes)."""
 
     num_train: int | None = None
     num_test: int | None = None
@@ -49,7 +51,8 @@ class SynthConfig:
     """One synthetic-suite run (``<out_dir>/config.yaml`` holds the resolved copy).
 
     Grid: ``tasks`` x settings (MAD baseline, or the full difficulty grid with ``mad_grid``; MQAR every valid
-    ``(seq_len, num_pairs)`` with ``4 * num_pairs <= seq_len``; regression one setting) x ``mixers`` (a
+    ``(seq_len, num_pairs)`` with ``4 * num_pairs <= seq_len``; regression one setting; RegBench one setting per
+    training-set size in ``regbench_num_train``, each with its own distinct automata) x ``mixers`` (a
     registry kind, or a hybrid ``"hawk+mesa"`` whose kinds alternate over the layers) x ``lrs`` x
     ``weight_decays`` x ``seeds``. Model: ``num_layers`` blocks of width ``hidden_size`` with ``num_heads``
     heads of ``head_dim``; Mesa solves with ``solver_training`` / ``solver_inference`` (SolverSettings fields, e.g.
@@ -94,6 +97,7 @@ class SynthConfig:
     mqar_vocab_size: int = 8192
     mqar_fit_threshold: float = 0.9  # a model "fits" an MQAR setting when its best test accuracy reaches this
     regression_tolerance: float = 0.05  # target: Mesa MSE <= (1 + tol) * ridge MSE at the longest context
+    regbench_num_train: list[int] = field(default_factory=lambda: [1000, 2500, 5000])  # sequences (= automata) per setting
     task_sizes: dict = field(default_factory=dict)
     # execution
     workers: int = 1
@@ -156,6 +160,13 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
             need(value is None or value >= 1, f"task_sizes.{task}.{name}: expected None or an int >= 1, got {value}")
     for name, default in (("solver_training", TRAINING), ("solver_inference", INFERENCE)):
         as_settings(getattr(cfg, name), default, f"SynthConfig: {name}")  # ValueError naming the field
+    if "regbench" in cfg.tasks:
+        sizes = cfg.regbench_num_train
+        need(bool(sizes) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
+             and len(set(sizes)) == len(sizes), f"regbench_num_train: expected distinct ints >= 1, got {sizes}")
+        need(cfg.size("regbench").num_train is None,
+             "task_sizes.regbench.num_train: expected unset (regbench_num_train lists RegBench's training-set sizes), "
+             f"got {cfg.size('regbench').num_train}")
     if "mqar" in cfg.tasks:
         need(bool(cfg.mqar_seq_lens) and bool(cfg.mqar_num_pairs), "mqar_seq_lens and mqar_num_pairs: expected non-empty lists")
     return cfg

@@ -1,4 +1,5 @@
-"""Plots of a synthetic-suite run (matplotlib, Agg): task accuracy bars, MQAR accuracy vs pairs, regression MSE."""
+"""Plots of a synthetic-suite run (matplotlib, Agg): task accuracy bars, MQAR accuracy vs pairs, regression MSE,
+RegBench accuracy and total variation vs training-set size."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import Best, task_scores  # noqa: E402
+from .report import Best, regbench_rows, task_scores  # noqa: E402
 
 
 def plot_task_accuracy(best: list[Best], path: Path) -> bool:
@@ -89,13 +90,47 @@ def plot_regression(best: list[Best], path: Path) -> bool:
     return True
 
 
+def plot_regbench(best: list[Best], path: Path) -> bool:
+    """RegBench accuracy and total variation vs number of training sequences (log x), one line per mixer."""
+    rows = regbench_rows(best)
+    if not rows:
+        return False
+    by_mixer: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_mixer[r["mixer"]].append(r)
+    fig, (ax_acc, ax_tv) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for mixer, pts in by_mixer.items():
+        x = [p["num_train"] for p in pts]
+        ax_acc.errorbar(x, [p["acc"] for p in pts], yerr=[p["acc_std"] for p in pts], marker="o", capsize=2, label=mixer)
+        ax_tv.plot(x, [p["tv"] for p in pts], marker="o", label=mixer)
+    base = {r["num_train"]: r for r in rows}  # the 3-gram depends on the test set only
+    xs = sorted(base)
+    ax_acc.plot(xs, [base[n]["ngram_acc"] for n in xs], "k--", label="in-context 3-gram")
+    ax_tv.plot(xs, [base[n]["ngram_tv"] for n in xs], "k--", label="in-context 3-gram")
+    for ax, label in ((ax_acc, "test accuracy (best lr/wd)"), (ax_tv, "total variation from the true PFA")):
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(n) for n in xs])
+        ax.minorticks_off()
+        ax.set_xlabel("training sequences (one automaton each)")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+    ax_acc.set_title("RegBench accuracy", fontsize=9)
+    ax_tv.set_title("RegBench total variation (lower is better)", fontsize=9)
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_plots(best: list[Best], out: Path) -> list[str]:
     """Every plot that has data; returns the file names written."""
     written = []
-    for name, fn in (("task_accuracy.png", plot_task_accuracy), ("mqar_accuracy.png", plot_mqar), ("regression_mse.png", plot_regression)):
+    for name, fn in (("task_accuracy.png", plot_task_accuracy), ("mqar_accuracy.png", plot_mqar), ("regression_mse.png", plot_regression),
+                     ("regbench_accuracy.png", plot_regbench)):
         if fn(best, out / name):
             written.append(name)
     return written
 
 
-__all__ = ["plot_mqar", "plot_regression", "plot_task_accuracy", "write_plots"]
+__all__ = ["plot_mqar", "plot_regbench", "plot_regression", "plot_task_accuracy", "write_plots"]

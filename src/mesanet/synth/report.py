@@ -3,7 +3,7 @@
 Selection: per (task, setting, mixer) the (lr, wd) with the best seed-mean test metric (accuracy up, or the
 mean regression MSE over all context sizes down), reported as mean +- std over seeds. A MAD task's score is
 the mean over its settings of that best accuracy (MesaNet/MAD protocol); the MAD average is the mean over
-the MAD tasks present.
+the MAD tasks present. RegBench gets its own table (accuracy and total variation per training-set size).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from .config import SynthConfig
 from .tasks import MAD_TASKS
 
 MESA, GDN = "mesa", "gated_deltanet"
+#: Mixer kinds that are softmax attention (the paper's "transformers"); every other kind is recurrent.
+ATTENTION_KINDS = ("attention", "sliding_attention")
 
 RESULT_COLUMNS = ["cell_id", "task", "setting", "mixer", "lr", "weight_decay", "seed", "status", "steps", "batch_size",
-                  "num_train", "num_test", "params", "test_acc", "train_acc", "test_loss", "test_mse", "test_mse_last",
+                  "num_train", "num_test", "params", "test_acc", "train_acc", "test_loss", "test_tv", "test_exact_acc", "train_tv", "ngram_acc", "ngram_tv", "test_mse", "test_mse_last",
                   "ridge_last", "final_train_loss", "seq_len", "num_pairs", "seconds", "cpu_seconds"]
 
 
@@ -101,7 +103,7 @@ class Target:
 
 
 def check_targets(best: list[Best], cfg: SynthConfig) -> list[Target]:
-    """The issue's three orderings, with the numbers behind each verdict."""
+    """The issue's three orderings and the MesaNet paper's RegBench claim, with the numbers behind each verdict."""
     out = []
     mixers = {b.mixer for b in best}
     # 1. MAD average
@@ -143,7 +145,37 @@ def check_targets(best: list[Best], cfg: SynthConfig) -> list[Target]:
                           f"(ratio {ratio:.3f}, best lr {b.lr:g}, wd {b.weight_decay:g})"))
     else:
         out.append(Target(name, "N/A", "needs the mesa mixer and the regression task"))
+    out.append(_regbench_target(best))
     return out
+
+
+def regbench_rows(best: list[Best]) -> list[dict]:
+    """Per (training-set size, mixer): best lr/wd and seed means of accuracy, TV, exact-match and train accuracy."""
+    rows = []
+    for b in best:
+        if b.task != "regbench":
+            continue
+        rows.append(dict(num_train=int(b.records[0]["num_train"]), mixer=b.mixer, lr=b.lr, weight_decay=b.weight_decay,
+                         acc=b.metric, acc_std=b.metric_std, train_acc=b.train_acc,
+                         tv=_mean_std([_nan(r.get("test_tv")) for r in b.records])[0],
+                         exact=_mean_std([_nan(r.get("test_exact_acc")) for r in b.records])[0],
+                         ngram_acc=_nan(b.records[0].get("ngram_acc")), ngram_tv=_nan(b.records[0].get("ngram_tv"))))
+    return sorted(rows, key=lambda r: r["num_train"])
+
+
+def _regbench_target(best: list[Best]) -> Target:
+    name = "RegBench (MesaNet Fig. 9): MesaNet accuracy >= every other recurrent mixer's at the largest training set"
+    rows = regbench_rows(best)
+    if not rows:
+        return Target(name, "N/A", "needs the regbench task")
+    largest = max(r["num_train"] for r in rows)
+    at = {r["mixer"]: r for r in rows if r["num_train"] == largest}
+    rnns = [m for m in at if m != MESA and not any(k in m.split("+") for k in ATTENTION_KINDS)]
+    numbers = ", ".join(f"{m} {r['acc']:.4f} (TV {r['tv']:.4f})" for m, r in at.items())
+    if MESA not in at or not rnns:
+        return Target(name, "N/A", f"needs mesa and another recurrent mixer; at {largest} training sequences: {numbers}")
+    ok = all(at[MESA]["acc"] >= at[m]["acc"] for m in rnns)
+    return Target(name, "PASS" if ok else "MISS", f"at {largest} training sequences: {numbers}")
 
 
 def _fmt(v: float, digits: int = 4) -> str:
@@ -200,15 +232,30 @@ def write_summary(records: list[dict], cfg: SynthConfig, out: Path, *, wall_seco
         extra = f"{_fmt(b.mse_last)} +- {_fmt(b.mse_last_std)} ({_fmt(b.ridge_last)})" if b.kind == "regression" else ""
         lines.append(f"| {b.task} | {b.setting} | {b.mixer} | {b.lr:g} | {b.weight_decay:g} | {_fmt(b.metric)} +- {_fmt(b.metric_std)} "
                      f"| {_fmt(b.train_acc, 3)} | {extra} |")
+    rb = regbench_rows(best)
+    if rb:
+        lines += ["", "## RegBench (in-context language learning; held-out automata)", "",
+                  "| training sequences | mixer | best lr | best wd | accuracy | total variation | exact-match acc | train acc "
+                  "| in-context 3-gram: acc (TV) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['num_train']} | {r['mixer']} | {r['lr']:g} | {r['weight_decay']:g} | {_fmt(r['acc'])} +- "
+                  f"{_fmt(r['acc_std'])} | {_fmt(r['tv'])} | {_fmt(r['exact'])} | {_fmt(r['train_acc'], 3)} "
+                  f"| {_fmt(r['ngram_acc'])} ({_fmt(r['ngram_tv'])}) |" for r in rb]
+        lines += ["", "Accuracy: the greedy next token is one the sequence's automaton can read from its current state "
+                      "(non-zero true probability); total variation: 0.5 x L1 distance of the model's softmax from the "
+                      "automaton's next-token distribution (uniform over the state's outgoing symbols); both over "
+                      "every target that is not a string end. Exact-match: greedy token == the sampled next token. The "
+                      "in-context 3-gram (no training) predicts from successor counts of the last two tokens earlier in "
+                      "the same sequence, backing off to shorter contexts. "
+                      "Plot: `regbench_accuracy.png`."]
     failed = [r["cell_id"] for r in records if r.get("status") != "ok"]
     if failed:
         lines += ["", f"Non-finite runs (count as failed, never selected): {', '.join(failed)}"]
-    lines += ["", "Accuracy: fraction of non-ignored test targets predicted exactly (micro); train acc: the same on the first "
+    lines += ["", "Accuracy (RegBench: see its section): fraction of non-ignored test targets predicted exactly (micro); train acc: the same on the first "
               f"{cfg.num_train_eval} training sequences with their training targets (MAD recall tasks train on every next "
               f"token, so theirs is lower). MQAR fit rule: test accuracy >= {cfg.mqar_fit_threshold}. Plots: "
-              "`task_accuracy.png`, `mqar_accuracy.png`, `regression_mse.png`."]
+              "`task_accuracy.png`, `mqar_accuracy.png`, `regression_mse.png`, `regbench_accuracy.png`."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return targets
 
 
-__all__ = ["Best", "Target", "check_targets", "mad_average", "select_best", "task_scores", "write_results_csv", "write_summary"]
+__all__ = ["Best", "Target", "check_targets", "mad_average", "regbench_rows", "select_best", "task_scores", "write_results_csv", "write_summary"]

@@ -19,9 +19,12 @@ from .config import SynthConfig
 from .tasks import (
     MAD_NUM_TEST,
     MAD_TASKS,
+    VOCAB_SIZE,
     InContextRegressionConfig,
     MQARConfig,
+    RegBenchConfig,
     TokenBatch,
+    automaton_keys,
     compression,
     fuzzy_recall,
     in_context_recall,
@@ -30,6 +33,7 @@ from .tasks import (
     memorization,
     mqar,
     noisy_recall,
+    regbench,
     selective_copying,
 )
 
@@ -138,6 +142,18 @@ def _regression(cfg: SynthConfig) -> list[Setting]:
                     steps, batch, in_dim=config.dim + 1, info=(("num_pairs", config.num_pairs),))]
 
 
+def _regbench(cfg: SynthConfig) -> list[Setting]:
+    """One setting per training-set size; ``cfg.num_train`` does not cap these (they are the grid axis)."""
+    size = cfg.size("regbench")
+    config = _replace(RegBenchConfig(), size.params, None, "regbench")
+    out = []
+    for n_train in cfg.regbench_num_train:
+        steps, batch = _budget(cfg, "regbench", n_train)
+        out.append(Setting("regbench", f"n_train={n_train}", "token", "lm", config, n_train, size.num_test or cfg.num_test,
+                           steps, batch, vocab_size=VOCAB_SIZE))
+    return out
+
+
 def build_settings(cfg: SynthConfig) -> list[Setting]:
     """Every setting of ``cfg.tasks``, in task order."""
     out: list[Setting] = []
@@ -148,6 +164,8 @@ def build_settings(cfg: SynthConfig) -> list[Setting]:
             out += _mqar(cfg)
         elif task == "regression":
             out += _regression(cfg)
+        elif task == "regbench":
+            out += _regbench(cfg)
         else:
             raise ValueError(f"tasks: unknown task {task!r}")
     return out
@@ -155,6 +173,9 @@ def build_settings(cfg: SynthConfig) -> list[Setting]:
 
 def _token_sets(setting: Setting, data_seed: int) -> tuple[TokenBatch, TokenBatch]:
     rng = np.random.default_rng(data_seed)
+    if setting.task == "regbench":  # test automata are disjoint from the training ones
+        train = regbench(setting.num_train, rng, setting.config)
+        return train, regbench(setting.num_test, rng, setting.config, exclude=automaton_keys(train))
     if setting.task == "mqar":
         return mqar(setting.num_train, rng, setting.config), mqar(setting.num_test, rng, setting.config)
     gen, has_mode = _MAD_GEN[setting.task]
@@ -166,7 +187,7 @@ def _token_sets(setting: Setting, data_seed: int) -> tuple[TokenBatch, TokenBatc
 
 @functools.lru_cache(maxsize=4)
 def load_data(setting: Setting, data_seed: int):
-    """``(train, test)`` of ``setting``: ``TokenBatch`` pairs or ``RegressionBatch`` pairs (cached per process)."""
+    """``(train, test)`` of ``setting``: ``TokenBatch``, ``RegBenchBatch`` or ``RegressionBatch`` pairs (cached per process)."""
     if setting.kind == "regression":
         rng = np.random.default_rng(data_seed)
         return (in_context_regression(setting.num_train, rng, setting.config),

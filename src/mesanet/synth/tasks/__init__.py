@@ -4,6 +4,8 @@
   ``selective_copying``, ``compression``, ``memorization``; baselines are the config defaults and
   ``mad_settings(task)`` lists the difficulty grid.
 * ``mqar``: Zoology's multi-query associative recall.
+* ``regbench``: RegBench in-context language learning (one random PFA per sequence, kept in the batch) and
+  ``pfa_scores`` (accuracy and total variation against each automaton's true next-token distribution).
 * ``in_context_regression`` (continuous tokens) and ``ridge_prediction_loss`` (its optimal reference).
 
 Token tasks return ``TokenBatch(inputs, targets)``: int64 ``[N, T]`` with ``IGNORE_INDEX`` (-100) where no
@@ -17,7 +19,18 @@ from .fuzzy_recall import FuzzyRecallConfig, fuzzy_recall
 from .mad_settings import MAD_NUM_TEST, MAD_TASKS, MadSetting, mad_settings
 from .memorization import MemorizationConfig, memorization, memorization_map
 from .mqar import MQARConfig, mqar
+from .pfa import PAD_ID, SEP_ID, VOCAB, VOCAB_SIZE
 from .recall import InContextRecallConfig, NoisyRecallConfig, generate_recall, in_context_recall, noisy_recall
+from .regbench import (
+    RegBenchBatch,
+    RegBenchConfig,
+    automaton_keys,
+    ngram_probs,
+    ngram_scores,
+    pfa_scores,
+    regbench,
+    true_next_probs,
+)
 from .regression import (
     InContextRegressionConfig,
     RegressionBatch,
@@ -34,6 +47,7 @@ __all__ = [
     "CompressionConfig", "compression", "MemorizationConfig", "memorization", "memorization_map",
     "MAD_NUM_TEST", "MAD_TASKS", "MadSetting", "mad_settings",
     "MQARConfig", "mqar",
+    "PAD_ID", "SEP_ID", "VOCAB", "VOCAB_SIZE", "RegBenchBatch", "RegBenchConfig", "automaton_keys", "ngram_probs", "ngram_scores", "pfa_scores", "regbench", "true_next_probs",
     "InContextRegressionConfig", "RegressionBatch", "bayes_optimal_ridge", "in_context_regression",
     "ridge_prediction_loss",
 ]
