@@ -73,6 +73,7 @@ class SynthConfig:
     chunk_size: int = 32
     solver_training: dict = field(default_factory=dict)  # SolverSettings fields replacing mesanet.ops.TRAINING's
     solver_inference: dict = field(default_factory=dict)  # ... and mesanet.ops.INFERENCE's (evaluation)
+    model_options: dict = field(default_factory=dict)  # further MesaNetConfig fields (e.g. {gamma_cap: 1.0})
     # optimisation
     steps: int = 1000
     epochs: float = 0.0
