@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model)}
-    overrides = [f"tasks=[mqar]", f"mixers=[{args.mixer}]", f"lrs=[{args.lr}]", f"weight_decays=[{args.wd}]",
+    overrides = ["tasks=[mqar]", f"mixers=[{args.mixer}]", f"lrs=[{args.lr}]", f"weight_decays=[{args.wd}]",
                  f"seeds=[{args.seed}]", f"mqar_seq_lens=[{args.seq_len}]", f"mqar_num_pairs=[{args.pairs}]",
                  f"steps={args.steps}", "progress=false", "workers=1"]
     if args.num_train:

@@ -15,6 +15,11 @@ Per token ``x_t [D]`` and head ``h``:
 * ``y = W_o [RMSNorm_Dv(o_{t,h})]_h`` with the per-head RMSNorm (one weight of size ``Dv`` shared by
   the heads, as in fla; a per-head gain would be absorbed by ``W_o`` anyway).
 
+This is the MesaNet paper's parameterisation, which it applies to every RNN baseline alike (App. E/G.2).
+Options for a mixer in its own paper's form (off by default): ``beta_max`` (``beta = beta_max sigmoid(.)``,
+2 for DeltaNet's negative-eigenvalue variant), ``use_output_gate`` (``o <- RMSNorm(o) * SiLU(W_g x)``, Gated
+DeltaNet / GLA), ``conv_on_v`` (``v = SiLU(conv4(W_v x))``, Gated DeltaNet / DeltaNet convolve q, k and v).
+
 No ``1/sqrt(Dk)`` query scale: the per-head RMSNorm removes any global scale of ``o``.
 
 Initialisation ("timescale spread", neither fla's nor a documented paper choice; the paper gives none):
