@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mesanet  # noqa: F401  (registers the Auto classes)
+from mesanet.layers.recurrent_mixer import forget_gate_bias
 from mesanet.models import MIXER_KINDS, PRESETS, MesaNetCache, MesaNetConfig, MesaNetForCausalLM, preset_config
 
 from helpers import rel_err
@@ -102,8 +103,11 @@ def test_eval_mode_uses_the_inference_solver_settings():
     assert rel_err(model(ids).logits, eval_logits) > 1e-6  # one CG step is not a converged solve
 
 
-def test_save_pretrained_round_trip_and_auto_classes(tmp_path):
-    model = make_model(["hawk", "mesa"])
+@pytest.mark.parametrize("mixers", [["hawk", "mesa"], ["gated_deltanet", "attention"]])
+def test_save_pretrained_round_trip_and_auto_classes(tmp_path, mixers):
+    """Loading keeps every saved weight: the token mixers' own init (which the model forces, see the test
+    below) must not run over loaded parameters."""
+    model = make_model(mixers)
     ids = tokens(2, 11)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
@@ -197,3 +201,20 @@ def test_residual_output_projections_are_depth_scaled():
     assert math.isclose(measured, math.sqrt(2 / config.num_hidden_layers) / math.sqrt(fan_in), rel_tol=0.05)
     gate_bias = block.mixer.a_proj.bias.detach()  # forget-gate spread from the mixer's own init survives the model init
     assert float(gate_bias.max() - gate_bias.min()) > 1.0
+
+
+@pytest.mark.parametrize("kind", sorted(MIXER_KINDS))
+def test_every_mixer_keeps_its_own_init_inside_the_model(kind):
+    """Hugging Face's custom-code init skips a module without parameters of its own (GDN, GLA, attention keep
+    theirs in child Linears): the model must still run each mixer's ``reset_parameters`` and depth-scale its
+    ``o_proj``; the forget-gate biases are the mixer's spread, not the generic zero bias (gamma = 0.5)."""
+    layers = 8
+    config = MesaNetConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=layers, num_heads=2, head_dim=32,
+                           mixer_types=[kind] * layers)
+    torch.manual_seed(0)
+    mixer = MesaNetForCausalLM(config).model.layers[0].mixer
+    weight = mixer.o_proj.weight.detach()  # 64 x 64 samples: the std is known to ~2 %
+    assert math.isclose(float(weight.std()), math.sqrt(2 / layers) / math.sqrt(weight.shape[1]), rel_tol=0.1)
+    if getattr(mixer, "a_proj", None) is not None:
+        expected = forget_gate_bias(config.num_heads, mixer.forget_init_range).to(mixer.a_proj.bias.dtype)
+        assert torch.allclose(mixer.a_proj.bias.detach(), expected)

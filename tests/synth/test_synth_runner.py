@@ -113,6 +113,9 @@ def test_changed_config_is_an_error(tiny_run):
     ("task_sizes={regression: {wrong: 1}}", "unknown keys"),
     ("solver_training.max_iter=-1", r"SynthConfig: solver_training: SolverSettings.max_iter: expected an integer >= 0"),
     ("solver_inference={tolerance: 1e-3}", r"SynthConfig: solver_inference: unknown solver setting\(s\) \['tolerance'\]"),
+    ("model_options={hidden_size: 8}", r"SynthConfig: model_options: \['hidden_size'\] are set from the synth config"),
+    ("model_options={beta_max: 3}", r"SynthConfig: model_options: MesaNetConfig.beta_max: expected None or a number in \(0, 2\]"),
+    ("model_options={no_such_field: 1}", r"SynthConfig: model_options: MesaNetConfig: unknown keys \['no_such_field'\]"),
 ])
 def test_bad_inputs(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
@@ -136,6 +139,17 @@ def test_presets_load_and_quick_flag():
     assert paper.lrs == [3e-3, 1e-3, 5e-4, 1e-4] and paper.weight_decays == [0.01, 0.1] and paper.mad_grid
     with pytest.raises(ValueError, match="--quick"):
         parse_args(["--quick", str(CONFIG_DIR / "synth.yaml")])
+
+
+def test_model_options_reach_the_model():
+    from mesanet.synth.models import build_model
+
+    cfg = load_config(None, [*TINY, "model_options={use_output_gate: true, forget_init_range: [0.5, 0.9], gamma_cap: 1.0}"])
+    setting = build_settings(cfg)[0]
+    mixer = build_model(cfg, setting, "gated_deltanet").model.layers[0].mixer
+    assert mixer.g_proj is not None and mixer.forget_init_range == (0.5, 0.9) and mixer.gamma_cap == 1.0
+    plain = build_model(load_config(None, TINY), setting, "gated_deltanet").model.layers[0].mixer
+    assert plain.g_proj is None and plain.gamma_cap == 0.9975
 
 
 def test_mqar_settings_and_hybrid():

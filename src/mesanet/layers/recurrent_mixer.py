@@ -15,6 +15,11 @@ Per token ``x_t [D]`` and head ``h``:
 * ``y = W_o [RMSNorm_Dv(o_{t,h})]_h`` with the per-head RMSNorm (one weight of size ``Dv`` shared by
   the heads, as in fla; a per-head gain would be absorbed by ``W_o`` anyway).
 
+This is the MesaNet paper's parameterisation, which it applies to every RNN baseline alike (App. E/G.2).
+Options for a mixer in its own paper's form (off by default): ``beta_max`` (``beta = beta_max sigmoid(.)``,
+2 for DeltaNet's negative-eigenvalue variant), ``use_output_gate`` (``o <- RMSNorm(o) * SiLU(W_g x)``, Gated
+DeltaNet / GLA), ``conv_on_v`` (``v = SiLU(conv4(W_v x))``, Gated DeltaNet / DeltaNet convolve q, k and v).
+
 No ``1/sqrt(Dk)`` query scale: the per-head RMSNorm removes any global scale of ``o``.
 
 Initialisation ("timescale spread", neither fla's nor a documented paper choice; the paper gives none):
@@ -71,16 +76,20 @@ def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
 
 
 def gates(
-    beta_logits: Optional[Tensor], gamma_logits: Optional[Tensor], gamma_cap: Optional[float] = GAMMA_CAP
+    beta_logits: Optional[Tensor], gamma_logits: Optional[Tensor], gamma_cap: Optional[float] = GAMMA_CAP,
+    beta_max: float = 1.0,
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """``(beta, g)`` from gate logits; ``None`` logits mean "no such gate" (``beta = 1`` / ``g = 0``),
     returned as ``None``.
 
-    ``beta = sigmoid(beta_logits)``; ``g = log gamma = logsigmoid(gamma_logits) + log1p(-(1 - cap) beta^2)``,
+    ``beta = beta_max * sigmoid(beta_logits)``; ``g = log gamma = logsigmoid(gamma_logits) + log1p(-(1 - cap) beta^2)``,
     computed in log space so that it is finite and ``<= 0`` for every finite logit (no ``log(sigmoid)``
-    underflow). Without an input gate the cap uses ``beta = 1``. ``gamma_cap = None`` disables the cap.
+    underflow; ``beta <= 2`` keeps ``(1 - cap) beta^2 < 1``). Without an input gate the cap uses ``beta = 1``.
+    ``gamma_cap = None`` disables the cap.
     """
     beta = torch.sigmoid(beta_logits) if beta_logits is not None else None
+    if beta is not None and beta_max != 1.0:
+        beta = beta * beta_max
     if gamma_logits is None:
         return beta, None
     g = F.logsigmoid(gamma_logits)
@@ -126,10 +135,16 @@ class RecurrentMixer(nn.Module):
         chunk_size: chunk length of the parallel form.
         norm_eps: epsilon of the per-head RMSNorm.
         output_init_scale: multiplies the fan-in std of ``W_o``.
+        beta_max: upper end of ``beta = beta_max * sigmoid(.)``, in ``(0, 2]`` (1; DeltaNet's "negative
+            eigenvalues" variant uses 2, so that ``I - beta k k^T`` may reflect).
+        use_output_gate: ``o <- RMSNorm(o) * SiLU(W_g x)`` per head before ``W_o`` (Gated DeltaNet's output gate).
+        conv_on_v: ``v = SiLU(conv4(W_v x))`` as ``q`` and ``k`` (Gated DeltaNet convolves q, k and v);
+            ``False``: ``v = W_v x``.
         validate_inputs: let the ops check values (finite, gate ranges, symmetric states) on every
             call; costs host syncs, so off by default (the layer builds valid gates by construction).
 
-    States: :class:`RecurrentState` with ``conv = {"q": tail, "k": tail}`` (``[B, conv_size - 1, C]``
+    States: :class:`RecurrentState` with ``conv = {"q": tail, "k": tail}`` (and ``"v"`` with ``conv_on_v``;
+    ``[B, conv_size - 1, C]``
     in the activation dtype), ``recurrent`` = the subclass's tensors (float32, or float64 for float64
     modules), ``seen`` = tokens consumed (padding included).
 
@@ -159,6 +174,9 @@ class RecurrentMixer(nn.Module):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         norm_eps: float = RMS_NORM_EPS,
         output_init_scale: float = 1.0,
+        beta_max: float = 1.0,
+        use_output_gate: bool = False,
+        conv_on_v: bool = False,
         validate_inputs: bool = False,
         device=None,
         dtype=None,
@@ -178,6 +196,10 @@ class RecurrentMixer(nn.Module):
         self.forget_init_range = tuple(forget_init_range)
         forget_gate_bias(1, self.forget_init_range)  # validates the range now, not at reset time
         self.output_init_scale = float(output_init_scale)
+        if not (isinstance(beta_max, (int, float)) and 0.0 < float(beta_max) <= 2.0):
+            raise ValueError(f"{name}: expected beta_max in (0, 2], got {beta_max!r}")
+        self.beta_max = float(beta_max)
+        self.use_output_gate, self.conv_on_v = bool(use_output_gate), bool(conv_on_v)
         self.validate_inputs = bool(validate_inputs)
 
         factory = dict(device=device, dtype=dtype)
@@ -187,6 +209,8 @@ class RecurrentMixer(nn.Module):
         self.v_proj = nn.Linear(d, h * dv, bias=False, **factory)
         self.q_conv = ShortConvolution(h * dk, self.conv_size, activation="silu", **factory)
         self.k_conv = ShortConvolution(h * dk, self.conv_size, activation="silu", **factory)
+        self.v_conv = ShortConvolution(h * dv, self.conv_size, activation="silu", **factory) if self.conv_on_v else None
+        self.g_proj = nn.Linear(d, h * dv, bias=False, **factory) if self.use_output_gate else None  # output gate
         self.a_proj = nn.Linear(d, h, bias=True, **factory) if self.use_forget_gate else None  # forget gate
         self.b_proj = nn.Linear(d, h, bias=True, **factory) if self.use_input_gate else None  # input gate
         for proj in (self.a_proj, self.b_proj):
@@ -235,6 +259,10 @@ class RecurrentMixer(nn.Module):
         nn.init.normal_(self.o_proj.weight, 0.0, self.output_init_scale * (self.num_heads * self.value_head_dim) ** -0.5)
         self.q_conv.reset_parameters()
         self.k_conv.reset_parameters()
+        if self.v_conv is not None:
+            self.v_conv.reset_parameters()
+        if self.g_proj is not None:
+            nn.init.normal_(self.g_proj.weight, 0.0, std)
         if self.a_proj is not None:
             nn.init.normal_(self.a_proj.weight, 0.0, std)
             self.a_proj.bias.copy_(forget_gate_bias(self.num_heads, self.forget_init_range))
@@ -248,13 +276,14 @@ class RecurrentMixer(nn.Module):
         dtype = torch.promote_types(x.dtype, torch.float32)
         beta_logits = self.b_proj(x).to(dtype) if self.b_proj is not None else None
         gamma_logits = self.a_proj(x).to(dtype) if self.a_proj is not None else None
-        return gates(beta_logits, gamma_logits, self.gamma_cap)
+        return gates(beta_logits, gamma_logits, self.gamma_cap, self.beta_max)
 
     def extra_repr(self) -> str:
         return (
             f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"value_head_dim={self.value_head_dim}, use_input_gate={self.use_input_gate}, "
-            f"use_forget_gate={self.use_forget_gate}, gamma_cap={self.gamma_cap}, chunk_size={self.chunk_size}"
+            f"use_forget_gate={self.use_forget_gate}, gamma_cap={self.gamma_cap}, beta_max={self.beta_max}, "
+            f"use_output_gate={self.use_output_gate}, conv_on_v={self.conv_on_v}, chunk_size={self.chunk_size}"
         )
 
     # --- forward --------------------------------------------------------------------------------
@@ -280,7 +309,10 @@ class RecurrentMixer(nn.Module):
                 if t.shape[0] != batch:
                     self._fail(f"expected recurrent states for batch size {batch}, got {list(t.shape)}")
             lags = self.conv_size - 1
-            for stream, channels in (("q", self.num_heads * self.head_dim), ("k", self.num_heads * self.head_dim)):
+            streams = [("q", self.num_heads * self.head_dim), ("k", self.num_heads * self.head_dim)]
+            if self.conv_on_v:
+                streams.append(("v", self.num_heads * self.value_head_dim))
+            for stream, channels in streams:
                 tail = state.conv.get(stream)
                 if tail is not None and tuple(tail.shape) != (batch, lags, channels):
                     self._fail(f"expected conv tail {stream!r} of shape {[batch, lags, channels]}, got {list(tail.shape)}")
@@ -321,7 +353,11 @@ class RecurrentMixer(nn.Module):
         k, k_tail = self.k_conv(self.k_proj(x), tail=tails.get("k"), mask=mask, cu_seqlens=cu_seqlens)
         q = F.normalize(q.to(compute).view(batch, length, h, dk), dim=-1)
         k = F.normalize(k.to(compute).view(batch, length, h, dk), dim=-1)
-        v = self.v_proj(x).to(compute).view(batch, length, h, dv)
+        tails_out = {"q": q_tail, "k": k_tail}
+        v = self.v_proj(x)
+        if self.v_conv is not None:
+            v, tails_out["v"] = self.v_conv(v, tail=tails.get("v"), mask=mask, cu_seqlens=cu_seqlens)
+        v = v.to(compute).view(batch, length, h, dv)
         beta, g = self.gates(x)
         if mask is not None:
             tokens = mask.unsqueeze(-1)  # [B, T, 1]
@@ -342,8 +378,11 @@ class RecurrentMixer(nn.Module):
             o, final = self._parallel(q, k, v, g, beta, recurrent, cu_seqlens, use_cache)
         if mask is not None:
             o = o * mask[..., None, None].to(o.dtype)
-        y = self.o_proj(self.o_norm(o).to(x.dtype).reshape(batch, length, h * dv))
+        o = self.o_norm(o)
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x).to(o.dtype).view(batch, length, h, dv))
+        y = self.o_proj(o.to(x.dtype).reshape(batch, length, h * dv))
         if not use_cache:
             return y, None
         seen = (state.seen if state is not None else 0) + length
-        return y, RecurrentState({"q": q_tail, "k": k_tail}, tuple(final), seen)
+        return y, RecurrentState(tails_out, tuple(final), seen)

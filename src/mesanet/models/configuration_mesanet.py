@@ -98,6 +98,10 @@ class MesaNetConfig(PreTrainedConfig):
     logit_soft_cap: float | None = 30.0
     conv_size: int = 4
     gamma_cap: float = 0.9975
+    forget_init_range: list[float] | None = None
+    beta_max: float | None = None
+    use_output_gate: bool | None = None
+    conv_on_v: bool | None = None
     solver_training: dict | None = None
     solver_inference: dict | None = None
     chunk_size: int = 64
@@ -152,6 +156,7 @@ class MesaNetConfig(PreTrainedConfig):
                 raise _bad(name, "true or false", getattr(self, name))
         if not (is_real(self.gamma_cap, finite=False) and 0 < self.gamma_cap <= 1):
             raise _bad("gamma_cap", "a number in (0, 1]", self.gamma_cap)
+        self._check_mixer_options()
         cap = self.logit_soft_cap
         if cap is not None and not (is_real(cap, finite=False) and math.isfinite(cap) and cap > 0):
             raise _bad("logit_soft_cap", "None (no cap) or a finite number > 0", cap)
@@ -163,6 +168,20 @@ class MesaNetConfig(PreTrainedConfig):
             raise ValueError(f"MesaNetConfig.num_kv_heads: expected a divisor of num_heads ({self.num_heads}), got {self.num_kv_heads}")
         self._check_mixers()
         self._check_token_ids()
+
+    def _check_mixer_options(self) -> None:
+        """The recurrent mixers' gate / projection options (``None``: each mixer's own default)."""
+        rng = self.forget_init_range
+        if isinstance(rng, tuple):
+            self.forget_init_range = rng = list(rng)
+        if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(is_real(r, finite=False) for r in rng)
+                                    and 0 < rng[0] <= rng[1] < 1):
+            raise _bad("forget_init_range", "None or [lo, hi] with 0 < lo <= hi < 1", rng)
+        if self.beta_max is not None and not (is_real(self.beta_max, finite=False) and 0 < self.beta_max <= 2):
+            raise _bad("beta_max", "None or a number in (0, 2]", self.beta_max)
+        for name in ("use_output_gate", "conv_on_v"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise _bad(name, "None (the mixer's default), true or false", getattr(self, name))
 
     def _check_mixers(self) -> None:
         kinds = self.mixer_types

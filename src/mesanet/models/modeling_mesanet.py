@@ -60,6 +60,10 @@ def check_token_ids(where: str, vocab_size: int, input_ids: Optional[Tensor], la
             )
 
 
+#: Optional ``MesaNetConfig`` fields handed to the q/k/v-gate mixers (:class:`~mesanet.layers.RecurrentMixer`) when set.
+RECURRENT_MIXER_OPTIONS = ("forget_init_range", "beta_max", "use_output_gate", "conv_on_v")
+
+
 def mixer_options(config: MesaNetConfig, kind: str) -> dict:
     """Constructor options of the mixer ``kind`` taken from the model config."""
     if kind in _ATTENTION_KINDS:
@@ -70,6 +74,10 @@ def mixer_options(config: MesaNetConfig, kind: str) -> dict:
     if kind == "hawk":
         return dict(conv_size=config.conv_size, expansion=config.hawk_expansion, chunk_size=config.chunk_size)
     options = dict(value_head_dim=config.value_head_dim, conv_size=config.conv_size, gamma_cap=config.gamma_cap, chunk_size=config.chunk_size)
+    for name in RECURRENT_MIXER_OPTIONS:  # None: the mixer's own default
+        value = getattr(config, name)
+        if value is not None:
+            options[name] = tuple(value) if name == "forget_init_range" else value
     if kind == "mesa":
         options.update(solver_training=config.solver_training, solver_inference=config.solver_inference)
     return options
@@ -139,6 +147,22 @@ class MesaNetPreTrainedModel(PreTrainedModel):
     def _supports_default_dynamic_cache(cls) -> bool:
         # The model builds its own MesaNetCache (recurrent states + KV caches) on the first forward.
         return False
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """Hugging Face's per-module init, except that a token mixer is always handed to :meth:`_init_weights`
+        unless every one of its parameters (children's included) is already initialised (loaded).
+
+        Hugging Face's custom-code path skips a module none of whose *own* parameters needs initialising, and a
+        module without parameters of its own passes that check vacuously: mixers whose parameters all live in
+        child ``nn.Linear`` / convolution modules (Gated DeltaNet, DeltaNet, GLA, Mamba2, attention) were left
+        with the generic ``nn.Linear`` init (zero gate biases: every forget gate at 0.5, no residual scaling
+        of ``o_proj``) instead of their own ``reset_parameters`` (``docs/results/gdn_mqar.md``)."""
+        if getattr(module, "is_token_mixer", False) and not getattr(module, "_is_hf_initialized", False):
+            if not all(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):
+                self._init_weights(module)
+            module._is_hf_initialized = True
+            return
+        super()._initialize_weights(module, is_custom_code)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from mesanet.models import MIXER_KINDS
+from mesanet.models import MIXER_KINDS, MesaNetConfig
 from mesanet.ops import INFERENCE, TRAINING
 from mesanet.ops.solver_settings import as_settings
 from mesanet.presets import PRESET_DIR
@@ -25,6 +25,12 @@ TASKS = (*MAD_TASKS, "mqar", "regression", "regbench")
 #: Fields that only choose which cells run, or how: an existing output dir may be re-run with other values
 #: (finished cells are reused, new ones are added). Every other field changes what a cell computes.
 GRID_FIELDS = frozenset({"tasks", "mixers", "lrs", "weight_decays", "seeds", "workers", "progress", "out_dir"})
+
+#: ``MesaNetConfig`` fields that the synth backbone sets from its own config (not allowed in ``model_options``).
+BACKBONE_FIELDS = frozenset({
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "mixer_types", "mlp_expansion",
+    "chunk_size", "solver_training", "solver_inference", "use_cache",
+})
 
 #: The packaged presets (``mesanet.presets``; the ``--quick`` preset lives there).
 CONFIG_DIR = PRESET_DIR
@@ -56,7 +62,8 @@ class SynthConfig:
     registry kind, or a hybrid ``"hawk+mesa"`` whose kinds alternate over the layers) x ``lrs`` x
     ``weight_decays`` x ``seeds``. Model: ``num_layers`` blocks of width ``hidden_size`` with ``num_heads``
     heads of ``head_dim``; Mesa solves with ``solver_training`` / ``solver_inference`` (SolverSettings fields, e.g.
-    ``{max_iter: 30, tol: 0.0}``; empty: the defaults). Training: ``steps`` AdamW steps of ``batch_size`` sequences (``epochs > 0``
+    ``{max_iter: 30, tol: 0.0}``; empty: the defaults); ``model_options``: further ``MesaNetConfig`` fields for
+    every cell's model (e.g. ``{gamma_cap: 1.0, use_output_gate: true}``; not the fields set from this config). Training: ``steps`` AdamW steps of ``batch_size`` sequences (``epochs > 0``
     instead sets steps = ceil(epochs * num_train / batch_size)), linear warm-up over
     ``min(warmup_steps, max_warmup_frac * steps)`` steps, cosine to ``min_lr``. The seed sets the model
     init and batch order; the data of a setting is fixed by ``data_seed`` (train set first, then test set).
@@ -77,6 +84,7 @@ class SynthConfig:
     chunk_size: int = 32
     solver_training: dict = field(default_factory=dict)  # SolverSettings fields replacing mesanet.ops.TRAINING's
     solver_inference: dict = field(default_factory=dict)  # ... and mesanet.ops.INFERENCE's (evaluation)
+    model_options: dict = field(default_factory=dict)  # further MesaNetConfig fields (e.g. {gamma_cap: 1.0})
     # optimisation
     steps: int = 1000
     epochs: float = 0.0
@@ -167,6 +175,13 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
         need(cfg.size("regbench").num_train is None,
              "task_sizes.regbench.num_train: expected unset (regbench_num_train lists RegBench's training-set sizes), "
              f"got {cfg.size('regbench').num_train}")
+    need(isinstance(cfg.model_options, dict), f"model_options: expected a mapping of MesaNetConfig fields, got {cfg.model_options!r}")
+    taken = sorted(set(cfg.model_options) & BACKBONE_FIELDS)
+    need(not taken, f"model_options: {taken} are set from the synth config itself (use its own fields)")
+    try:
+        MesaNetConfig(**cfg.model_options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"SynthConfig: model_options: {err}") from None
     if "mqar" in cfg.tasks:
         need(bool(cfg.mqar_seq_lens) and bool(cfg.mqar_num_pairs), "mqar_seq_lens and mqar_num_pairs: expected non-empty lists")
     return cfg

@@ -28,7 +28,7 @@ def backbone_config(cfg: SynthConfig, mixer: str, vocab_size: int) -> MesaNetCon
         vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_heads=cfg.num_heads,
         head_dim=cfg.head_dim, mixer_types=split_mixer(mixer, cfg.num_layers), mlp_expansion=cfg.mlp_expansion,
         chunk_size=cfg.chunk_size, solver_training=dict(cfg.solver_training), solver_inference=dict(cfg.solver_inference),
-        use_cache=False,
+        use_cache=False, **dict(cfg.model_options),
     )
 
 
