@@ -25,9 +25,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Lint (ruff: pyflakes, import order, statement errors; configured in pyproject.toml). CI runs it before the tests.
+# Lint (ruff: pyflakes, import order, statement errors) and the format check (ruff format); both configured in
+# pyproject.toml. CI runs them before the tests; `$(VENV)/bin/ruff format src tests benchmarks experiments` fixes the format.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

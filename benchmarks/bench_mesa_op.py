@@ -117,8 +117,11 @@ def run_benchmark(
     lengths = sorted(set(lengths))
     peer_module, note = load_peer(peer)
     peer_path = str(Path(peer).expanduser().resolve()) if peer_module is not None else None
-    peer_info = dict(path=peer_path, loaded=peer_module is not None,
-                     note=f"`{peer_path}` (loaded at run time)" if peer_module is not None else f"skipped ({note})")
+    peer_info = dict(
+        path=peer_path,
+        loaded=peer_module is not None,
+        note=f"`{peer_path}` (loaded at run time)" if peer_module is not None else f"skipped ({note})",
+    )
     if peer_module is None:
         log(f"peer implementation skipped: {note}")
     variants = [DEFAULT, FIXED_30] + ([PEER] if peer_module is not None else [])
@@ -132,24 +135,35 @@ def run_benchmark(
     runs = []
     for length in lengths:
         for mode in MODES:  # every variant of one (T, mode) timed in turns in one worker: their ratios under one load
-            group = measure_group(dict(common, length=length, variants=[asdict(v) for v in variants], mode=mode, inputs="random"),
-                                  isolate, memory)
+            group = measure_group(
+                dict(common, length=length, variants=[asdict(v) for v in variants], mode=mode, inputs="random"), isolate, memory
+            )
             runs += group
             for run in group:
-                log(f"T={length:<6d} {run['variant']:<9s} {mode:<8s} median {1e3 * run['median_s']:9.1f} ms ({run['repeats']} reps)  "
+                log(
+                    f"T={length:<6d} {run['variant']:<9s} {mode:<8s} median {1e3 * run['median_s']:9.1f} ms ({run['repeats']} reps)  "
                     f"peak +{h.fmt(run.get('peak_memory_mib'), '.1f')} MiB  CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
-                    f"other load {h.percent(run['foreign_cpu_fraction'])}")
+                    f"other load {h.percent(run['foreign_cpu_fraction'])}"
+                )
     runs.sort(key=lambda r: (r["length"], [v.name for v in variants].index(r["variant"]), MODES.index(r["mode"])))
     accuracy = []
     for length in lengths:
         accuracy += check_accuracy(shape, length, variants, seed=seed, device=device, peer=peer_path)
-        log("accuracy T=%d: %s" % (length, ", ".join(f"{a['variant']} {a['relative_error']:.1e}" for a in accuracy[-len(variants):])))
+        log(
+            "accuracy T=%d: %s"
+            % (length, ", ".join(f"{a['variant']} {a['relative_error']:.1e}" for a in accuracy[-len(variants) :]))
+        )
     reference = check_reference(shape, reference_length, seed=seed)
 
     decode = []
     if decode_contexts:
-        decode_spec = dict(common, policy=asdict(decode_policy), contexts=sorted(set(decode_contexts)),
-                           batches=list(decode_batches), inner=decode_inner)
+        decode_spec = dict(
+            common,
+            policy=asdict(decode_policy),
+            contexts=sorted(set(decode_contexts)),
+            batches=list(decode_batches),
+            inner=decode_inner,
+        )
         decode = h.call_in_worker("benchmarks.mesa_op.decode:measure_decode", decode_spec, isolate=isolate, log=log)
 
     precond = []
@@ -164,8 +178,10 @@ def run_benchmark(
                     out, _ = OpCall(spec).forward()
                 run["relative_error"] = h.relative_errors(out, reference_out)[0]
                 precond.append(run)
-                log(f"preconditioner {name:<8s} {kind:<6s} CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
-                    f"fwd {1e3 * run['median_s']:.1f} ms  rel. error {run['relative_error']:.1e}")
+                log(
+                    f"preconditioner {name:<8s} {kind:<6s} CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
+                    f"fwd {1e3 * run['median_s']:.1f} ms  rel. error {run['relative_error']:.1e}"
+                )
 
     peak_end = h.measure_matmul_peak_quietly(matmul_size, device, retries)
     peak = h.matmul_peak_summary(peak_start, peak_end)
@@ -177,13 +193,35 @@ def run_benchmark(
     measured += [(f"preconditioner {r['variant']} {r['inputs']}", r) for r in precond]
     results: dict[str, Any] = dict(
         machine=dict(h.machine_info(device), load_average_1m_at_start=load_before),
-        config=dict(lengths=lengths, shape=asdict(shape), policy=asdict(policy), variants=[dict(asdict(v), description=v.describe()) for v in variants],
-                    inputs=INPUT_KINDS, decode_contexts=sorted(set(decode_contexts)), decode_batches=list(decode_batches),
-                    decode_policy=asdict(decode_policy), decode_inner=decode_inner, preconditioner_length=preconditioner_length,
-                    reference_solver=REFERENCE_SOLVER.to_dict(), reference_length=reference_length, matmul_size=matmul_size,
-                    seed=seed, isolate=isolate, retries=retries, default_solver=INFERENCE.to_dict(), validate=VALIDATE),
-        peer=peer_info, flop_formula=FLOP_FORMULA, matmul_peak=peak, runs=runs, accuracy=accuracy,
-        reference_check=reference, decode=decode, decode_defaults=decode_defaults(), preconditioners=precond,
+        config=dict(
+            lengths=lengths,
+            shape=asdict(shape),
+            policy=asdict(policy),
+            variants=[dict(asdict(v), description=v.describe()) for v in variants],
+            inputs=INPUT_KINDS,
+            decode_contexts=sorted(set(decode_contexts)),
+            decode_batches=list(decode_batches),
+            decode_policy=asdict(decode_policy),
+            decode_inner=decode_inner,
+            preconditioner_length=preconditioner_length,
+            reference_solver=REFERENCE_SOLVER.to_dict(),
+            reference_length=reference_length,
+            matmul_size=matmul_size,
+            seed=seed,
+            isolate=isolate,
+            retries=retries,
+            default_solver=INFERENCE.to_dict(),
+            validate=VALIDATE,
+        ),
+        peer=peer_info,
+        flop_formula=FLOP_FORMULA,
+        matmul_peak=peak,
+        runs=runs,
+        accuracy=accuracy,
+        reference_check=reference,
+        decode=decode,
+        decode_defaults=decode_defaults(),
+        preconditioners=precond,
     )
     results["targets"] = target_checks(runs, accuracy, decode, lengths)
     results["quiet_machine"] = h.quiet_machine_check(peak, measured)
@@ -196,26 +234,49 @@ def run_benchmark(
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"T={list(QUICK_LENGTHS)}, decode T={list(QUICK_DECODE_CONTEXTS)}, "
-                        "fewer repeats, a small matmul")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"T={list(QUICK_LENGTHS)}, decode T={list(QUICK_DECODE_CONTEXTS)}, fewer repeats, a small matmul",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", help=f"sequence lengths (default {list(DEFAULT_LENGTHS)})")
-    parser.add_argument("--peer", help="path of flash-linear-attention's fla/ops/mesa_net/naive.py (side by side; skipped without)")
+    parser.add_argument(
+        "--peer", help="path of flash-linear-attention's fla/ops/mesa_net/naive.py (side by side; skipped without)"
+    )
     parser.add_argument("--preconditioners", action="store_true", help="also compare the preconditioners none / jacobi / chunk")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode section")
     parser.add_argument("--in-process", action="store_true", help="no worker processes (faster; CPU memory only a lower bound)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--out", type=Path, default=h.DEFAULT_OUT, help=f"output directory (default {h.DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--retries", type=int, default=h.CONTENDED_RETRIES,
-                        help="how often a timing disturbed by other processes is taken again (0 while developing)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=h.CONTENDED_RETRIES,
+        help="how often a timing disturbed by other processes is taken again (0 while developing)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but torch.cuda.is_available() is False")
-    options = dict(peer=args.peer, preconditioners=args.preconditioners, device=args.device, seed=args.seed,
-                   isolate=not args.in_process, retries=args.retries, out_dir=args.out)
+    options = dict(
+        peer=args.peer,
+        preconditioners=args.preconditioners,
+        device=args.device,
+        seed=args.seed,
+        isolate=not args.in_process,
+        retries=args.retries,
+        out_dir=args.out,
+    )
     if args.quick:
-        options.update(lengths=QUICK_LENGTHS, policy=QUICK_POLICY, decode_contexts=QUICK_DECODE_CONTEXTS,
-                       decode_policy=QUICK_POLICY, decode_inner=5, preconditioner_length=QUICK_LENGTHS[-1], matmul_size=1024)
+        options.update(
+            lengths=QUICK_LENGTHS,
+            policy=QUICK_POLICY,
+            decode_contexts=QUICK_DECODE_CONTEXTS,
+            decode_policy=QUICK_POLICY,
+            decode_inner=5,
+            preconditioner_length=QUICK_LENGTHS[-1],
+            matmul_size=1024,
+        )
     if args.lengths:
         options["lengths"] = args.lengths
     if args.no_decode:

@@ -112,18 +112,33 @@ def run_benchmark(
     if "hawk_expansion" not in overrides:
         overrides["hawk_expansion"] = matched_hawk_expansion(preset, overrides)
     config = preset_config(preset, mixer="mesa", **overrides)
-    log(f"model benchmark on {device}: preset {preset}, mixers {list(mixers)}, train T={train_lengths}, "
-        f"decode L={contexts}, hawk_expansion {overrides['hawk_expansion']:g}")
+    log(
+        f"model benchmark on {device}: preset {preset}, mixers {list(mixers)}, train T={train_lengths}, "
+        f"decode L={contexts}, hawk_expansion {overrides['hawk_expansion']:g}"
+    )
     peak_start = h.measure_matmul_peak_quietly(matmul_size, device, retries)
     log(f"fp32 matmul {matmul_size}^2: best {peak_start['best_gflops']:.1f} GFLOP/s")
 
     target = "benchmarks.mixers.measure:measure_model"
     models, specs = [], []
     for i, name in enumerate(mixers, start=1):
-        spec = dict(name=name, layer_types=layer_types(MODELS[name], config.num_hidden_layers), preset=preset,
-                    config_overrides=overrides, train_lengths=train_lengths, contexts=contexts, decode_steps=decode_steps,
-                    decode_warmup=decode_warmup, prefill_chunk=prefill_chunk, policy=asdict(policy),
-                    train_warmup_s=train_warmup_s, retries=retries, batch=batch, device=device, seed=seed)
+        spec = dict(
+            name=name,
+            layer_types=layer_types(MODELS[name], config.num_hidden_layers),
+            preset=preset,
+            config_overrides=overrides,
+            train_lengths=train_lengths,
+            contexts=contexts,
+            decode_steps=decode_steps,
+            decode_warmup=decode_warmup,
+            prefill_chunk=prefill_chunk,
+            policy=asdict(policy),
+            train_warmup_s=train_warmup_s,
+            retries=retries,
+            batch=batch,
+            device=device,
+            seed=seed,
+        )
         log(f"[{i:2d}/{len(mixers)}] {name} ({'/'.join(spec['layer_types'])})")
         models.append(dict(h.call_in_worker(target, spec, isolate=isolate, log=log), measured_runs=1))
         specs.append(spec)
@@ -139,20 +154,54 @@ def run_benchmark(
             models[i]["measured_runs"] = runs
 
     peak = h.matmul_peak_summary(peak_start, h.measure_matmul_peak_quietly(matmul_size, device, retries))
-    model_fields = {k: v for k, v in config.to_dict().items()
-                    if k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "value_head_dim",
-                             "mlp_expansion", "conv_size", "chunk_size", "attention_window", "hawk_expansion", "logit_soft_cap",
-                             "rope_theta", "gamma_cap")}
+    model_fields = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k
+        in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_heads",
+            "head_dim",
+            "value_head_dim",
+            "mlp_expansion",
+            "conv_size",
+            "chunk_size",
+            "attention_window",
+            "hawk_expansion",
+            "logit_soft_cap",
+            "rope_theta",
+            "gamma_cap",
+        )
+    }
     results: dict[str, Any] = dict(
         machine=dict(h.machine_info(device), load_average_1m_at_start=load_before),
-        config=dict(preset=preset, model=model_fields, config_overrides=overrides, mesa_solver=solver_fields(config),
-                    mixers=list(mixers), train_lengths=train_lengths, contexts=contexts, batch=batch, dtype="float32",
-                    policy=asdict(policy), train_warmup_s=train_warmup_s, decode_steps=decode_steps, decode_warmup=decode_warmup,
-                    prefill_chunk=prefill_chunk, matmul_size=matmul_size, seed=seed, isolate=isolate, retries=retries,
-                    reruns=reruns, sequential_max_train_length=SEQUENTIAL_MAX_TRAIN_LENGTH,
-                    sequential_step_limit_s=SEQUENTIAL_STEP_LIMIT_S,
-                    train_step="model.train(); zero_grad; loss = model(ids, labels=ids).loss; loss.backward(); no optimizer",
-                    decode_step="model.eval(); no_grad; model(one token, past_key_values=cache, use_cache=True)"),
+        config=dict(
+            preset=preset,
+            model=model_fields,
+            config_overrides=overrides,
+            mesa_solver=solver_fields(config),
+            mixers=list(mixers),
+            train_lengths=train_lengths,
+            contexts=contexts,
+            batch=batch,
+            dtype="float32",
+            policy=asdict(policy),
+            train_warmup_s=train_warmup_s,
+            decode_steps=decode_steps,
+            decode_warmup=decode_warmup,
+            prefill_chunk=prefill_chunk,
+            matmul_size=matmul_size,
+            seed=seed,
+            isolate=isolate,
+            retries=retries,
+            reruns=reruns,
+            sequential_max_train_length=SEQUENTIAL_MAX_TRAIN_LENGTH,
+            sequential_step_limit_s=SEQUENTIAL_STEP_LIMIT_S,
+            train_step="model.train(); zero_grad; loss = model(ids, labels=ids).loss; loss.backward(); no optimizer",
+            decode_step="model.eval(); no_grad; model(one token, past_key_values=cache, use_cache=True)",
+        ),
         matmul_peak=peak,
         models=models,
     )
@@ -175,18 +224,30 @@ def _mixer_list(values: Sequence[str]) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"train T={list(QUICK_TRAIN_LENGTHS)}, decode L={list(QUICK_CONTEXTS)}, fewer repeats and steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"train T={list(QUICK_TRAIN_LENGTHS)}, decode L={list(QUICK_CONTEXTS)}, fewer repeats and steps",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--out", type=Path, default=h.DEFAULT_OUT, help=f"output directory (default {h.DEFAULT_OUT})")
-    parser.add_argument("--mixers", nargs="+", default=list(DEFAULT_MIXERS), metavar="MIXER",
-                        help=f"subset of {', '.join(MODELS)} (space- or comma-separated)")
+    parser.add_argument(
+        "--mixers",
+        nargs="+",
+        default=list(DEFAULT_MIXERS),
+        metavar="MIXER",
+        help=f"subset of {', '.join(MODELS)} (space- or comma-separated)",
+    )
     parser.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true", help="no worker processes")
-    parser.add_argument("--retries", type=int, default=h.CONTENDED_RETRIES,
-                        help="how often a timing disturbed by other processes is taken again (0 while developing)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=h.CONTENDED_RETRIES,
+        help="how often a timing disturbed by other processes is taken again (0 while developing)",
+    )
     args = parser.parse_args(argv)
     try:
         mixers = _mixer_list(args.mixers)
@@ -194,11 +255,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(str(e))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but torch.cuda.is_available() is False")
-    common = dict(preset=args.preset, batch=args.batch, device=args.device, seed=args.seed, out_dir=args.out,
-                  isolate=not args.in_process, retries=args.retries, reruns=min(1, args.retries))
+    common = dict(
+        preset=args.preset,
+        batch=args.batch,
+        device=args.device,
+        seed=args.seed,
+        out_dir=args.out,
+        isolate=not args.in_process,
+        retries=args.retries,
+        reruns=min(1, args.retries),
+    )
     if args.quick:
-        results = run_benchmark(mixers, train_lengths=QUICK_TRAIN_LENGTHS, contexts=QUICK_CONTEXTS, policy=QUICK_POLICY,
-                                decode_steps=16, decode_warmup=2, train_warmup_s=QUICK_TRAIN_WARMUP_S, matmul_size=2048, **common)
+        results = run_benchmark(
+            mixers,
+            train_lengths=QUICK_TRAIN_LENGTHS,
+            contexts=QUICK_CONTEXTS,
+            policy=QUICK_POLICY,
+            decode_steps=16,
+            decode_warmup=2,
+            train_warmup_s=QUICK_TRAIN_WARMUP_S,
+            matmul_size=2048,
+            **common,
+        )
     else:
         results = run_benchmark(mixers, **common)
     print()

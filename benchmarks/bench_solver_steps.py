@@ -52,23 +52,38 @@ def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int 
         with torch.no_grad(), collect_solver_stats(model, solver) as collector:
             model(input_ids=inputs, use_cache=False)
             summary = collector.summary()
-        rows.append(dict(
-            setting=label, preconditioner=preconditioner, precondition_every=every,
-            layers=[dict(layer=s.layer_index, mean=s.mean_iterations, max=s.max_iterations,
-                         max_residual=s.max_relative_residual) for s in summary],
-        ))
-    return dict(run=str(run_dir), length=length, windows=int(inputs.shape[0]), tol=tol, max_iter=max_iter, rows=rows,
-                target=dict(max_steps=MAX_STEPS_TARGET, stretch=MAX_STEPS_STRETCH))
+        rows.append(
+            dict(
+                setting=label,
+                preconditioner=preconditioner,
+                precondition_every=every,
+                layers=[
+                    dict(layer=s.layer_index, mean=s.mean_iterations, max=s.max_iterations, max_residual=s.max_relative_residual)
+                    for s in summary
+                ],
+            )
+        )
+    return dict(
+        run=str(run_dir),
+        length=length,
+        windows=int(inputs.shape[0]),
+        tol=tol,
+        max_iter=max_iter,
+        rows=rows,
+        target=dict(max_steps=MAX_STEPS_TARGET, stretch=MAX_STEPS_STRETCH),
+    )
 
 
 def render_markdown(results: dict[str, Any]) -> str:
     layers = [entry["layer"] for entry in results["rows"][0]["layers"]]
     out = [
-        "# CG steps on a trained model", "",
+        "# CG steps on a trained model",
+        "",
         f"Run `{results['run']}`: {results['windows']} validation windows of {results['length']} tokens; "
         f"tol {results['tol']:g}, at most {results['max_iter']} steps. Steps mean / max over every (token, head) "
         f"system of each Mesa layer. Target for `chunk`: max <= {results['target']['max_steps']} "
-        f"(stretch <= {results['target']['stretch']}).", "",
+        f"(stretch <= {results['target']['stretch']}).",
+        "",
     ]
     header = ["setting", *[f"layer {i}" for i in layers], "mean over layers", "max over layers"]
     body = []

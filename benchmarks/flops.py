@@ -50,8 +50,9 @@ def forward_flops_per_token_head(dk: int, dv: int, chunk: int, cg_steps: int, pr
     return states + solve + precond + output
 
 
-def forward_flops(batch: int, heads: int, length: int, dk: int, dv: int, chunk: int, cg_steps: int,
-                  preconditioner: str = "none") -> int:
+def forward_flops(
+    batch: int, heads: int, length: int, dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: str = "none"
+) -> int:
     """Forward FLOPs of one ``mesa`` call on ``[batch, length, heads, *]`` inputs."""
     chunk = min(chunk, length)
     padded = math.ceil(length / chunk) * chunk

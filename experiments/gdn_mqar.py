@@ -40,9 +40,18 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model)}
-    overrides = ["tasks=[mqar]", f"mixers=[{args.mixer}]", f"lrs=[{args.lr}]", f"weight_decays=[{args.wd}]",
-                 f"seeds=[{args.seed}]", f"mqar_seq_lens=[{args.seq_len}]", f"mqar_num_pairs=[{args.pairs}]",
-                 f"steps={args.steps}", "progress=false", "workers=1"]
+    overrides = [
+        "tasks=[mqar]",
+        f"mixers=[{args.mixer}]",
+        f"lrs=[{args.lr}]",
+        f"weight_decays=[{args.wd}]",
+        f"seeds=[{args.seed}]",
+        f"mqar_seq_lens=[{args.seq_len}]",
+        f"mqar_num_pairs=[{args.pairs}]",
+        f"steps={args.steps}",
+        "progress=false",
+        "workers=1",
+    ]
     if args.num_train:
         overrides.append(f"task_sizes={{mqar: {{num_train: {args.num_train}}}}}")
     if model:
@@ -51,11 +60,24 @@ def main() -> None:
     (setting,) = build_settings(cfg)
     start = time.time()
     rec = run_cell(cfg, Cell(setting, args.mixer, args.lr, args.wd, args.seed))
-    out = dict(tag=args.tag, mixer=args.mixer, steps=args.steps, lr=args.lr, wd=args.wd, seed=args.seed,
-               seq_len=args.seq_len, pairs=args.pairs, num_train=rec["num_train"], model=model,
-               test_acc=round(rec["test_acc"], 4), train_acc=round(rec["train_acc"], 4),
-               final_train_loss=round(rec["final_train_loss"], 4), params=rec["params"],
-               seconds=round(time.time() - start, 1), status=rec["status"])
+    out = dict(
+        tag=args.tag,
+        mixer=args.mixer,
+        steps=args.steps,
+        lr=args.lr,
+        wd=args.wd,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        pairs=args.pairs,
+        num_train=rec["num_train"],
+        model=model,
+        test_acc=round(rec["test_acc"], 4),
+        train_acc=round(rec["train_acc"], 4),
+        final_train_loss=round(rec["final_train_loss"], 4),
+        params=rec["params"],
+        seconds=round(time.time() - start, 1),
+        status=rec["status"],
+    )
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a") as f:
         f.write(json.dumps(out) + "\n")

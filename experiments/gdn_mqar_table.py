@@ -1,6 +1,6 @@
 """Markdown rows from the JSON lines of ``experiments/gdn_mqar.py`` (``runs/gdn_mqar/log.jsonl`` by default).
 
-    python experiments/gdn_mqar_table.py [LOG.jsonl]
+python experiments/gdn_mqar_table.py [LOG.jsonl]
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ def main() -> None:
         for line in f:
             r = json.loads(line)
             options = ", ".join(f"{k}={v}" for k, v in r["model"].items()) or "-"
-            print(f"| {r['tag']} | {r['mixer']} | {r['seq_len']}, {r['pairs']} | {r['steps']} | {r['lr']:g} | {r['num_train']} "
-                  f"| {r['seed']} | {options} | {r['test_acc']:.4f} | {r['train_acc']:.4f} | {r['final_train_loss']:.4f} |")
+            print(
+                f"| {r['tag']} | {r['mixer']} | {r['seq_len']}, {r['pairs']} | {r['steps']} | {r['lr']:g} | {r['num_train']} "
+                f"| {r['seed']} | {options} | {r['test_acc']:.4f} | {r['train_acc']:.4f} | {r['final_train_loss']:.4f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,18 @@ def rel_err(actual: Tensor, expected: Tensor) -> float:
 
 
 def make_inputs(
-    batch: int, length: int, heads: int, dk: int, dv: int, *, gate: str = "mid", dtype=torch.float64,
-    seed: int = 0, initial_state: bool = False, requires_grad: bool = False, num_states: int | None = None,
+    batch: int,
+    length: int,
+    heads: int,
+    dk: int,
+    dv: int,
+    *,
+    gate: str = "mid",
+    dtype=torch.float64,
+    seed: int = 0,
+    initial_state: bool = False,
+    requires_grad: bool = False,
+    num_states: int | None = None,
 ) -> dict:
     """Realistic Mesa inputs: unit-norm q and k, gates in ``GATE_RANGES[gate]``, beta in [0, 1],
     lam in [0.25, 1.25] (the paper's lower bound), optional PSD initial key state."""

@@ -58,6 +58,7 @@ def bare(cls, message: str) -> BaseException:
 
 # --- config files and overrides (exit 2) ---------------------------------------------------------------------
 
+
 def test_yaml_syntax_error_in_the_config_file(capsys, tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\nmodel:\n  preset: tiny\n mixer: mesa\n")
@@ -74,7 +75,9 @@ def test_yaml_syntax_error_in_an_override(capsys):
 
 def test_missing_and_unreadable_config_files(capsys, tmp_path, monkeypatch):
     assert run(capsys, "train", str(tmp_path / "nope.yaml")) == (
-        EXIT_USAGE, f"mesanet train: error: config file '{tmp_path / 'nope.yaml'}' does not exist")
+        EXIT_USAGE,
+        f"mesanet train: error: config file '{tmp_path / 'nope.yaml'}' does not exist",
+    )
     assert run(capsys, "train", str(tmp_path))[1].endswith("expected a file, got a directory or special file")
     locked = tmp_path / "locked.yaml"
     locked.write_text("name: x\n")
@@ -84,14 +87,19 @@ def test_missing_and_unreadable_config_files(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(locked), "read_text", denied)
     assert run(capsys, "train", str(locked)) == (
-        EXIT_USAGE, f"mesanet train: error: config file '{locked}' cannot be read: Permission denied")
+        EXIT_USAGE,
+        f"mesanet train: error: config file '{locked}' cannot be read: Permission denied",
+    )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("bogus=1", r"TrainConfig: unknown keys ['bogus']; valid keys: ['batch_size', "),
-    ("optim.lrr=1", r"optim: unknown keys ['lrr']; valid keys: ['betas', 'eps', "),
-    ("precision=fp16", r"precision: expected one of ['fp32', 'bf16'], got 'fp16'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bogus=1", r"TrainConfig: unknown keys ['bogus']; valid keys: ['batch_size', "),
+        ("optim.lrr=1", r"optim: unknown keys ['lrr']; valid keys: ['betas', 'eps', "),
+        ("precision=fp16", r"precision: expected one of ['fp32', 'bf16'], got 'fp16'"),
+    ],
+)
 def test_unknown_keys_and_bad_types_list_what_is_valid(capsys, override, message):
     code, line = run(capsys, "train", TINY, override)
     assert code == EXIT_USAGE and line.startswith("mesanet train: error: ") and message in line
@@ -104,10 +112,11 @@ def test_compare_config_errors_too(capsys):
 
 # --- the command line itself (exit 2) ------------------------------------------------------------------------
 
+
 def test_options_may_follow_the_overrides(monkeypatch):
     calls = fake_train(monkeypatch)
     assert cli.main(["train", TINY, "optim.lr=1e-3", "--no-progress", "max_steps=3"]) == 0
-    (cfg, progress), = calls
+    ((cfg, progress),) = calls
     assert (cfg.optim.lr, cfg.max_steps, progress) == (1e-3, 3, False)
     from mesanet.train.__main__ import main as train_main  # `python -m mesanet.train` parses the same way
 
@@ -122,21 +131,24 @@ def test_synth_options_may_follow_the_overrides(tmp_path):
     assert (cfg.steps, cfg.seeds, cfg.out_dir, args.quick) == (3, [1], str(tmp_path), True)
 
 
-@pytest.mark.parametrize("argv, prog, message", [
-    (["train", TINY, "--bogus"], "mesanet train", "unrecognized arguments: --bogus (see `mesanet train --help`)"),
-    ([], "mesanet", "the following arguments are required: command"),
-    (["trian"], "mesanet", "argument command: invalid choice: 'trian'"),
-    (["eval"], "mesanet eval", "the following arguments are required: path"),
-    (["generate", "runs/x"], "mesanet generate", "the following arguments are required: --prompt"),
-    (["eval", "runs/x", "--max-iter", "many"], "mesanet eval", "argument --max-iter: invalid int value: 'many'"),
-    (["synth", "--bogus"], "mesanet synth", "unrecognized arguments: --bogus"),
-    (["synth", "--quick", "configs/synth.yaml"], "mesanet synth", "--quick: expected no CONFIG.yaml"),
-    (["needle", "runs/x", "--trials", "x"], "mesanet needle", "argument --trials: invalid int value: 'x'"),
-    (["mesaopt"], "mesanet mesaopt", "expected an analysis name, one of ["),
-    (["mesaopt", "nope"], "mesanet mesaopt", "unknown analysis 'nope'; expected one of ["),
-    (["mesaopt", "train"], "mesanet mesaopt", "expected zoo names from ["),
-    (["mesaopt", "probes", "--bogus"], "mesanet mesaopt", "unrecognized arguments: --bogus"),
-])
+@pytest.mark.parametrize(
+    "argv, prog, message",
+    [
+        (["train", TINY, "--bogus"], "mesanet train", "unrecognized arguments: --bogus (see `mesanet train --help`)"),
+        ([], "mesanet", "the following arguments are required: command"),
+        (["trian"], "mesanet", "argument command: invalid choice: 'trian'"),
+        (["eval"], "mesanet eval", "the following arguments are required: path"),
+        (["generate", "runs/x"], "mesanet generate", "the following arguments are required: --prompt"),
+        (["eval", "runs/x", "--max-iter", "many"], "mesanet eval", "argument --max-iter: invalid int value: 'many'"),
+        (["synth", "--bogus"], "mesanet synth", "unrecognized arguments: --bogus"),
+        (["synth", "--quick", "configs/synth.yaml"], "mesanet synth", "--quick: expected no CONFIG.yaml"),
+        (["needle", "runs/x", "--trials", "x"], "mesanet needle", "argument --trials: invalid int value: 'x'"),
+        (["mesaopt"], "mesanet mesaopt", "expected an analysis name, one of ["),
+        (["mesaopt", "nope"], "mesanet mesaopt", "unknown analysis 'nope'; expected one of ["),
+        (["mesaopt", "train"], "mesanet mesaopt", "expected zoo names from ["),
+        (["mesaopt", "probes", "--bogus"], "mesanet mesaopt", "unrecognized arguments: --bogus"),
+    ],
+)
 def test_usage_errors(capsys, argv, prog, message):
     code, line = run(capsys, *argv)
     assert code == EXIT_USAGE and line.startswith(f"{prog}: error: ") and message in line, line
@@ -162,12 +174,16 @@ def test_device_flag_is_checked_against_this_machine(capsys, monkeypatch, comman
 
 # --- runtime failures (exit 1), interrupts, bugs ---------------------------------------------------------------
 
-@pytest.mark.parametrize("error", [
-    bare(NonFiniteError, "non-finite loss (nan) at step 3: training stopped\nbefore the optimizer step"),
-    bare(NonFiniteLossError, "non-finite loss nan at step 2"),
-    OSError(28, "No space left on device", "runs/x/checkpoint"),
-    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-])
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        bare(NonFiniteError, "non-finite loss (nan) at step 3: training stopped\nbefore the optimizer step"),
+        bare(NonFiniteLossError, "non-finite loss nan at step 2"),
+        OSError(28, "No space left on device", "runs/x/checkpoint"),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ],
+)
 def test_runtime_failures_exit_1_with_one_line(capsys, monkeypatch, error):
     fake_train(monkeypatch, error)
     code, line = run(capsys, "train", TINY)
@@ -196,6 +212,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 # --- --debug / MESANET_DEBUG -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["flag-first", "flag-last", "env"])
 def test_debug_shows_the_traceback_with_the_same_exit_code(capsys, monkeypatch, how):
     argv = ["train", TINY, "optim.lr=[1"]
@@ -215,12 +232,16 @@ def test_debug_off_values_and_the_flag_is_removed_before_parsing(capsys, monkeyp
 
 # --- the real entry points, end to end ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, prog, debug", [
-    (["-m", "mesanet", "train", TINY, "optim.lr=[1"], "mesanet train", False),
-    (["-m", "mesanet.train", TINY, "--no-progress", "optim.lr=[1"], "python -m mesanet.train", False),
-    (["-m", "mesanet.synth", "--quick", "--bogus"], "python -m mesanet.synth", False),
-    (["-m", "mesanet", "train", TINY, "optim.lr=[1"], "mesanet train", True),
-])
+
+@pytest.mark.parametrize(
+    "argv, prog, debug",
+    [
+        (["-m", "mesanet", "train", TINY, "optim.lr=[1"], "mesanet train", False),
+        (["-m", "mesanet.train", TINY, "--no-progress", "optim.lr=[1"], "python -m mesanet.train", False),
+        (["-m", "mesanet.synth", "--quick", "--bogus"], "python -m mesanet.synth", False),
+        (["-m", "mesanet", "train", TINY, "optim.lr=[1"], "mesanet train", True),
+    ],
+)
 def test_subprocess_exit_code_and_stderr(argv, prog, debug):
     env = {**os.environ, DEBUG_ENV: "1" if debug else ""}
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)

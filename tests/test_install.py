@@ -31,10 +31,25 @@ def installed(tmp_path_factory) -> Path:
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (Path(purelib) / "suite_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed", str(source)]
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--ignore-installed",
+        str(source),
+    ]
     done = subprocess.run(pip, capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     return env_dir / "bin"
@@ -47,8 +62,13 @@ def run(bin_dir: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_presets_run_from_another_folder_after_a_non_editable_install(installed, tmp_path):
-    where = subprocess.run([str(installed / "python"), "-c", "import mesanet, mesanet.presets as p; print(mesanet.__file__); print(p.PRESET_DIR)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    where = subprocess.run(
+        [str(installed / "python"), "-c", "import mesanet, mesanet.presets as p; print(mesanet.__file__); print(p.PRESET_DIR)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert all("site-packages" in w and not w.startswith(str(REPO)) for w in where), where  # the installed copy
     for preset in ("tiny", "small", "compare", "synth-quick"):
         assert (Path(where[1]) / f"{preset}.yaml").is_file()
@@ -57,8 +77,19 @@ def test_presets_run_from_another_folder_after_a_non_editable_install(installed,
     assert printed.returncode == 0, printed.stderr
     assert "name: small" in printed.stdout and "preset: cpu-small" in printed.stdout
 
-    trained = run(installed, tmp_path, "train", "tiny", "max_steps=2", "eval_every=0", "checkpoint_every=0", "log_every=1",
-                  "eval_batches=1", "data.max_documents=20", "--no-progress")
+    trained = run(
+        installed,
+        tmp_path,
+        "train",
+        "tiny",
+        "max_steps=2",
+        "eval_every=0",
+        "checkpoint_every=0",
+        "log_every=1",
+        "eval_batches=1",
+        "data.max_documents=20",
+        "--no-progress",
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "runs" / "tiny" / "final" / "config.json").is_file()
     assert "step 2" in trained.stdout

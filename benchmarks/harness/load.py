@@ -13,6 +13,7 @@ FOREIGN_LOAD_LIMIT = 0.10
 #: How often a timing above :data:`FOREIGN_LOAD_LIMIT` is taken again.
 CONTENDED_RETRIES = 2
 
+
 def _machine_busy_seconds() -> Optional[float]:
     """Core-seconds the whole machine spent busy since boot (``/proc/stat``: user, nice, system,
     irq, softirq and steal, i.e. time the hypervisor gave to someone else); None without it."""
@@ -63,8 +64,12 @@ def wait_for_quiet(max_wait_s: float = 30.0, window_s: float = 1.0) -> None:
             return
 
 
-def least_contended(measure: Callable[[], dict[str, Any]], retries: int = CONTENDED_RETRIES, *,
-                    wait: Optional[Callable[[], None]] = wait_for_quiet) -> dict[str, Any]:
+def least_contended(
+    measure: Callable[[], dict[str, Any]],
+    retries: int = CONTENDED_RETRIES,
+    *,
+    wait: Optional[Callable[[], None]] = wait_for_quiet,
+) -> dict[str, Any]:
     """``measure()``, taken again (at most ``retries`` times, each after ``wait``) while other processes
     used more than :data:`FOREIGN_LOAD_LIMIT` of the machine; the least disturbed record, with ``attempts``."""
     best, attempts = measure(), 1

@@ -19,6 +19,7 @@ from .timing import timed
 #: Largest relative change of the matmul throughput between start and end of a trustworthy run.
 MATMUL_DRIFT_LIMIT = 0.15
 
+
 def measure_matmul_peak(size: int, device: str, warmup: int = 2, repeats: int = 5) -> dict[str, Any]:
     """fp32 GFLOP/s of a square ``size x size`` matmul (``2 size^3`` FLOPs), best and median."""
     gen = torch.Generator().manual_seed(0)
@@ -31,8 +32,13 @@ def measure_matmul_peak(size: int, device: str, warmup: int = 2, repeats: int = 
     times = [timed(lambda: a @ b, device)[0] for _ in range(repeats)]
     flops = 2.0 * size**3
     return dict(
-        size=size, dtype="float32", repeats=repeats, times_s=times, threads=torch.get_num_threads(),
-        best_gflops=flops / min(times) / 1e9, median_gflops=flops / statistics.median(times) / 1e9,
+        size=size,
+        dtype="float32",
+        repeats=repeats,
+        times_s=times,
+        threads=torch.get_num_threads(),
+        best_gflops=flops / min(times) / 1e9,
+        median_gflops=flops / statistics.median(times) / 1e9,
         foreign_cpu_fraction=foreign.fraction(),
     )
 
@@ -52,8 +58,13 @@ def measure_matmul_peak_quietly(size: int, device: str, retries: int = CONTENDED
 
 def matmul_peak_summary(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
     """The run's matmul peak: the higher best of start and end, and their drift."""
-    return dict(start=start, end=end, size=start["size"], peak_gflops=max(start["best_gflops"], end["best_gflops"]),
-                drift=end["best_gflops"] / start["best_gflops"] - 1.0)
+    return dict(
+        start=start,
+        end=end,
+        size=start["size"],
+        peak_gflops=max(start["best_gflops"], end["best_gflops"]),
+        drift=end["best_gflops"] / start["best_gflops"] - 1.0,
+    )
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -64,8 +75,13 @@ def machine_info(device: str) -> dict[str, Any]:
     except OSError:
         pass
     info = dict(
-        device=device, torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
-        cpu_count=os.cpu_count(), cpu_model=cpu, python=platform.python_version(), platform=platform.platform(),
+        device=device,
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        cpu_model=cpu,
+        python=platform.python_version(),
+        platform=platform.platform(),
         load_average_1m_at_end=load_average(),
     )
     if str(device).startswith("cuda"):
@@ -82,9 +98,14 @@ def quiet_machine_check(peak: dict[str, Any], measured: Iterable[tuple[str, dict
     worst = max(loads, key=lambda item: item[1], default=(None, None))
     drift_ok = abs(peak["drift"]) <= MATMUL_DRIFT_LIMIT
     load_ok = worst[1] is None or worst[1] <= FOREIGN_LOAD_LIMIT
-    return dict(matmul_drift=peak["drift"], drift_limit=MATMUL_DRIFT_LIMIT, worst_foreign_cpu_fraction=worst[1],
-                worst_foreign_cpu_measurement=worst[0], foreign_cpu_limit=FOREIGN_LOAD_LIMIT,
-                passed=bool(drift_ok and load_ok))
+    return dict(
+        matmul_drift=peak["drift"],
+        drift_limit=MATMUL_DRIFT_LIMIT,
+        worst_foreign_cpu_fraction=worst[1],
+        worst_foreign_cpu_measurement=worst[0],
+        foreign_cpu_limit=FOREIGN_LOAD_LIMIT,
+        passed=bool(drift_ok and load_ok),
+    )
 
 
 def relative_errors(actual: Tensor, expected: Tensor) -> tuple[float, float]:

@@ -22,6 +22,7 @@ MIB = 2.0**20
 #: memory. Ignored by other allocators.
 MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
+
 def _proc_status_kib(field: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as f:
@@ -82,7 +83,9 @@ class PeakMemory:
             return False
 
 
-def peak_memory(fn: Callable[[], Any], device: str, *, warmup_calls: int = 1, before: Callable[[], None] = lambda: None) -> dict[str, Any]:
+def peak_memory(
+    fn: Callable[[], Any], device: str, *, warmup_calls: int = 1, before: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
     """Peak memory of one call of ``fn`` after ``warmup_calls`` calls (``before`` runs ahead of each call,
     outside the measurement: clear gradients there)."""
     for _ in range(warmup_calls):

@@ -11,6 +11,7 @@ from .workers import REPO
 
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 
+
 def flag(passed: Optional[bool]) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
@@ -39,9 +40,12 @@ def quiet_warning(quiet: dict[str, Any]) -> list[str]:
         return []
     worst = quiet["worst_foreign_cpu_fraction"]
     where = "n/a" if worst is None else f"{100 * worst:.0f}% ({quiet['worst_foreign_cpu_measurement']})"
-    return [f"**Warning: noisy machine** (matmul throughput drift {100 * quiet['matmul_drift']:+.0f}%, limit "
-            f"{100 * quiet['drift_limit']:.0f}%; most core time taken by other processes during a timing: {where}, "
-            f"limit {100 * quiet['foreign_cpu_limit']:.0f}%): the timings are not trustworthy; rerun on an idle machine.", ""]
+    return [
+        f"**Warning: noisy machine** (matmul throughput drift {100 * quiet['matmul_drift']:+.0f}%, limit "
+        f"{100 * quiet['drift_limit']:.0f}%; most core time taken by other processes during a timing: {where}, "
+        f"limit {100 * quiet['foreign_cpu_limit']:.0f}%): the timings are not trustworthy; rerun on an idle machine.",
+        "",
+    ]
 
 
 def machine_lines(machine: dict[str, Any], peak: dict[str, Any]) -> list[str]:
@@ -71,7 +75,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_results(results: dict[str, Any], out_dir: Path, name: str, render: Callable[[dict[str, Any]], str]) -> tuple[Path, Path]:
+def write_results(
+    results: dict[str, Any], out_dir: Path, name: str, render: Callable[[dict[str, Any]], str]
+) -> tuple[Path, Path]:
     """``<name>.json`` (strict JSON: NaN as null) and ``<name>.md`` (``render(results)``) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,9 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def time_call(fn: Callable[[], Any], device: str, policy: RepeatPolicy, *, inner: int = 1,
-              min_warmup_s: float = 0.0) -> tuple[dict[str, Any], Any]:
+def time_call(
+    fn: Callable[[], Any], device: str, policy: RepeatPolicy, *, inner: int = 1, min_warmup_s: float = 0.0
+) -> tuple[dict[str, Any], Any]:
     """Warm-up (at least ``policy.warmup`` samples and ``min_warmup_s`` seconds), then repeats of ``fn``;
     every timed sample is a block of ``inner`` calls divided by ``inner`` (for calls of a few microseconds).
     Returns the record (seconds per call: ``times_s``, ``median_s``, ``min_s``, ``warmup_s``, ``repeats``,
@@ -72,8 +73,15 @@ def time_call(fn: Callable[[], Any], device: str, policy: RepeatPolicy, *, inner
     for _ in range(repeats):
         seconds, result = timed(block, device)
         times.append(seconds / inner)
-    record = dict(repeats=repeats, inner=inner, times_s=times, median_s=statistics.median(times), min_s=min(times),
-                  warmup_s=warmup, foreign_cpu_fraction=foreign.fraction())
+    record = dict(
+        repeats=repeats,
+        inner=inner,
+        times_s=times,
+        median_s=statistics.median(times),
+        min_s=min(times),
+        warmup_s=warmup,
+        foreign_cpu_fraction=foreign.fraction(),
+    )
     return record, result
 
 
@@ -83,8 +91,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], device: str, policy: RepeatPolicy, *,
-                     inner: int = 1) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], device: str, policy: RepeatPolicy, *, inner: int = 1
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Time several calls in turns: every round times each call once (the order rotates from round to round),
     so slow drifts of the machine's load reach all of them alike and their ratio is taken under the same
     conditions (what a ratio between separate processes, minutes apart, is not on a shared machine).
@@ -117,7 +126,17 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], device: str, policy: R
             seconds, results[n] = block(calls[n])
             times[n].append(seconds)
     load = foreign.fraction()
-    records = {n: dict(repeats=repeats, inner=inner, times_s=times[n], median_s=statistics.median(times[n]), min_s=min(times[n]),
-                       warmup_s=warmup[n], foreign_cpu_fraction=load, interleaved_with=[m for m in names if m != n])
-               for n in names}
+    records = {
+        n: dict(
+            repeats=repeats,
+            inner=inner,
+            times_s=times[n],
+            median_s=statistics.median(times[n]),
+            min_s=min(times[n]),
+            warmup_s=warmup[n],
+            foreign_cpu_fraction=load,
+            interleaved_with=[m for m in names if m != n],
+        )
+        for n in names
+    }
     return records, results

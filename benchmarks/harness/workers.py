@@ -21,13 +21,15 @@ from .timing import Log, print_log
 REPO = Path(__file__).resolve().parents[2]
 RESULT_MARKER = "@@bench-result@@ "
 
+
 def _resolve(target: str) -> Callable[..., dict[str, Any]]:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def call_in_worker(target: str, spec: dict[str, Any], *, isolate: bool = True, memory_env: bool = False,
-                   log: Log = print_log) -> dict[str, Any]:
+def call_in_worker(
+    target: str, spec: dict[str, Any], *, isolate: bool = True, memory_env: bool = False, log: Log = print_log
+) -> dict[str, Any]:
     """``target(spec, log)`` (``target`` = ``"package.module:function"``, returning a JSON-able dict).
 
     With ``isolate`` it runs in a fresh interpreter (:func:`worker_main`), so memory and caches of
@@ -49,7 +51,7 @@ def call_in_worker(target: str, spec: dict[str, Any], *, isolate: bool = True, m
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(RESULT_MARKER):
-                    result = json.loads(line[len(RESULT_MARKER):])
+                    result = json.loads(line[len(RESULT_MARKER) :])
                 else:
                     log(line.rstrip("\n"))
         stderr.seek(0)
@@ -66,7 +68,9 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> None:
     print(RESULT_MARKER + json.dumps(result), flush=True)
 
 
-def load_module_from_path(path: Optional[str | Path], name: str, required: Sequence[str] = ()) -> tuple[Optional[ModuleType], str]:
+def load_module_from_path(
+    path: Optional[str | Path], name: str, required: Sequence[str] = ()
+) -> tuple[Optional[ModuleType], str]:
     """A Python file outside the project, loaded by path at run time: ``(module, "")``, or ``(None, note)``
     saying why not (no path given, file missing, import error, missing attributes)."""
     if not path:

@@ -91,15 +91,25 @@ def preconditioner_settings() -> dict[str, dict[str, Any]]:
         settings["chunk/16"] = dict(settings["chunk"], precondition_every=16)
     return settings
 
+
 INPUT_KINDS = {
     "random": "q,k unit-norm N(0,1); v N(0,1); gamma U[0.8,0.99]; beta U[0,1]; lam=1",
     "skewed": "k channel scales logspace(0,-2) then unit-norm; q unit-norm N(0,1); v N(0,1); gamma U[0.99,1]; "
-              "beta U[0,1]; lam=0.25",
+    "beta U[0,1]; lam=0.25",
 }
 
 
-def make_inputs(shape: Shape, length: int, *, seed: int, kind: str = "random", dtype: torch.dtype = torch.float32,
-                device: str = "cpu", requires_grad: bool = False, batch: Optional[int] = None) -> dict[str, Tensor]:
+def make_inputs(
+    shape: Shape,
+    length: int,
+    *,
+    seed: int,
+    kind: str = "random",
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    requires_grad: bool = False,
+    batch: Optional[int] = None,
+) -> dict[str, Tensor]:
     """Seeded inputs of :data:`INPUT_KINDS`, drawn in float64 on the CPU, then cast and moved (every
     dtype and device sees the same values)."""
     gen = torch.Generator().manual_seed(seed)
@@ -114,8 +124,14 @@ def make_inputs(shape: Shape, length: int, *, seed: int, kind: str = "random", d
         gamma, lam = 0.8 + 0.19 * rand(*rows), 1.0
     else:
         raise ValueError(f"unknown input kind {kind!r}; valid: {list(INPUT_KINDS)}")
-    values = dict(q=F.normalize(randn(*rows, shape.dk), dim=-1), k=F.normalize(keys, dim=-1), v=randn(*rows, shape.dv),
-                  g=torch.log(gamma), beta=rand(*rows), lam=torch.full((shape.heads, shape.dk), lam, dtype=torch.float64))
+    values = dict(
+        q=F.normalize(randn(*rows, shape.dk), dim=-1),
+        k=F.normalize(keys, dim=-1),
+        v=randn(*rows, shape.dv),
+        g=torch.log(gamma),
+        beta=rand(*rows),
+        lam=torch.full((shape.heads, shape.dk), lam, dtype=torch.float64),
+    )
     return {n: t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for n, t in values.items()}
 
 

@@ -17,8 +17,11 @@ from .cases import PEER_STEPS, VALIDATE, Shape, make_inputs, require_peer
 def decode_defaults() -> dict[str, Any]:
     """The defaults of ``mesa_step``'s solver parameters (whatever its signature is)."""
     params = inspect.signature(mesa_step).parameters
-    defaults = {name: repr(p.default) for name, p in params.items()
-                if name in ("solver", "max_iter", "tol") and p.default is not inspect.Parameter.empty}
+    defaults = {
+        name: repr(p.default)
+        for name, p in params.items()
+        if name in ("solver", "max_iter", "tol") and p.default is not inspect.Parameter.empty
+    }
     if defaults.get("solver") == "None":  # SolverSettings | None: the operator's inference default
         defaults["solver"] = f"None, i.e. {INFERENCE}"
     return defaults
@@ -36,8 +39,12 @@ def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[
             token = {n: t[:, -1] if n != "lam" else t for n, t in prefill.items()}  # [B, H, D], [B, H]
             prompt = {n: t[:, :-1] if n != "lam" else t for n, t in prefill.items()}
             with torch.no_grad():  # the states do not depend on the solve: max_iter=0
-                state = mesa(**prompt, solver=SolverSettings(max_iter=0, preconditioner="none"), chunk_size=shape.chunk,
-                             output_final_state=True).final_state
+                state = mesa(
+                    **prompt,
+                    solver=SolverSettings(max_iter=0, preconditioner="none"),
+                    chunk_size=shape.chunk,
+                    output_final_state=True,
+                ).final_state
             gamma, beta = token["g"].exp()[..., None, None], token["beta"][..., None, None]
             h_kk = gamma * state[0] + beta * token["k"].unsqueeze(-1) * token["k"].unsqueeze(-2)
             s_kv = gamma * state[1] + beta * token["k"].unsqueeze(-1) * token["v"].unsqueeze(-2)
@@ -45,11 +52,15 @@ def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[
             exact = torch.einsum("bhkv,bhk->bhv", s_kv, x)
             t32 = {n: t.to(device=device, dtype=torch.float32) for n, t in token.items()}
             s32 = tuple(s.to(device=device, dtype=torch.float32) for s in state)
-            calls = {"mesa_step": lambda: mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32,
-                                                    validate=VALIDATE)}
+            calls = {
+                "mesa_step": lambda: mesa_step(
+                    t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, validate=VALIDATE
+                )
+            }
             if peer is not None:
                 calls["peer-30"] = lambda: peer.naive_mesa_net_decoding_one_step(
-                    t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s32[0], s32[1], max_CG_iteration=PEER_STEPS)
+                    t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s32[0], s32[1], max_CG_iteration=PEER_STEPS
+                )
             with torch.no_grad():
                 outputs = {impl: call()[0] for impl, call in calls.items()}
                 timing = h.least_contended(lambda: _interleaved(calls, device, policy, spec["inner"]), spec["retries"])
@@ -58,12 +69,15 @@ def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[
                 total, _ = h.relative_errors(outputs[impl], exact)
                 steps = None
                 if impl == "mesa_step":
-                    stats = mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, return_stats=True,
-                                      validate=VALIDATE).stats
+                    stats = mesa_step(
+                        t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, return_stats=True, validate=VALIDATE
+                    ).stats
                     steps = dict(mean=stats.mean_iterations, max=stats.max_iterations)
                 records.append(dict(record, impl=impl, batch=batch, context=context, relative_error=total, cg_steps=steps))
-                log(f"decode {impl:<9s} B={batch} prefill T={context:<6d} {1e3 * record['median_s']:.3f} ms/token/layer  "
-                    f"rel. error {total:.1e}  other load {h.percent(record['foreign_cpu_fraction'])}")
+                log(
+                    f"decode {impl:<9s} B={batch} prefill T={context:<6d} {1e3 * record['median_s']:.3f} ms/token/layer  "
+                    f"rel. error {total:.1e}  other load {h.percent(record['foreign_cpu_fraction'])}"
+                )
     return records
 
 

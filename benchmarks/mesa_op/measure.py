@@ -23,8 +23,14 @@ class OpCall:
     def __init__(self, spec: dict[str, Any], length: Optional[int] = None):
         self.shape, self.variant, self.device = Shape(**spec["shape"]), Variant(**spec["variant"]), spec["device"]
         self.backward = spec["mode"] == "fwd+bwd"
-        self.inputs = make_inputs(self.shape, length or spec["length"], seed=spec["seed"], kind=spec["inputs"],
-                                  device=self.device, requires_grad=self.backward)
+        self.inputs = make_inputs(
+            self.shape,
+            length or spec["length"],
+            seed=spec["seed"],
+            kind=spec["inputs"],
+            device=self.device,
+            requires_grad=self.backward,
+        )
         gen = torch.Generator().manual_seed(spec["seed"] + 1)
         self.cotangent = torch.randn(self.inputs["v"].shape, generator=gen).to(self.device)
         self.peer = require_peer(spec.get("peer")) if self.variant.impl == "peer" else None
@@ -38,8 +44,9 @@ class OpCall:
         """``(output [B, T, H, Dv], SolverStats or None)``."""
         x = self.inputs
         if self.peer is not None:
-            out = self.peer.naive_mesa_net_CG(x["q"], x["k"], x["v"], x["g"], x["lam"], x["beta"], self.shape.chunk,
-                                              max_CG_iteration=self.variant.peer_steps)[0]
+            out = self.peer.naive_mesa_net_CG(
+                x["q"], x["k"], x["v"], x["g"], x["lam"], x["beta"], self.shape.chunk, max_CG_iteration=self.variant.peer_steps
+            )[0]
             return out, None
         kwargs = {} if self.solver is None else dict(solver=self.solver)  # default: no solver argument at all
         result = mesa(**x, chunk_size=self.shape.chunk, return_stats=True, validate=VALIDATE, **kwargs)
@@ -67,9 +74,20 @@ def _describe(call: OpCall, stats, record: dict[str, Any], spec: dict[str, Any])
     else:
         mean, steps, residual = stats.mean_iterations, stats.max_iterations, stats.max_relative_residual
         precond = (call.solver or INFERENCE).preconditioner
-    result = dict(record, length=spec["length"], variant=variant.name, impl=variant.impl, mode=spec["mode"],
-                  inputs=spec["inputs"], device=spec["device"], threads=torch.get_num_threads(), cg_mean_iterations=mean,
-                  cg_max_iterations=steps, cg_max_relative_residual=residual, preconditioner=precond)
+    result = dict(
+        record,
+        length=spec["length"],
+        variant=variant.name,
+        impl=variant.impl,
+        mode=spec["mode"],
+        inputs=spec["inputs"],
+        device=spec["device"],
+        threads=torch.get_num_threads(),
+        cg_mean_iterations=mean,
+        cg_max_iterations=steps,
+        cg_max_relative_residual=residual,
+        preconditioner=precond,
+    )
     if spec["mode"] == "fwd":
         flops = forward_flops(shape.batch, shape.heads, spec["length"], shape.dk, shape.dv, shape.chunk, steps, precond)
         result.update(forward_gflop=flops / 1e9, gflops=flops / result["median_s"] / 1e9)
@@ -90,8 +108,12 @@ def measure_times(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, A
         return dict(records=records, foreign_cpu_fraction=next(iter(records.values()))["foreign_cpu_fraction"])
 
     best = h.least_contended(measure, spec["retries"])
-    return dict(runs=[_describe(call, last["stats"][name], dict(best["records"][name], attempts=best["attempts"]), spec)
-                      for name, call in calls.items()])
+    return dict(
+        runs=[
+            _describe(call, last["stats"][name], dict(best["records"][name], attempts=best["attempts"]), spec)
+            for name, call in calls.items()
+        ]
+    )
 
 
 def measure_memory(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
@@ -107,8 +129,11 @@ def measure_group(spec: dict[str, Any], isolate: bool = True, memory: bool = Tru
     if memory:
         for run, variant in zip(runs, spec["variants"]):
             one = {k: v for k, v in spec.items() if k != "variants"}
-            run.update(h.call_in_worker("benchmarks.mesa_op.measure:measure_memory", dict(one, variant=variant),
-                                        isolate=isolate, memory_env=True))
+            run.update(
+                h.call_in_worker(
+                    "benchmarks.mesa_op.measure:measure_memory", dict(one, variant=variant), isolate=isolate, memory_env=True
+                )
+            )
     return runs
 
 
@@ -133,18 +158,35 @@ def check_reference(shape: Shape, length: int, *, seed: int) -> dict[str, Any]:
     return dict(length=length, relative_error=total, max_row_relative_error=worst)
 
 
-def check_accuracy(shape: Shape, length: int, variants: Sequence[Variant], *, seed: int, device: str,
-                   peer: Optional[str], kind: str = "random") -> list[dict[str, Any]]:
+def check_accuracy(
+    shape: Shape, length: int, variants: Sequence[Variant], *, seed: int, device: str, peer: Optional[str], kind: str = "random"
+) -> list[dict[str, Any]]:
     """fp32 output of every variant against :func:`reference_output` at the same length."""
     reference = reference_output(shape, length, seed=seed, kind=kind)
     rows = []
     for variant in variants:
-        spec = dict(shape=asdict(shape), variant=asdict(variant), device=device, mode="fwd", length=length, seed=seed,
-                    inputs=kind, peer=peer)
+        spec = dict(
+            shape=asdict(shape),
+            variant=asdict(variant),
+            device=device,
+            mode="fwd",
+            length=length,
+            seed=seed,
+            inputs=kind,
+            peer=peer,
+        )
         with torch.no_grad():
             out, stats = OpCall(spec).forward()
         total, worst = h.relative_errors(out, reference)
-        rows.append(dict(length=length, variant=variant.name, inputs=kind, relative_error=total, max_row_relative_error=worst,
-                         cg_mean_iterations=None if stats is None else stats.mean_iterations,
-                         cg_max_iterations=variant.peer_steps if stats is None else stats.max_iterations))
+        rows.append(
+            dict(
+                length=length,
+                variant=variant.name,
+                inputs=kind,
+                relative_error=total,
+                max_row_relative_error=worst,
+                cg_mean_iterations=None if stats is None else stats.mean_iterations,
+                cg_max_iterations=variant.peer_steps if stats is None else stats.max_iterations,
+            )
+        )
     return rows

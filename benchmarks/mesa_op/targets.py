@@ -37,27 +37,69 @@ def target_checks(runs, accuracy, decode, lengths) -> list[dict[str, Any]]:
     for length in lengths:
         tag = " (headline)" if length == headline else ""
         for mode, target in (("fwd+bwd", PEER_FWD_BWD_TARGET), ("fwd", PEER_FWD_TARGET)):
-            ours, peer = find(runs, length=length, variant=DEFAULT.name, mode=mode), find(runs, length=length, variant=PEER.name, mode=mode)
+            ours, peer = (
+                find(runs, length=length, variant=DEFAULT.name, mode=mode),
+                find(runs, length=length, variant=PEER.name, mode=mode),
+            )
             ratio = peer["median_s"] / ours["median_s"] if ours and peer else None
-            checks.append(_ratio_check(f"T={length}: peer {mode} / ours (default){tag}", ratio, target, ">=",
-                                       length=length, kind=f"peer_{mode}", headline=length == headline))
+            checks.append(
+                _ratio_check(
+                    f"T={length}: peer {mode} / ours (default){tag}",
+                    ratio,
+                    target,
+                    ">=",
+                    length=length,
+                    kind=f"peer_{mode}",
+                    headline=length == headline,
+                )
+            )
         row = find(accuracy, length=length, variant=DEFAULT.name)
-        checks.append(_ratio_check(f"T={length}: ours (default) fp32 rel. error{tag}", row and row["relative_error"],
-                                   ERROR_TARGET, "<=", length=length, kind="error", headline=length == headline))
+        checks.append(
+            _ratio_check(
+                f"T={length}: ours (default) fp32 rel. error{tag}",
+                row and row["relative_error"],
+                ERROR_TARGET,
+                "<=",
+                length=length,
+                kind="error",
+                headline=length == headline,
+            )
+        )
     contexts = sorted({r["context"] for r in decode})
     ours_b1 = [r for r in decode if r["impl"] == "mesa_step" and r["batch"] == 1]
     for r in ours_b1:
         peer = find(decode, impl="peer-30", batch=1, context=r["context"])
-        checks.append(_ratio_check(f"decode B=1 T={r['context']}: ours ms/token/layer", 1e3 * r["median_s"],
-                                   1e3 * DECODE_TIME_TARGET_S, "<=", kind="decode_time"))
-        checks.append(_ratio_check(f"decode B=1 T={r['context']}: peer / ours", peer and peer["median_s"] / r["median_s"],
-                                   DECODE_PEER_TARGET, ">=", kind="decode_peer"))
+        checks.append(
+            _ratio_check(
+                f"decode B=1 T={r['context']}: ours ms/token/layer",
+                1e3 * r["median_s"],
+                1e3 * DECODE_TIME_TARGET_S,
+                "<=",
+                kind="decode_time",
+            )
+        )
+        checks.append(
+            _ratio_check(
+                f"decode B=1 T={r['context']}: peer / ours",
+                peer and peer["median_s"] / r["median_s"],
+                DECODE_PEER_TARGET,
+                ">=",
+                kind="decode_peer",
+            )
+        )
     for batch in sorted({r["batch"] for r in decode}):
         short = find(decode, impl="mesa_step", batch=batch, context=contexts[0])
         long = find(decode, impl="mesa_step", batch=batch, context=contexts[-1])
         if short and long and len(contexts) > 1:
-            checks.append(_ratio_check(f"decode B={batch}: ours T={contexts[-1]} / T={contexts[0]} (flat)",
-                                       long["median_s"] / short["median_s"], DECODE_FLAT_TARGET, "<=", kind="decode_flat"))
+            checks.append(
+                _ratio_check(
+                    f"decode B={batch}: ours T={contexts[-1]} / T={contexts[0]} (flat)",
+                    long["median_s"] / short["median_s"],
+                    DECODE_FLAT_TARGET,
+                    "<=",
+                    kind="decode_flat",
+                )
+            )
     ordered = sorted(lengths)
     quarter = [n for n in ordered if 4 * n <= ordered[-1]]
     if len(ordered) > 1:
@@ -68,10 +110,23 @@ def target_checks(runs, accuracy, decode, lengths) -> list[dict[str, Any]]:
                 a, b = find(runs, length=short, variant=variant, mode=mode), find(runs, length=long, variant=variant, mode=mode)
                 for key, what in (("median_s", "time"), ("peak_memory_bytes", "memory")):
                     ok = a and b and a.get(key) and b.get(key) is not None
-                    checks.append(_ratio_check(f"{variant} {mode}: {what} T={long} / T={short}", b[key] / a[key] if ok else None,
-                                               target, "<=", kind="scaling"))
+                    checks.append(
+                        _ratio_check(
+                            f"{variant} {mode}: {what} T={long} / T={short}",
+                            b[key] / a[key] if ok else None,
+                            target,
+                            "<=",
+                            kind="scaling",
+                        )
+                    )
     fixed = find(runs, length=headline, variant=FIXED_30.name, mode="fwd")
     if fixed is not None:
-        checks.append(dict(_ratio_check(f"fixed-30 fwd T={headline}: share of the matmul peak", fixed.get("peak_fraction"),
-                                        PEAK_FRACTION_TARGET, ">="), kind="peak_fraction"))
+        checks.append(
+            dict(
+                _ratio_check(
+                    f"fixed-30 fwd T={headline}: share of the matmul peak", fixed.get("peak_fraction"), PEAK_FRACTION_TARGET, ">="
+                ),
+                kind="peak_fraction",
+            )
+        )
     return checks

@@ -68,8 +68,10 @@ def matched_hawk_expansion(preset: str, overrides: Optional[dict[str, Any]] = No
     config = preset_config(preset, mixer="mesa", **(overrides or {}))
     target = _mixer_params("mesa", fields, value_head_dim=config.value_head_dim, conv_size=config.conv_size)
     head_dim = fields["head_dim"]
-    best = min(range(1, 4 * head_dim + 1),
-               key=lambda w: (abs(_mixer_params("hawk", fields, expansion=w / head_dim, conv_size=config.conv_size) - target), w))
+    best = min(
+        range(1, 4 * head_dim + 1),
+        key=lambda w: (abs(_mixer_params("hawk", fields, expansion=w / head_dim, conv_size=config.conv_size) - target), w),
+    )
     return best / head_dim
 
 

@@ -60,8 +60,10 @@ def measure_train(model, spec: dict[str, Any], length: int, log: h.Log) -> dict[
     result = h.least_contended(measure, spec["retries"], wait=None)
     result.update(length=length, batch=spec["batch"], tokens_per_s=spec["batch"] * length / result["median_s"], loss=last["loss"])
     model.zero_grad(set_to_none=True)
-    log(f"  {spec['name']:<18s} train  T={length:<6d} median {1e3 * result['median_s']:9.1f} ms ({result['repeats']} reps)  "
-        f"{result['tokens_per_s']:8.0f} tok/s  other load {h.percent(result['foreign_cpu_fraction'])}{_attempts(result)}")
+    log(
+        f"  {spec['name']:<18s} train  T={length:<6d} median {1e3 * result['median_s']:9.1f} ms ({result['repeats']} reps)  "
+        f"{result['tokens_per_s']:8.0f} tok/s  other load {h.percent(result['foreign_cpu_fraction'])}{_attempts(result)}"
+    )
     return result
 
 
@@ -81,11 +83,15 @@ def prefill(model, spec: dict[str, Any]) -> dict[int, dict[str, Any]]:
         prefill_s = 0.0
         while filled < context:
             n = min(spec["prefill_chunk"], context - filled)
-            seconds, out = h.timed(lambda: model(input_ids=ids[:, filled:filled + n], past_key_values=cache,
-                                                 use_cache=True, logits_to_keep=1), device)
+            seconds, out = h.timed(
+                lambda: model(input_ids=ids[:, filled : filled + n], past_key_values=cache, use_cache=True, logits_to_keep=1),
+                device,
+            )
             cache, filled, prefill_s = out.past_key_values, filled + n, prefill_s + seconds
         assert cache.seen == context
-        caches[context] = dict(cache=copy_cache(cache), prefill_s=prefill_s, cache_bytes=sum(_tensor_bytes(s) for s in cache.states))
+        caches[context] = dict(
+            cache=copy_cache(cache), prefill_s=prefill_s, cache_bytes=sum(_tensor_bytes(s) for s in cache.states)
+        )
     return caches
 
 
@@ -107,8 +113,9 @@ def measure_decode(model, spec: dict[str, Any], log: h.Log) -> list[dict[str, An
         for i in range(warmup + steps):
             for j in range(len(contexts)):
                 context = contexts[(i + j) % len(contexts)]
-                seconds, out = h.timed(lambda: model(input_ids=new_tokens[:, i:i + 1], past_key_values=work[context],
-                                                     use_cache=True), device)
+                seconds, out = h.timed(
+                    lambda: model(input_ids=new_tokens[:, i : i + 1], past_key_values=work[context], use_cache=True), device
+                )
                 work[context] = out.past_key_values
                 if i >= warmup:
                     times[context].append(seconds)
@@ -119,14 +126,29 @@ def measure_decode(model, spec: dict[str, Any], log: h.Log) -> list[dict[str, An
     for context in contexts:
         times, c = timing["times"][context], caches[context]
         median = statistics.median(times)
-        results.append(dict(
-            context=context, batch=batch, steps=steps, warmup_steps=warmup, times_s=times, median_s=median, min_s=min(times),
-            p90_s=h.percentile(times, 0.9), foreign_cpu_fraction=timing["foreign_cpu_fraction"], attempts=timing["attempts"],
-            prefill_s=c["prefill_s"], prefill_chunk=spec["prefill_chunk"], cache_bytes=c["cache_bytes"], cache_mib=c["cache_bytes"] / h.MIB,
-        ))
-        log(f"  {spec['name']:<18s} decode L={context:<6d} median {1e3 * median:7.2f} ms/token ({steps} steps)  "
+        results.append(
+            dict(
+                context=context,
+                batch=batch,
+                steps=steps,
+                warmup_steps=warmup,
+                times_s=times,
+                median_s=median,
+                min_s=min(times),
+                p90_s=h.percentile(times, 0.9),
+                foreign_cpu_fraction=timing["foreign_cpu_fraction"],
+                attempts=timing["attempts"],
+                prefill_s=c["prefill_s"],
+                prefill_chunk=spec["prefill_chunk"],
+                cache_bytes=c["cache_bytes"],
+                cache_mib=c["cache_bytes"] / h.MIB,
+            )
+        )
+        log(
+            f"  {spec['name']:<18s} decode L={context:<6d} median {1e3 * median:7.2f} ms/token ({steps} steps)  "
             f"cache {c['cache_bytes'] / h.MIB:7.2f} MiB  prefill +{c['prefill_s']:.1f} s  "
-            f"other load {h.percent(timing['foreign_cpu_fraction'])}{_attempts(timing)}")
+            f"other load {h.percent(timing['foreign_cpu_fraction'])}{_attempts(timing)}"
+        )
     return results
 
 
@@ -137,8 +159,15 @@ def measure_model(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, A
     model = build_model(spec)
     params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
-    result: dict[str, Any] = dict(name=spec["name"], layer_types=spec["layer_types"], params=params,
-                                  params_non_embedding=params - embedding, threads=torch.get_num_threads(), train=[], decode=[])
+    result: dict[str, Any] = dict(
+        name=spec["name"],
+        layer_types=spec["layer_types"],
+        params=params,
+        params_non_embedding=params - embedding,
+        threads=torch.get_num_threads(),
+        train=[],
+        decode=[],
+    )
     log(f"  {spec['name']:<18s} {params / 1e6:.3f} M parameters ({(params - embedding) / 1e6:.3f} M without the embedding)")
     TrainStep(model, spec["batch"], model.config.chunk_size, spec["seed"], spec["device"])()  # thread pools, autograd, lazy init
 
@@ -151,12 +180,16 @@ def measure_model(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, A
         result["sequential_probe"] = dict(length=SEQUENTIAL_PROBE_LENGTH, step_s=probe_s)
     for length in sorted(spec["train_lengths"]):
         if sequential and length > SEQUENTIAL_MAX_TRAIN_LENGTH:
-            reason = (f"sequential in T (a Python loop over tokens); trained only at T <= {SEQUENTIAL_MAX_TRAIN_LENGTH} "
-                      f"(a step would take about {per_token_s * length:.0f} s)")
+            reason = (
+                f"sequential in T (a Python loop over tokens); trained only at T <= {SEQUENTIAL_MAX_TRAIN_LENGTH} "
+                f"(a step would take about {per_token_s * length:.0f} s)"
+            )
             result["train"].append(_skipped("length", length, reason, log, spec["name"], "train"))
         elif sequential and per_token_s * length > SEQUENTIAL_STEP_LIMIT_S:
-            reason = (f"sequential in T: projected {per_token_s * length:.0f} s per step "
-                      f"(probe at T={SEQUENTIAL_PROBE_LENGTH}) exceeds the {SEQUENTIAL_STEP_LIMIT_S:.0f} s limit")
+            reason = (
+                f"sequential in T: projected {per_token_s * length:.0f} s per step "
+                f"(probe at T={SEQUENTIAL_PROBE_LENGTH}) exceeds the {SEQUENTIAL_STEP_LIMIT_S:.0f} s limit"
+            )
             result["train"].append(_skipped("length", length, reason, log, spec["name"], "train"))
         else:
             result["train"].append(measure_train(model, spec, length, log))

@@ -15,8 +15,9 @@ def _measured(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def timings(model: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(name, record) of every timing of a model."""
-    return ([(f"{model['name']} train T={r['length']}", r) for r in _measured(model["train"])]
-            + [(f"{model['name']} decode L={r['context']}", r) for r in _measured(model["decode"])])
+    return [(f"{model['name']} train T={r['length']}", r) for r in _measured(model["train"])] + [
+        (f"{model['name']} decode L={r['context']}", r) for r in _measured(model["decode"])
+    ]
 
 
 def worst_foreign_load(model: dict[str, Any]) -> float:
@@ -30,8 +31,13 @@ def decode_growth(model: dict[str, Any]) -> Optional[dict[str, Any]]:
     if len(runs) < 2:
         return None
     short, long = runs[0], runs[-1]
-    return dict(short_context=short["context"], long_context=long["context"], short_s=short["median_s"],
-                long_s=long["median_s"], ratio=long["median_s"] / short["median_s"])
+    return dict(
+        short_context=short["context"],
+        long_context=long["context"],
+        short_s=short["median_s"],
+        long_s=long["median_s"],
+        ratio=long["median_s"] / short["median_s"],
+    )
 
 
 def _model(models: Sequence[dict[str, Any]], name: str) -> Optional[dict[str, Any]]:
@@ -47,8 +53,15 @@ def _versus(mesa, gdn, section: str, key: str, preferred: Optional[int], target:
         if common:
             at = preferred if preferred in common else common[-1]
             ratio = a[at]["median_s"] / b[at]["median_s"]
-            check.update({key: at, "mesa_s": a[at]["median_s"], "baseline_s": b[at]["median_s"], "ratio": ratio,
-                          "passed": bool(ratio <= target)})
+            check.update(
+                {
+                    key: at,
+                    "mesa_s": a[at]["median_s"],
+                    "baseline_s": b[at]["median_s"],
+                    "ratio": ratio,
+                    "passed": bool(ratio <= target),
+                }
+            )
     return check
 
 
@@ -56,8 +69,10 @@ def target_checks(models: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets; ``passed`` is None where a model or measurement is missing."""
     mesa, attention, gdn = _model(models, "mesa"), _model(models, "attention"), _model(models, "gated_deltanet")
     targets: dict[str, Any] = {}
-    for key, model, target, comparison in (("mesa_decode_flat", mesa, DECODE_FLAT_TARGET, "<="),
-                                           ("attention_decode_grows", attention, 1.0, ">")):
+    for key, model, target, comparison in (
+        ("mesa_decode_flat", mesa, DECODE_FLAT_TARGET, "<="),
+        ("attention_decode_grows", attention, 1.0, ">"),
+    ):
         growth = decode_growth(model) if model else None
         passed = None if growth is None else bool(growth["ratio"] <= target if comparison == "<=" else growth["ratio"] > target)
         targets[key] = dict(mixer=model and model["name"], target=target, comparison=comparison, **(growth or {}), passed=passed)
@@ -83,20 +98,30 @@ def render_markdown(results: dict[str, Any]) -> str:
     lengths, contexts = cfg["train_lengths"], cfg["contexts"]
     shortest, longest = _context_label(contexts[0]), _context_label(contexts[-1])
     solver = ", ".join(f"{k}={v}" for k, v in cfg["mesa_solver"].items()) or "n/a"
-    out = ["# Model benchmark: training step and decode latency per mixer", "",
-           *h.machine_lines(results["machine"], results["matmul_peak"]), *h.quiet_warning(results["quiet_machine"]),
-           f"Preset `{cfg['preset']}`: D={m['hidden_size']}, {m['num_hidden_layers']} layers, {m['num_heads']} heads x "
-           f"{m['head_dim']}, vocab {m['vocab_size']}, MLP x{m['mlp_expansion']}, chunk {m['chunk_size']}, hawk_expansion "
-           f"{m['hawk_expansion']:g} (matched to the Mesa mixer's parameters), attention window {m['attention_window']} "
-           f"(sliding_attention). fp32, B={cfg['batch']}. Mesa solver (the config's defaults): {solver}.", "",
-           "## Results", "",
-           f"Training step: forward + backward of the LM loss, median ms over the repeats (after warm-up). Decode: median "
-           f"ms per token over {cfg['decode_steps']} one-token steps (after {cfg['decode_warmup']} warm-up steps; the "
-           f"contexts interleaved step by step) with a cache prefilled to L tokens; ratio = decode at L={longest} / "
-           f"L={shortest}; cache = bytes of the decoding state at L={longest}. `sliding_attention` trains through a dense "
-           f"masked attention, so it is not cheaper than full attention in training here.", ""]
+    out = [
+        "# Model benchmark: training step and decode latency per mixer",
+        "",
+        *h.machine_lines(results["machine"], results["matmul_peak"]),
+        *h.quiet_warning(results["quiet_machine"]),
+        f"Preset `{cfg['preset']}`: D={m['hidden_size']}, {m['num_hidden_layers']} layers, {m['num_heads']} heads x "
+        f"{m['head_dim']}, vocab {m['vocab_size']}, MLP x{m['mlp_expansion']}, chunk {m['chunk_size']}, hawk_expansion "
+        f"{m['hawk_expansion']:g} (matched to the Mesa mixer's parameters), attention window {m['attention_window']} "
+        f"(sliding_attention). fp32, B={cfg['batch']}. Mesa solver (the config's defaults): {solver}.",
+        "",
+        "## Results",
+        "",
+        f"Training step: forward + backward of the LM loss, median ms over the repeats (after warm-up). Decode: median "
+        f"ms per token over {cfg['decode_steps']} one-token steps (after {cfg['decode_warmup']} warm-up steps; the "
+        f"contexts interleaved step by step) with a cache prefilled to L tokens; ratio = decode at L={longest} / "
+        f"L={shortest}; cache = bytes of the decoding state at L={longest}. `sliding_attention` trains through a dense "
+        f"masked attention, so it is not cheaper than full attention in training here.",
+        "",
+    ]
     header = ["mixer", "layers", "params (M)", "non-emb. (M)"] + [f"train T={n} (ms)" for n in lengths]
-    header += [f"decode L={_context_label(c)} (ms/tok)" for c in contexts] + [f"decode {longest}/{shortest}", f"cache L={longest} (MiB)"]
+    header += [f"decode L={_context_label(c)} (ms/tok)" for c in contexts] + [
+        f"decode {longest}/{shortest}",
+        f"cache L={longest} (MiB)",
+    ]
     rows, reasons = [], {}
     for model in results["models"]:
         train, decode = {r["length"]: r for r in model["train"]}, {r["context"]: r for r in model["decode"]}
@@ -108,10 +133,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         repeats = len(model["layer_types"]) // len(pattern)
         group = pattern[0] if len(pattern) == 1 else f"({', '.join(pattern)})"
         layers = f"{group} x{repeats}" if pattern * repeats == model["layer_types"] else "/".join(model["layer_types"])
-        rows.append([model["name"], layers, f"{model['params'] / 1e6:.3f}", f"{model['params_non_embedding'] / 1e6:.3f}"]
-                    + [_cell(train.get(n), 1e3, ".1f") for n in lengths] + [_cell(decode.get(c), 1e3, ".2f") for c in contexts]
-                    + ["-" if growth is None else f"{growth['ratio']:.2f}x",
-                       "skipped" if last is None or last.get("skipped") else f"{last['cache_mib']:.2f}"])
+        rows.append(
+            [model["name"], layers, f"{model['params'] / 1e6:.3f}", f"{model['params_non_embedding'] / 1e6:.3f}"]
+            + [_cell(train.get(n), 1e3, ".1f") for n in lengths]
+            + [_cell(decode.get(c), 1e3, ".2f") for c in contexts]
+            + [
+                "-" if growth is None else f"{growth['ratio']:.2f}x",
+                "skipped" if last is None or last.get("skipped") else f"{last['cache_mib']:.2f}",
+            ]
+        )
     out += h.table(header, rows)
     reasons = {k: v for k, v in reasons.items() if v}
     if reasons:
@@ -122,9 +152,16 @@ def render_markdown(results: dict[str, Any]) -> str:
     t, rows = results["targets"], []
     for key, label in (("mesa_decode_flat", "Mesa decode"), ("attention_decode_grows", "Transformer decode")):
         c = t[key]
-        what = f"{label}: L={_context_label(c['long_context'])} / L={_context_label(c['short_context'])}" if "ratio" in c else f"{label}: long / short context"
+        what = (
+            f"{label}: L={_context_label(c['long_context'])} / L={_context_label(c['short_context'])}"
+            if "ratio" in c
+            else f"{label}: long / short context"
+        )
         rows.append([what, h.fmt(c.get("ratio"), ".2f") + "x", f"{c['comparison']} {c['target']:g}x", h.flag(c["passed"])])
-    for key, label, where in (("mesa_train_vs_gated_deltanet", "training step", "length"), ("mesa_decode_vs_gated_deltanet", "decode per token", "context")):
+    for key, label, where in (
+        ("mesa_train_vs_gated_deltanet", "training step", "length"),
+        ("mesa_decode_vs_gated_deltanet", "decode per token", "context"),
+    ):
         c = t[key]
         what = f"Mesa / Gated DeltaNet {label}" + (f" at {'T' if where == 'length' else 'L'}={c[where]}" if where in c else "")
         rows.append([what, h.fmt(c.get("ratio"), ".2f") + "x", f"<= {c['target']:g}x", h.flag(c["passed"])])

@@ -61,7 +61,9 @@ def cmd_train(ns: argparse.Namespace) -> None:
 def solver_overrides(ns: argparse.Namespace) -> dict | None:
     """The solver-report flags that were given (``--tol``, ``--max-iter``, ``--preconditioner``) as
     :class:`~mesanet.ops.SolverSettings` fields replacing the model's ``solver_inference``; ``None``: none given."""
-    given = {k: v for k, v in (("tol", ns.tol), ("max_iter", ns.max_iter), ("preconditioner", ns.preconditioner)) if v is not None}
+    given = {
+        k: v for k, v in (("tol", ns.tol), ("max_iter", ns.max_iter), ("preconditioner", ns.preconditioner)) if v is not None
+    }
     return given or None
 
 
@@ -82,9 +84,16 @@ def cmd_eval(ns: argparse.Namespace) -> None:
 
     val_tokens = text_tokens(resolve_model_dir(ns.path)[0], ns.val_text) if ns.val_text is not None else None
     report = evaluate_run(
-        ns.path, solver=solver_overrides(ns), extrapolation=tuple(ns.extrapolation), max_windows=ns.max_windows,
-        out_dir=ns.out, progress=not ns.no_progress, verify=not ns.allow_modified_weights, device=ns.device,
-        train_len=ns.train_len, val_tokens=val_tokens,
+        ns.path,
+        solver=solver_overrides(ns),
+        extrapolation=tuple(ns.extrapolation),
+        max_windows=ns.max_windows,
+        out_dir=ns.out,
+        progress=not ns.no_progress,
+        verify=not ns.allow_modified_weights,
+        device=ns.device,
+        train_len=ns.train_len,
+        val_tokens=val_tokens,
     )
     print(Path(report["files"]["summary_md"]).read_text())
 
@@ -97,8 +106,15 @@ def cmd_generate(ns: argparse.Namespace) -> None:
     loaded = load_checkpoint(model_dir, device=ns.device, verify=not ns.allow_modified_weights)
     print(ns.prompt, end="", flush=True)
     generate_text(
-        loaded.model, loaded.tokenizer, ns.prompt, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature,
-        top_k=ns.top_k, top_p=ns.top_p, seed=ns.seed, stream=lambda piece: print(piece, end="", flush=True),
+        loaded.model,
+        loaded.tokenizer,
+        ns.prompt,
+        max_new_tokens=ns.max_new_tokens,
+        temperature=ns.temperature,
+        top_k=ns.top_k,
+        top_p=ns.top_p,
+        seed=ns.seed,
+        stream=lambda piece: print(piece, end="", flush=True),
     )
     print()
 
@@ -116,7 +132,10 @@ def cmd_compare(ns: argparse.Namespace) -> None:
 #: Sub-commands whose own argument parser lives with the pipeline: ``name -> (module, help)``; the module's
 #: ``main(argv)`` receives everything after the sub-command.
 DELEGATED = {
-    "synth": ("mesanet.synth.__main__", "run the synthetic in-context-learning grid (task x mixer x lr x seed); --quick for ~10 min"),
+    "synth": (
+        "mesanet.synth.__main__",
+        "run the synthetic in-context-learning grid (task x mixer x lr x seed); --quick for ~10 min",
+    ),
     "needle": ("mesanet.eval.needle", "needle-in-a-haystack retrieval of a trained LM at and beyond its training length"),
     "mesaopt": ("mesanet.mesaopt.__main__", "mesa-optimization analyses: train the model zoo, GD construction, probes, ..."),
 }
@@ -145,8 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (a preset name or YAML config, and key=value overrides)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train a model (a preset name or YAML config, and key=value overrides)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
@@ -155,17 +177,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run or model directory; writes eval.json, per_position.csv/png, summary.md")
     p.add_argument("path", help="runs/<name> or a model directory")
-    p.add_argument("--tol", type=float, default=None, help="CG tolerance of the Mesa solver report (default: the model's solver_inference)")
+    p.add_argument(
+        "--tol", type=float, default=None, help="CG tolerance of the Mesa solver report (default: the model's solver_inference)"
+    )
     p.add_argument("--max-iter", type=int, default=None, help="CG step limit of the solver report (default: the model's)")
-    p.add_argument("--preconditioner", choices=("none", "jacobi", "chunk"), default=None, help="CG preconditioner of the solver report (default: the model's)")
+    p.add_argument(
+        "--preconditioner",
+        choices=("none", "jacobi", "chunk"),
+        default=None,
+        help="CG preconditioner of the solver report (default: the model's)",
+    )
     p.add_argument("--extrapolation", type=int, nargs="*", default=[2, 4], help="multiples of the training length (default 2 4)")
-    p.add_argument("--max-windows", type=int, default=32, help="windows at the longest length; every length scores the same tokens (default 32)")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=32,
+        help="windows at the longest length; every length scores the same tokens (default 32)",
+    )
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
-    p.add_argument("--train-len", type=int, default=None,
-                   help="the training length in tokens (default: the run's data.seq_len; needed for a bare model directory)")
-    p.add_argument("--val-text", default=None, metavar="FILE",
-                   help="evaluate on this UTF-8 text file, tokenized with the model directory's tokenizer "
-                        "(default: the run's validation split; needed for a bare model directory)")
+    p.add_argument(
+        "--train-len",
+        type=int,
+        default=None,
+        help="the training length in tokens (default: the run's data.seq_len; needed for a bare model directory)",
+    )
+    p.add_argument(
+        "--val-text",
+        default=None,
+        metavar="FILE",
+        help="evaluate on this UTF-8 text file, tokenized with the model directory's tokenizer "
+        "(default: the run's validation split; needed for a bare model directory)",
+    )
     p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
@@ -183,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-modified-weights", action="store_true", help=ALLOW_MODIFIED_HELP)
     p.set_defaults(run=cmd_generate)
 
-    p = sub.add_parser("compare", help="train and evaluate several models on the same data and budget; writes a report",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "compare",
+        help="train and evaluate several models on the same data and budget; writes a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value")
     with_config_keys(p, "mesanet.eval.compare:CompareConfig")
     p.add_argument("--no-progress", action="store_true")

@@ -22,9 +22,12 @@ def _inputs(batch: int, length: int, heads: int, dk: int, dv: int):
     gen = torch.Generator().manual_seed(0)
     rows = (batch, length, heads)
     return dict(
-        q=F.normalize(torch.randn(*rows, dk, generator=gen), dim=-1), k=F.normalize(torch.randn(*rows, dk, generator=gen), dim=-1),
-        v=torch.randn(*rows, dv, generator=gen), g=torch.log(0.8 + 0.19 * torch.rand(*rows, generator=gen)),
-        beta=torch.rand(*rows, generator=gen), lam=torch.ones(heads, dk),
+        q=F.normalize(torch.randn(*rows, dk, generator=gen), dim=-1),
+        k=F.normalize(torch.randn(*rows, dk, generator=gen), dim=-1),
+        v=torch.randn(*rows, dv, generator=gen),
+        g=torch.log(0.8 + 0.19 * torch.rand(*rows, generator=gen)),
+        beta=torch.rand(*rows, generator=gen),
+        lam=torch.ones(heads, dk),
     )
 
 

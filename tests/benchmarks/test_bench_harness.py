@@ -27,8 +27,14 @@ def test_report_helpers():
     assert (h.flag(True), h.flag(False), h.flag(None)) == ("PASS", "FAIL", "n/a")
     assert (h.percent(0.123), h.percent(None)) == ("12%", "n/a")
     assert (h.fmt(0.0123, ".1f", 1e3), h.fmt(float("nan"))) == ("12.3", "-")
-    quiet = dict(passed=False, worst_foreign_cpu_fraction=0.5, worst_foreign_cpu_measurement="m", matmul_drift=0.2,
-                 drift_limit=0.15, foreign_cpu_limit=0.1)
+    quiet = dict(
+        passed=False,
+        worst_foreign_cpu_fraction=0.5,
+        worst_foreign_cpu_measurement="m",
+        matmul_drift=0.2,
+        drift_limit=0.15,
+        foreign_cpu_limit=0.1,
+    )
     assert "noisy machine" in h.quiet_warning(quiet)[0] and h.quiet_warning(dict(quiet, passed=True)) == []
 
 
@@ -44,8 +50,9 @@ def test_time_call_and_least_contended():
 
 
 def test_quiet_machine_check():
-    peak = h.matmul_peak_summary(dict(size=8, best_gflops=10.0, foreign_cpu_fraction=0.0),
-                                 dict(size=8, best_gflops=10.5, foreign_cpu_fraction=None))
+    peak = h.matmul_peak_summary(
+        dict(size=8, best_gflops=10.0, foreign_cpu_fraction=0.0), dict(size=8, best_gflops=10.5, foreign_cpu_fraction=None)
+    )
     assert peak["peak_gflops"] == 10.5 and abs(peak["drift"] - 0.05) < 1e-12
     assert h.quiet_machine_check(peak, [("a", dict(foreign_cpu_fraction=0.05))])["passed"]
     noisy = h.quiet_machine_check(peak, [("a", dict(foreign_cpu_fraction=0.3))])
@@ -81,8 +88,8 @@ def test_time_interleaved_takes_turns_and_rotates_the_order():
     policy = h.RepeatPolicy(warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0)
     records, results = h.time_interleaved(calls, "cpu", policy, inner=2)
     assert results == {"a": "a", "b": "b", "c": "c"}
-    timed_calls = order[3 * 2:]  # after one warm-up round of blocks of 2
-    rounds = [timed_calls[i:i + 6] for i in range(0, len(timed_calls), 6)]
+    timed_calls = order[3 * 2 :]  # after one warm-up round of blocks of 2
+    rounds = [timed_calls[i : i + 6] for i in range(0, len(timed_calls), 6)]
     assert [r[::2] for r in rounds] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
     for name, record in records.items():
         assert record["repeats"] == 3 and record["inner"] == 2 and len(record["times_s"]) == 3

@@ -21,9 +21,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _tiny_run(out_dir, peer, **options):
-    tiny = dict(lengths=[32, 64], shape=bench.Shape(**TINY_SHAPE), policy=ONE_CALL, decode_contexts=[32, 64],
-                decode_batches=[1, 2], decode_policy=ONE_CALL, decode_inner=2, reference_length=32, matmul_size=64,
-                isolate=False, retries=0)
+    tiny = dict(
+        lengths=[32, 64],
+        shape=bench.Shape(**TINY_SHAPE),
+        policy=ONE_CALL,
+        decode_contexts=[32, 64],
+        decode_batches=[1, 2],
+        decode_policy=ONE_CALL,
+        decode_inner=2,
+        reference_length=32,
+        matmul_size=64,
+        isolate=False,
+        retries=0,
+    )
     return bench.run_benchmark(peer=peer, out_dir=out_dir, log=lambda _: None, **dict(tiny, **options))
 
 
@@ -32,8 +42,21 @@ def test_tiny_benchmark_with_a_peer_writes_json_and_markdown(tmp_path):
     written = json.loads((tmp_path / "mesa_op.json").read_text())
     markdown = (tmp_path / "mesa_op.md").read_text()
     assert markdown.startswith("# Mesa operator benchmark") and "## Decode" in markdown and "## Preconditioners" in markdown
-    expected = {"machine", "config", "peer", "flop_formula", "matmul_peak", "runs", "accuracy", "reference_check", "decode",
-                "preconditioners", "targets", "quiet_machine", "total_runtime_s"}
+    expected = {
+        "machine",
+        "config",
+        "peer",
+        "flop_formula",
+        "matmul_peak",
+        "runs",
+        "accuracy",
+        "reference_check",
+        "decode",
+        "preconditioners",
+        "targets",
+        "quiet_machine",
+        "total_runtime_s",
+    }
     assert expected <= set(written) and expected <= set(results)
     assert written["peer"]["loaded"] and written["matmul_peak"]["peak_gflops"] > 0
 
@@ -49,10 +72,12 @@ def test_tiny_benchmark_with_a_peer_writes_json_and_markdown(tmp_path):
     assert written["reference_check"]["relative_error"] < 1e-10
 
     assert {(r["impl"], r["batch"], r["context"]) for r in written["decode"]} == {
-        (impl, b, c) for impl in ("mesa_step", "peer-30") for b in (1, 2) for c in (32, 64)}
+        (impl, b, c) for impl in ("mesa_step", "peer-30") for b in (1, 2) for c in (32, 64)
+    }
     assert all(r["median_s"] > 0 and r["relative_error"] < 1e-4 for r in written["decode"])
     assert {(p["inputs"], p["preconditioner"]) for p in written["preconditioners"]} == {
-        (kind, name) for kind in ("random", "skewed") for name in bench.preconditioner_settings()}
+        (kind, name) for kind in ("random", "skewed") for name in bench.preconditioner_settings()
+    }
     assert {"none", "jacobi", "chunk"} <= set(bench.preconditioner_settings())
 
     kinds = {c["kind"] for c in written["targets"]}
@@ -78,8 +103,18 @@ def test_tiny_benchmark_skips_a_missing_peer(tmp_path):
 @pytest.mark.slow
 def test_worker_subprocesses_measure_one_configuration(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers inherit the environment (see one_thread)
-    spec = dict(length=48, variant=dict(name="tol", solver=dict(max_iter=3, tol=1e-3)), mode="fwd+bwd", shape=TINY_SHAPE,
-                policy=vars(ONE_CALL), device="cpu", seed=0, retries=0, inputs="random", peer=None)
+    spec = dict(
+        length=48,
+        variant=dict(name="tol", solver=dict(max_iter=3, tol=1e-3)),
+        mode="fwd+bwd",
+        shape=TINY_SHAPE,
+        policy=vars(ONE_CALL),
+        device="cpu",
+        seed=0,
+        retries=0,
+        inputs="random",
+        peer=None,
+    )
     run = bench.measure_config(spec, isolate=True)  # a timing and a memory subprocess
     assert run["length"] == 48 and run["mode"] == "fwd+bwd" and run["repeats"] == 1 and run["attempts"] == 1
     assert run["median_s"] > 0 and run["peak_memory_bytes"] >= 0 and "MALLOC_MMAP_THRESHOLD_" in run["memory_method"]

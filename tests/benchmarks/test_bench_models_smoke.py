@@ -19,9 +19,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     mixers = ["mesa", "gated_deltanet", "attention", "hawk+mesa", "sherman_morrison"]
     results = bench.run_benchmark(  # the Mesa solver stays at the config's defaults
-        mixers, preset="tiny", config_overrides=dict(attention_window=16), train_lengths=[32, 64], contexts=[32, 64],
-        policy=ONE_CALL, train_warmup_s=0.0, decode_steps=2, decode_warmup=1, prefill_chunk=48, matmul_size=64,
-        isolate=False, retries=0, reruns=0, out_dir=tmp_path, log=lambda _: None,
+        mixers,
+        preset="tiny",
+        config_overrides=dict(attention_window=16),
+        train_lengths=[32, 64],
+        contexts=[32, 64],
+        policy=ONE_CALL,
+        train_warmup_s=0.0,
+        decode_steps=2,
+        decode_warmup=1,
+        prefill_chunk=48,
+        matmul_size=64,
+        isolate=False,
+        retries=0,
+        reruns=0,
+        out_dir=tmp_path,
+        log=lambda _: None,
     )
 
     written = json.loads((tmp_path / "models.json").read_text())
@@ -56,8 +69,12 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     assert all(not r.get("skipped") for r in sm["train"]) and all(r["skipped"] and r["reason"] for r in sm["decode"])
 
     targets = written["targets"]
-    assert set(targets) == {"mesa_decode_flat", "attention_decode_grows", "mesa_train_vs_gated_deltanet",
-                            "mesa_decode_vs_gated_deltanet"}
+    assert set(targets) == {
+        "mesa_decode_flat",
+        "attention_decode_grows",
+        "mesa_train_vs_gated_deltanet",
+        "mesa_decode_vs_gated_deltanet",
+    }
     for check in targets.values():
         assert isinstance(check["passed"], bool) and check["ratio"] > 0
     assert targets["mesa_train_vs_gated_deltanet"]["length"] == 64 and targets["mesa_train_vs_gated_deltanet"]["target"] == 1.3

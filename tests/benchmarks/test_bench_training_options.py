@@ -14,8 +14,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def test_tiny_run_measures_checkpointing_and_compile(tmp_path):
     results = bench.run_benchmark(
-        ["hawk+mesa"], preset="tiny", overrides=dict(chunk_size=16), batch=2, length=64, backend="eager",
-        policy=h.RepeatPolicy(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0), out_dir=tmp_path, log=lambda _: None,
+        ["hawk+mesa"],
+        preset="tiny",
+        overrides=dict(chunk_size=16),
+        batch=2,
+        length=64,
+        backend="eager",
+        policy=h.RepeatPolicy(warmup=1, min_repeats=1, max_repeats=1, budget_s=0.0),
+        out_dir=tmp_path,
+        log=lambda _: None,
     )
     written = json.loads((tmp_path / "training_options.json").read_text())
     assert (tmp_path / "training_options.md").read_text().startswith("# Training options")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = ("mesa layer solves ridge regression at every token with conjugate gradient steps forget gate key "
-         "value query state chunk parallel scan memory decode train validate the a of to in is for def "
-         "return import class self lambda über naïve café 東京 ✓").split()
+WORDS = (
+    "mesa layer solves ridge regression at every token with conjugate gradient steps forget gate key "
+    "value query state chunk parallel scan memory decode train validate the a of to in is for def "
+    "return import class self lambda über naïve café 東京 ✓"
+).split()
 
 
 def make_text(seed: int, words: int = 400) -> str:

@@ -24,7 +24,7 @@ def test_shapes_dtype_and_windows(tokens):
     assert x.shape == (4, 10) and x.dtype == torch.long
     starts = tokens.astype(np.int64)
     for row in x:  # each row is one aligned, non-overlapping window of the stream
-        matches = [s for s in range(0, 1000, 10) if np.array_equal(starts[s:s + 10], row.numpy())]
+        matches = [s for s in range(0, 1000, 10) if np.array_equal(starts[s : s + 10], row.numpy())]
         assert len(matches) == 1
     assert b.num_windows == 100 and b.step == 1
 

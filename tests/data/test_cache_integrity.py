@@ -18,10 +18,13 @@ def _aside(root: Path, kind: str) -> list[Path]:
     return list((root / kind).glob(".damaged-*"))
 
 
-@pytest.mark.parametrize("split, damage", [
-    ("train", "other-valid-ids"),  # same size, every id valid: only the content digest can tell
-    ("val", "one-byte-flip"),
-])
+@pytest.mark.parametrize(
+    "split, damage",
+    [
+        ("train", "other-valid-ids"),  # same size, every id valid: only the content digest can tell
+        ("val", "one-byte-flip"),
+    ],
+)
 def test_changed_token_file_is_named_and_rebuilt(corpus_dir, make_cfg, caplog, split, damage):
     cfg = make_cfg(corpus_dir)
     good = prepare_data(cfg, progress=False)
@@ -52,8 +55,11 @@ def test_out_of_range_ids_are_an_error_naming_the_file(corpus_dir, make_cfg):
     meta = json.loads((good.tokens_dir / "meta.json").read_text())
     meta[packing.HASH_NAME]["train"] = packing.file_digest(path)  # the digest re-recorded too: only the range check is left
     (good.tokens_dir / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=rf"token cache file {path} holds token id {good.vocab_size + 3}, but the tokenizer "
-                                        rf"has only {good.vocab_size} tokens: .* delete {good.tokens_dir} to rebuild it"):
+    with pytest.raises(
+        DataError,
+        match=rf"token cache file {path} holds token id {good.vocab_size + 3}, but the tokenizer "
+        rf"has only {good.vocab_size} tokens: .* delete {good.tokens_dir} to rebuild it",
+    ):
         prepare_data(cfg, progress=False)
 
 

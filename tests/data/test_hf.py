@@ -50,8 +50,11 @@ def test_missing_local_path_and_bad_names(make_cfg, tmp_path):
 
 def test_unknown_hub_dataset_offline(make_cfg):
     pytest.importorskip("datasets")
-    with pytest.raises(DataError, match=r"unknown or unavailable Hugging Face dataset 'mesanet-no-such/dataset-xyz'.*"
-                                        r"Offline mode is on"):
+    with pytest.raises(
+        DataError,
+        match=r"unknown or unavailable Hugging Face dataset 'mesanet-no-such/dataset-xyz'.*"
+        r"Offline mode is on",
+    ):
         prepare_data(make_cfg("hf:mesanet-no-such/dataset-xyz"), progress=False)
 
 
@@ -79,10 +82,12 @@ def test_local_jsonl(tmp_path, make_cfg):
 def test_saved_dataset_dict_with_split_and_field(tmp_path, make_cfg):
     datasets = pytest.importorskip("datasets")
     body = [make_text(i, words=100) for i in range(8)]
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"body": body, "title": [f"t{i}" for i in range(8)]}),
-        "other": datasets.Dataset.from_dict({"body": body[:3], "title": ["x"] * 3}),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"body": body, "title": [f"t{i}" for i in range(8)]}),
+            "other": datasets.Dataset.from_dict({"body": body[:3], "title": ["x"] * 3}),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "saved"))
     data = prepare_data(make_cfg(f"hf:{tmp_path / 'saved'}:other:body"), progress=False)
     assert data.stats["train"]["documents"] + data.stats["val"]["documents"] == 3

@@ -22,7 +22,7 @@ from data_helpers import make_text, write_corpus
 
 def _split_at_eod(tokens: np.ndarray, eod: int) -> list[np.ndarray]:
     cuts = np.flatnonzero(np.asarray(tokens) == eod)
-    return [np.asarray(tokens[a + 1:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [np.asarray(tokens[a + 1 : b]) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def _tmp_leftovers(root: Path) -> list[Path]:
@@ -89,8 +89,13 @@ def test_deterministic_across_cache_dirs(corpus_dir, make_cfg, tmp_path):
 def test_tokenizer_round_trip(corpus_dir, make_cfg, tmp_path):
     data = prepare_data(make_cfg(corpus_dir), progress=False)
     tok = data.tokenizer
-    texts = ["def f(x):\n\treturn x ** 2  # squared\r\n", "naïve café 東京 ✓ 🤖 \x00 ctrl", "", "   leading spaces",
-             "<|endoftext|> inside text"]
+    texts = [
+        "def f(x):\n\treturn x ** 2  # squared\r\n",
+        "naïve café 東京 ✓ 🤖 \x00 ctrl",
+        "",
+        "   leading spaces",
+        "<|endoftext|> inside text",
+    ]
     for text in texts:
         ids = tok(text)["input_ids"]
         assert tok.decode(ids) == text  # no special tokens added on encoding
@@ -207,8 +212,7 @@ def test_failed_build_leaves_previous_cache_intact(corpus_dir, make_cfg, monkeyp
 
 def test_killed_build_leftovers_are_cleaned(corpus_dir, make_cfg, monkeypatch):
     cfg = make_cfg(corpus_dir)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
 
     # a hard kill leaves the temporary folder behind: simulate by skipping the cleanup once
@@ -355,5 +359,7 @@ def test_large_vocab_uses_uint32(corpus_dir, make_cfg, caplog):
     assert data.train.dtype == np.uint32 and data.stats["token_dtype"] == "uint32"
     assert data.stats["vocab_size"] == {"requested": 70000, "actual": len(data.tokenizer)} and len(data.tokenizer) < 70000
     assert "ran out of BPE merges" in caplog.text
-    assert data.tokenizer.decode(_split_at_eod(data.val, data.eod_id)[0].tolist()) == \
-        (corpus_dir / data.documents["val"][0]).read_text()
+    assert (
+        data.tokenizer.decode(_split_at_eod(data.val, data.eod_id)[0].tolist())
+        == (corpus_dir / data.documents["val"][0]).read_text()
+    )

@@ -27,6 +27,7 @@ def eval_windows(monkeypatch):
     (consecutive non-overlapping windows) installed as ``mesanet.data`` for this test only."""
     try:
         from mesanet.data import eval_windows as real
+
         return real
     except ImportError:
         module = types.ModuleType("mesanet.data")

@@ -27,12 +27,30 @@ def test_eval_of_a_bare_model_dir_needs_and_takes_explicit_options(model_dir, tm
 
     text = tmp_path / "val.txt"
     text.write_text("def parse(line):\n    return line.split(',')\n" * 40)
-    code = cli.main(["eval", str(model_dir), "--train-len", "32", "--val-text", str(text), "--out", str(out),
-                     "--extrapolation", "2", "--max-windows", "2", "--no-progress", "--device", "auto"])
+    code = cli.main(
+        [
+            "eval",
+            str(model_dir),
+            "--train-len",
+            "32",
+            "--val-text",
+            str(text),
+            "--out",
+            str(out),
+            "--extrapolation",
+            "2",
+            "--max-windows",
+            "2",
+            "--no-progress",
+            "--device",
+            "auto",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "eval.json").read_text())
     assert report["train_len"] == 32
     from mesanet.eval.checkpoint import load_tokenizer
+
     expected = len(load_tokenizer(model_dir)(text.read_text(), add_special_tokens=False).input_ids)
     assert report["val_split_tokens"] == expected
     assert np.isfinite(report["val"]["loss"])

@@ -86,7 +86,9 @@ def test_missing_paths(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="does not exist: expected a run directory"):
         resolve_model_dir(tmp_path / "nope")
-    with pytest.raises(ValueError, match=r"is neither a model directory \(no config.json\) nor a run directory \(no config.yaml\)"):
+    with pytest.raises(
+        ValueError, match=r"is neither a model directory \(no config.json\) nor a run directory \(no config.yaml\)"
+    ):
         resolve_model_dir(tmp_path)
 
 
@@ -94,7 +96,9 @@ def test_run_directory_resolution(model_dir, tmp_path):
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("data:\n  seq_len: 16\n")
-    with pytest.raises(ValueError, match="has no model yet: neither final/config.json nor checkpoints/step_\\*/config.json exists"):
+    with pytest.raises(
+        ValueError, match="has no model yet: neither final/config.json nor checkpoints/step_\\*/config.json exists"
+    ):
         resolve_model_dir(run)
     for step in ("step_000010", "step_000020"):
         shutil.copytree(model_dir, run / "checkpoints" / step)

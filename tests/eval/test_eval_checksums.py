@@ -46,8 +46,10 @@ def test_the_record_names_agree_with_training():
 def test_modified_final_weights_are_refused_unless_overridden(final_dir):
     assert verify_checksums(final_dir) >= 3  # model, config, tokenizer files
     _tamper(final_dir)
-    message = (r"final': model.safetensors does not match the size / SHA-256 that training recorded in checksums.json "
-               r"\(modified or damaged since it was written\); pass --allow-modified-weights \(verify=False in Python\)")
+    message = (
+        r"final': model.safetensors does not match the size / SHA-256 that training recorded in checksums.json "
+        r"\(modified or damaged since it was written\); pass --allow-modified-weights \(verify=False in Python\)"
+    )
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(final_dir)
     with pytest.raises(CheckpointError, match=message):
@@ -55,8 +57,15 @@ def test_modified_final_weights_are_refused_unless_overridden(final_dir):
     with pytest.raises(CheckpointError, match=message):
         generate_from_checkpoint(final_dir, "The", max_new_tokens=2, temperature=0)
     assert load_checkpoint(final_dir, verify=False).model is not None
-    report = evaluate_run(final_dir.parent, val_tokens=random_tokens(64), extrapolation=(), max_windows=2, solver_windows=1,
-                          progress=False, verify=False)
+    report = evaluate_run(
+        final_dir.parent,
+        val_tokens=random_tokens(64),
+        extrapolation=(),
+        max_windows=2,
+        solver_windows=1,
+        progress=False,
+        verify=False,
+    )
     assert report["val"]["loss"] > 0
 
 
@@ -92,8 +101,22 @@ def test_cli_flag_overrides_the_check(final_dir, capsys):
     assert main(["generate", str(final_dir.parent), "--prompt", "The", "--max-new-tokens", "2", "--temperature", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--allow-modified-weights" in err
-    assert main(["generate", str(final_dir.parent), "--prompt", "The", "--max-new-tokens", "2", "--temperature", "0",
-                 "--allow-modified-weights"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(final_dir.parent),
+                "--prompt",
+                "The",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "0",
+                "--allow-modified-weights",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_relative_cache_dir_never_lands_in_the_current_directory(tmp_path, monkeypatch):

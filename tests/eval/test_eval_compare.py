@@ -89,11 +89,18 @@ def test_variant_configs_share_everything_but_the_model():
     from mesanet.eval.compare import CompareConfig, CompareVariant, tokens_per_run, variant_configs
     from mesanet.utils.config import from_dict, to_dict
 
-    cfg = from_dict(CompareConfig, dict(
-        out_dir="cmp", base=dict(model=dict(preset="tiny", overrides=dict(chunk_size=16)), max_steps=7, batch_size=2),
-        variants=[dict(name="mesanet"), dict(name="hawk-mesa", mixer="hawk+mesa", overrides=dict(hawk_expansion=1.5)),
-                  dict(name="transformer", mixer=["attention", "attention"])],
-    ))
+    cfg = from_dict(
+        CompareConfig,
+        dict(
+            out_dir="cmp",
+            base=dict(model=dict(preset="tiny", overrides=dict(chunk_size=16)), max_steps=7, batch_size=2),
+            variants=[
+                dict(name="mesanet"),
+                dict(name="hawk-mesa", mixer="hawk+mesa", overrides=dict(hawk_expansion=1.5)),
+                dict(name="transformer", mixer=["attention", "attention"]),
+            ],
+        ),
+    )
     configs = variant_configs(cfg)
     assert [c.name for c in configs] == ["mesanet", "hawk-mesa", "transformer"]
     assert all(c.out_dir == "cmp/runs" for c in configs)
@@ -103,7 +110,11 @@ def test_variant_configs_share_everything_but_the_model():
     with pytest.raises(ValueError, match=r"variant names must be unique"):
         variant_configs(CompareConfig(variants=[CompareVariant("a"), CompareVariant("a")]))
     with pytest.raises(ValueError, match=r"the pattern 'hawk\+mesa\+mesa' \(3 kinds\) does not divide 2 layers"):
-        variant_configs(from_dict(CompareConfig, dict(base=dict(model=dict(preset="tiny")), variants=[dict(name="x", mixer="hawk+mesa+mesa")])))
+        variant_configs(
+            from_dict(
+                CompareConfig, dict(base=dict(model=dict(preset="tiny")), variants=[dict(name="x", mixer="hawk+mesa+mesa")])
+            )
+        )
 
 
 @pytest.mark.slow
@@ -116,16 +127,32 @@ def test_compare_end_to_end_trains_evaluates_reports_and_resumes(tmp_path):
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i}.txt").write_text((TEXT + f" document {i}. ") * 3)
-    cfg = from_dict(CompareConfig, dict(
-        out_dir=str(tmp_path / "out"), title="tiny",
-        base=dict(
-            data=dict(source=str(corpus), seq_len=32, vocab_size=300, val_fraction=0.25, cache_dir=str(tmp_path / "cache")),
-            model=dict(preset="tiny", overrides=dict(chunk_size=16)), max_steps=3, batch_size=2, eval_every=0,
-            checkpoint_every=0, log_every=1, device="cpu", optim=dict(warmup_steps=1),
+    cfg = from_dict(
+        CompareConfig,
+        dict(
+            out_dir=str(tmp_path / "out"),
+            title="tiny",
+            base=dict(
+                data=dict(source=str(corpus), seq_len=32, vocab_size=300, val_fraction=0.25, cache_dir=str(tmp_path / "cache")),
+                model=dict(preset="tiny", overrides=dict(chunk_size=16)),
+                max_steps=3,
+                batch_size=2,
+                eval_every=0,
+                checkpoint_every=0,
+                log_every=1,
+                device="cpu",
+                optim=dict(warmup_steps=1),
+            ),
+            variants=[
+                dict(name="mesanet", mixer="mesa"),
+                dict(name="transformer", mixer="attention"),
+                dict(name="hawk-mesa", mixer="hawk+mesa"),
+            ],
+            extrapolation=[2],
+            max_windows=4,
+            solver_windows=2,
         ),
-        variants=[dict(name="mesanet", mixer="mesa"), dict(name="transformer", mixer="attention"), dict(name="hawk-mesa", mixer="hawk+mesa")],
-        extrapolation=[2], max_windows=4, solver_windows=2,
-    ))
+    )
     report = compare(cfg, progress=False)
     text = report.read_text()
     rows = [l for l in text.splitlines() if l.startswith("| ") and not l.startswith("| run")]

@@ -56,7 +56,9 @@ def test_top_k_one_is_greedy_and_top_p_sampling_runs(model, tokenizer):
 
 def test_streaming_callback_receives_the_returned_text(model, tokenizer):
     pieces: list[str] = []
-    text = generate_text(model, tokenizer, PROMPT, max_new_tokens=24, temperature=1.0, seed=11, stream=pieces.append, stop_at_eos=False)
+    text = generate_text(
+        model, tokenizer, PROMPT, max_new_tokens=24, temperature=1.0, seed=11, stream=pieces.append, stop_at_eos=False
+    )
     assert len(pieces) > 1 and "".join(pieces) == text
     again = generate_text(model, tokenizer, PROMPT, max_new_tokens=24, temperature=1.0, seed=11, stop_at_eos=False)
     assert again == text  # streaming changes nothing

@@ -112,7 +112,11 @@ def test_a_local_multiple_choice_task_through_simple_evaluate(model_dir, tmp_pat
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "tiny_choice.yaml").write_text(TASK.format(data=tmp_path / "data.jsonl"))
     results = simple_evaluate(
-        model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=["tiny_choice"], device="cpu", batch_size=2,
+        model="hf",
+        model_args=f"pretrained={model_dir},dtype=float32",
+        tasks=["tiny_choice"],
+        device="cpu",
+        batch_size=2,
         task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
     )
     accuracy = results["results"]["tiny_choice"]["acc,none"]

@@ -52,7 +52,9 @@ def test_prompt_length_needle_depth_and_query(tokenizer, stdlib_docs, kind):
                 assert _decode(tokenizer, p.ids[p.needle_start : p.needle_start + p.needle_len]) == needle
                 assert 1 + p.haystack_len + p.needle_len + len(pieces.head) == length
                 # it starts within one line of depth * h: at most one line break between the two positions
-                hay = np.concatenate([p.ids[1 : p.needle_start], p.ids[p.needle_start + p.needle_len : length - len(pieces.head)]])
+                hay = np.concatenate(
+                    [p.ids[1 : p.needle_start], p.ids[p.needle_start + p.needle_len : length - len(pieces.head)]]
+                )
                 assert len(hay) == p.haystack_len
                 target = int(round(p.depth * p.haystack_len))
                 lo, hi = sorted((p.position, target))
@@ -85,7 +87,10 @@ def test_text_haystack_comes_from_the_corpus(tokenizer, stdlib_docs):
     starts = set()
     for trial in range(4):
         (p,) = make_prompts(tokenizer, config, "text", 150, trial, stdlib_docs)
-        before, after = p.ids[1 : p.needle_start], p.ids[p.needle_start + p.needle_len : -len(_Pieces(tokenizer, config.key).head)]
+        before, after = (
+            p.ids[1 : p.needle_start],
+            p.ids[p.needle_start + p.needle_len : -len(_Pieces(tokenizer, config.key).head)],
+        )
         first, second = _decode(tokenizer, before[1:]), _decode(tokenizer, after)  # [1:]: may start inside a character
         assert len(first) > 20 and len(second) > 20
         assert first in corpus and second in corpus and first + second in corpus
@@ -163,7 +168,9 @@ def test_real_model_cache_path_matches_full_recomputation(tokenizer, stdlib_docs
     torch.manual_seed(0)
     model = build_model(["hawk", "mesa"])
     config = NeedleConfig(train_len=80, depths=[0.0, 0.6], trials=1)
-    prompts = make_prompts(tokenizer, config, "noise", 80, 0, stdlib_docs) + make_prompts(tokenizer, config, "text", 120, 0, stdlib_docs)
+    prompts = make_prompts(tokenizer, config, "noise", 80, 0, stdlib_docs) + make_prompts(
+        tokenizer, config, "text", 120, 0, stdlib_docs
+    )
     scored = score_prompts(model, prompts[:2]) + score_prompts(model, prompts[2:])  # one length per batch
     with pytest.raises(ValueError, match="one length"):
         score_prompts(model, prompts)
@@ -201,7 +208,9 @@ def test_bad_arguments_are_value_errors(tokenizer):
     need = pieces.overhead(6) + 1
     model = GarbageStub(len(tokenizer))
     short = NeedleConfig(train_len=need - 1, factors=[1.0, 2.0], haystacks=["noise"], depths=[0.5], trials=1)
-    with pytest.raises(ValueError, match=rf"lengths \[{need - 1}\].*shorter than BOS \+ needle \+ query \+ 1 haystack token = {need} tokens"):
+    with pytest.raises(
+        ValueError, match=rf"lengths \[{need - 1}\].*shorter than BOS \+ needle \+ query \+ 1 haystack token = {need} tokens"
+    ):
         needle_in_a_haystack(model, tokenizer, short, progress=False)
     fits = NeedleConfig(train_len=need, haystacks=["noise"], depths=[0.0, 1.0], factors=[1.0], trials=3)
     result = needle_in_a_haystack(model, tokenizer, fits, progress=False)  # the shortest length that fits
@@ -215,7 +224,9 @@ def test_run_needle_writes_the_files_and_the_cli_works(model_dir, tmp_path, toke
         (docs / f"mod{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}  # file{i}\n\n" for j in range(40)))
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(f"name: tiny\ndata:\n  source: {docs}\n  seq_len: 48\n  vocab_size: 300\n  val_fraction: 0.2\n")
+    (run / "config.yaml").write_text(
+        f"name: tiny\ndata:\n  source: {docs}\n  seq_len: 48\n  vocab_size: 300\n  val_fraction: 0.2\n"
+    )
     shutil.copytree(model_dir, run / "final")
 
     result = run_needle(run, factors=[1, 2], depths=[0.0, 1.0], trials=1, progress=False)
@@ -242,8 +253,23 @@ def test_run_needle_writes_the_files_and_the_cli_works(model_dir, tmp_path, toke
     assert set(re.findall(r"file(\d+)", _decode(tokenizer, p.ids))) <= val_names
 
     out = tmp_path / "cli"
-    code = main([str(run), "--lengths", "1", "--depths", "0", "0.5", "--trials", "1", "--haystack", "noise",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            str(run),
+            "--lengths",
+            "1",
+            "--depths",
+            "0",
+            "0.5",
+            "--trials",
+            "1",
+            "--haystack",
+            "noise",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and (out / "needle.csv").is_file() and "## noise haystack" in capsys.readouterr().out
     assert main([str(run), "--depths", "2", "--out", str(out), "--no-progress"]) == 2
     assert "depth fractions in [0, 1]" in capsys.readouterr().err

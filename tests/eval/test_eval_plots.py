@@ -31,8 +31,11 @@ def test_per_position_plot_single_and_overlaid(tmp_path):
     curve = 5.0 / np.sqrt(np.arange(1, 64))
     single = plot_per_position(curve, tmp_path / "one.png")
     overlaid = plot_per_position(
-        {"mesa": curve, "attention": curve * 1.1, "x2": np.concatenate([curve, curve])}, tmp_path / "sub" / "many.png",
-        log_x=False, smooth=4, train_len=64,
+        {"mesa": curve, "attention": curve * 1.1, "x2": np.concatenate([curve, curve])},
+        tmp_path / "sub" / "many.png",
+        log_x=False,
+        smooth=4,
+        train_len=64,
     )
     binned = plot_per_position({"a": curve, "b": curve[:10]}, tmp_path / "binned.png", bins_per_decade=10, train_len=32)
     assert is_png(single) and is_png(overlaid) and is_png(binned) and overlaid.parent.name == "sub"
@@ -43,8 +46,10 @@ def test_loss_curve_plot_from_run_dirs_files_and_mappings(tmp_path):
     write_metrics(tmp_path / "a" / "metrics.csv", 30, 6.0)
     write_metrics(tmp_path / "b.csv", 20, 5.0)
     out = plot_loss_curves(
-        {"a": tmp_path / "a", "b": tmp_path / "b.csv", "c": read_metrics(tmp_path / "b.csv")}, tmp_path / "loss.png",
-        x="elapsed", log_y=True,
+        {"a": tmp_path / "a", "b": tmp_path / "b.csv", "c": read_metrics(tmp_path / "b.csv")},
+        tmp_path / "loss.png",
+        x="elapsed",
+        log_y=True,
     )
     assert is_png(out) and is_png(plot_loss_curves({"a": tmp_path / "a"}, tmp_path / "smooth.png", smooth=5))
 

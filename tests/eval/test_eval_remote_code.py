@@ -35,10 +35,23 @@ BLOCK_MESANET = textwrap.dedent("""
 
 
 def run_blocked(code: str, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-c", BLOCK_MESANET + textwrap.dedent(code)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(tmp_path / "hf-modules"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+        "PYTHONPATH": "",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_MESANET + textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +62,9 @@ def saved(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("remote") / "model"
     torch.manual_seed(0)
-    config = preset_config("tiny", mixer=KINDS, num_hidden_layers=len(KINDS), chunk_size=8, eos_token_id=0,
-                           pad_token_id=1, bos_token_id=0)
+    config = preset_config(
+        "tiny", mixer=KINDS, num_hidden_layers=len(KINDS), chunk_size=8, eos_token_id=0, pad_token_id=1, bos_token_id=0
+    )
     model = MesaNetForCausalLM(config).eval()
     model.save_pretrained(folder)
     build_tokenizer().save_pretrained(folder)
@@ -60,7 +74,7 @@ def saved(tmp_path_factory):
         prefill = model(ids[:, :15], use_cache=True)
         cache, steps = prefill.past_key_values, [prefill.logits]
         for t in range(15, 21):
-            out = model(ids[:, t: t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             steps.append(out.logits)
         generated = model.generate(ids[:, :10], max_new_tokens=8, do_sample=False)
@@ -83,7 +97,8 @@ def test_the_folder_holds_the_generated_code_and_auto_map(saved):
 
 
 def test_loads_without_mesanet_with_identical_outputs(saved, tmp_path):
-    done = run_blocked(f"""
+    done = run_blocked(
+        f"""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -115,7 +130,9 @@ def test_loads_without_mesanet_with_identical_outputs(saved, tmp_path):
         with torch.no_grad():
             assert torch.equal(reloaded(ids, use_cache=False).logits, ref["logits"]), "re-saved"
         print("OK")
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
     assert (tmp_path / "again" / "modeling_mesanet.py").read_text() == (saved / "modeling_mesanet.py").read_text()
 
@@ -142,13 +159,16 @@ def test_stock_lm_eval_hf_model_with_trust_remote_code(saved, tmp_path):
     pytest.importorskip("lm_eval", reason="lm-eval (lm-evaluation-harness) is not installed")
     from eval_helpers import build_tokenizer
 
-    docs = [dict(context="The Mesa layer", choices=[" solves a ridge regression", " eats apples"], label=0),
-            dict(context="Language models read", choices=[" text", " rocks"], label=0),
-            dict(context="It keeps two", choices=[" states", " cats"], label=1)]
+    docs = [
+        dict(context="The Mesa layer", choices=[" solves a ridge regression", " eats apples"], label=0),
+        dict(context="Language models read", choices=[" text", " rocks"], label=0),
+        dict(context="It keeps two", choices=[" states", " cats"], label=1),
+    ]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "tiny_choice.yaml").write_text(TASK.format(data=tmp_path / "data.jsonl"))
-    done = run_blocked(f"""
+    done = run_blocked(
+        f"""
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
@@ -162,7 +182,9 @@ def test_stock_lm_eval_hf_model_with_trust_remote_code(saved, tmp_path):
         scored = [[list(arg), float(resp[0][0])] for sample in results["samples"]["tiny_choice"]
                   for arg, resp in zip(sample["arguments"], sample["resps"])]
         print("RESULT" + json.dumps(dict(acc=results["results"]["tiny_choice"]["acc,none"], scored=scored)))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads(done.stdout.split("RESULT")[-1])
     assert len(result["scored"]) == 6  # three questions x two choices, scored by the remote-code model
@@ -173,6 +195,6 @@ def test_stock_lm_eval_hf_model_with_trust_remote_code(saved, tmp_path):
         assert logprob == pytest.approx(expected, rel=1e-5, abs=1e-4), (context, continuation)
     right = 0
     for i, doc in enumerate(docs):
-        scores = [logprob for _, logprob in result["scored"][2 * i: 2 * i + 2]]
+        scores = [logprob for _, logprob in result["scored"][2 * i : 2 * i + 2]]
         right += int(max(range(2), key=scores.__getitem__) == doc["label"])
     assert result["acc"] == pytest.approx(right / len(docs))

@@ -68,14 +68,22 @@ def test_evaluate_run_writes_every_file_with_consistent_numbers(model_dir, tmp_p
     summary = files["summary.md"].read_text()
     assert summary.startswith("# Evaluation: tiny")
     assert "| x8 | 128 | — | — | unavailable | unavailable |" in summary and "- x8: the validation split has 74 tokens" in summary
-    assert "## Mesa CG solver" in summary and "| model.layers.1.mixer |" in summary and "![per-position NLL](per_position.png)" in summary
+    assert (
+        "## Mesa CG solver" in summary
+        and "| model.layers.1.mixer |" in summary
+        and "![per-position NLL](per_position.png)" in summary
+    )
 
 
 def test_out_dir_and_model_directory_outside_a_run(model_dir, tmp_path, eval_windows):
     val = random_tokens(100, seed=1)
-    with pytest.raises(ValueError, match=r"is a model directory outside a run: give the training length \(mesanet eval --train-len N"):
+    with pytest.raises(
+        ValueError, match=r"is a model directory outside a run: give the training length \(mesanet eval --train-len N"
+    ):
         evaluate_run(model_dir, val_tokens=val, progress=False)
-    with pytest.raises(ValueError, match=r"is a model directory outside a run: give the text to evaluate on \(mesanet eval --val-text FILE"):
+    with pytest.raises(
+        ValueError, match=r"is a model directory outside a run: give the text to evaluate on \(mesanet eval --val-text FILE"
+    ):
         evaluate_run(model_dir, train_len=16, progress=False)
     out = tmp_path / "elsewhere"
     report = evaluate_run(model_dir, val_tokens=val, train_len=16, extrapolation=(), out_dir=out, max_windows=2, progress=False)
@@ -103,7 +111,9 @@ def test_bad_arguments_fail_before_anything_is_loaded(kwargs, message, tmp_path)
 
 def test_evaluate_run_errors(model_dir, tmp_path, eval_windows):
     run = make_run(model_dir, tmp_path, data="data: {}\n")
-    with pytest.raises(ValueError, match="config.yaml: expected data.seq_len to be an integer >= 2 \\(the training length\\), got None"):
+    with pytest.raises(
+        ValueError, match="config.yaml: expected data.seq_len to be an integer >= 2 \\(the training length\\), got None"
+    ):
         evaluate_run(run, val_tokens=random_tokens(64), progress=False)
     with pytest.raises(ValueError, match="cannot evaluate at the training length: the validation split has 10 tokens"):
         evaluate_run(run, val_tokens=random_tokens(10), train_len=16, progress=False)
@@ -155,8 +165,15 @@ def test_validation_tokens_come_from_prepare_data_with_the_saved_data_config(mod
 
 def test_solver_overrides_replace_fields_of_the_models_own_settings(model_dir, tmp_path, eval_windows):
     run = make_run(model_dir, tmp_path)
-    report = evaluate_run(run, solver=dict(tol=1e-3, max_iter=60), extrapolation=(), max_windows=2, solver_windows=1,
-                          val_tokens=random_tokens(64, seed=2), progress=False)
+    report = evaluate_run(
+        run,
+        solver=dict(tol=1e-3, max_iter=60),
+        extrapolation=(),
+        max_windows=2,
+        solver_windows=1,
+        val_tokens=random_tokens(64, seed=2),
+        progress=False,
+    )
     own = report["model"]["solver_inference"]
     assert report["solver"]["solver"] == {**own, "tol": 1e-3, "max_iter": 60}  # the rest stays the model's
     assert report["settings"]["solver"] == report["solver"]["solver"]

@@ -59,11 +59,14 @@ def reference_attention(layer: Attention, x, key_mask=None, positions=None):
     for b in range(batch):
         for h in range(HEADS):
             for t in range(length):
-                keys = [s for s in range(t + 1) if (layer.window is None or s > t - layer.window)
-                        and (key_mask is None or bool(key_mask[b, s]))]
+                keys = [
+                    s
+                    for s in range(t + 1)
+                    if (layer.window is None or s > t - layer.window) and (key_mask is None or bool(key_mask[b, s]))
+                ]
                 if not keys:
                     continue
-                scores = torch.stack([q[b, t, h] @ k[b, s, h // group] for s in keys]) / HEAD_DIM ** 0.5
+                scores = torch.stack([q[b, t, h] @ k[b, s, h // group] for s in keys]) / HEAD_DIM**0.5
                 p = torch.softmax(scores, dim=0)
                 out[b, t, h] = sum(p_s * v[b, s, h // group] for p_s, s in zip(p, keys))
     return out.reshape(batch, length, HEADS * HEAD_DIM) @ w["o_proj"].T
@@ -279,7 +282,7 @@ def test_reset_parameters_and_factory_kwargs():
     layer.reset_parameters()
     assert not torch.equal(before, layer.q_proj.weight)
     std = float(layer.q_proj.weight.detach().std())  # fan-in normal: 1/sqrt(16) over 512 samples
-    assert 0.75 * HIDDEN ** -0.5 < std < 1.25 * HIDDEN ** -0.5
+    assert 0.75 * HIDDEN**-0.5 < std < 1.25 * HIDDEN**-0.5
 
 
 def test_sliding_window_class():

@@ -118,7 +118,9 @@ def test_scan_float32_and_extreme_decay():
     a[:, 100:200] = 1.0
     u = torch.randn(1, 300, 4)
     h = rg_lru_scan(a, u, None, 16)
-    assert torch.isfinite(h).all() and rel_err(h, naive_scan(a.double(), u.double(), torch.zeros(1, 4, dtype=F64))) <= F32_LAYER_RTOL
+    assert (
+        torch.isfinite(h).all() and rel_err(h, naive_scan(a.double(), u.double(), torch.zeros(1, 4, dtype=F64))) <= F32_LAYER_RTOL
+    )
 
 
 def test_step_matches_scan():
@@ -175,8 +177,9 @@ def test_left_padding_matches_each_sequence_alone():
     outs = [y]
     for t in range(extra):
         mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
-        y, state = layer(torch.cat([s[:, n + t : n + t + 1] for s, n in zip(seqs, lengths)]),
-                         state=state, attention_mask=mask, use_cache=True)
+        y, state = layer(
+            torch.cat([s[:, n + t : n + t + 1] for s, n in zip(seqs, lengths)]), state=state, attention_mask=mask, use_cache=True
+        )
         outs.append(y)
     mask = torch.cat([mask, torch.ones(3, 2, dtype=torch.long)], dim=1)  # multi-token continuation
     y, _ = layer(torch.cat([s[:, n + extra : n + extra + 2] for s, n in zip(seqs, lengths)]), state=state, attention_mask=mask)

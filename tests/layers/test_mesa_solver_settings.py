@@ -35,7 +35,9 @@ class Spy:
         shape = q.shape[:-1]
         stats = SolverStats(torch.full(shape, self.iterations, dtype=torch.int32), torch.full(shape, self.residual))
         zeros = torch.zeros(b, h, dk, dk, dtype=q.dtype)
-        return MesaOutput(torch.zeros_like(v), (zeros, torch.zeros(b, h, dk, v.shape[-1], dtype=q.dtype)), stats if return_stats else None)
+        return MesaOutput(
+            torch.zeros_like(v), (zeros, torch.zeros(b, h, dk, v.shape[-1], dtype=q.dtype)), stats if return_stats else None
+        )
 
 
 @pytest.fixture()
@@ -71,11 +73,17 @@ def test_the_op_receives_the_settings_of_the_mode(spies):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(solver_training=dict(max_iter=-1)), r"MesaLayer: solver_training: SolverSettings.max_iter: expected an integer >= 0"),
+        (
+            dict(solver_training=dict(max_iter=-1)),
+            r"MesaLayer: solver_training: SolverSettings.max_iter: expected an integer >= 0",
+        ),
         (dict(solver_inference=dict(tol=float("nan"))), r"MesaLayer: solver_inference: SolverSettings.tol"),
         (dict(solver_inference=dict(decode="lu")), r"MesaLayer: solver_inference: SolverSettings.decode"),
         (dict(solver_training=dict(maxiter=3)), r"MesaLayer: solver_training: unknown solver setting\(s\) \['maxiter'\]"),
-        (dict(solver_training="fast"), r"MesaLayer: solver_training: expected SolverSettings, a mapping of its fields or None, got str"),
+        (
+            dict(solver_training="fast"),
+            r"MesaLayer: solver_training: expected SolverSettings, a mapping of its fields or None, got str",
+        ),
     ],
 )
 def test_bad_settings_raise_value_error_naming_the_field(options, message):

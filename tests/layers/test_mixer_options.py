@@ -144,8 +144,12 @@ def test_conv_on_v_convolves_the_values():
 
     def causal_conv(z, weight):  # z [B, T, C], weight [C, W]: sum_j weight[:, j] * z_{t-j}
         padded = F.pad(z, (0, 0, weight.shape[1] - 1, 0))
-        return F.silu(sum(weight[:, j] * padded[:, weight.shape[1] - 1 - j : weight.shape[1] - 1 - j + z.shape[1]]
-                          for j in range(weight.shape[1])))
+        return F.silu(
+            sum(
+                weight[:, j] * padded[:, weight.shape[1] - 1 - j : weight.shape[1] - 1 - j + z.shape[1]]
+                for j in range(weight.shape[1])
+            )
+        )
 
     with torch.no_grad():
         q = F.normalize(causal_conv(mixer.q_proj(x), mixer.q_conv.weight).view(2, 11, H, DK), dim=-1)

@@ -166,7 +166,8 @@ def test_train_mode_matches_eval_mode(kind):
 
 def test_mesa_modes_use_their_own_solver_settings():
     mixer = make_mixer(
-        "mesa", solver_training=dict(max_iter=7, tol=0.0, preconditioner="none"),
+        "mesa",
+        solver_training=dict(max_iter=7, tol=0.0, preconditioner="none"),
         solver_inference=dict(max_iter=3, tol=0.0, preconditioner="none", decode="cg"),
     )
     x = make_x(2, 12)
@@ -282,7 +283,9 @@ def test_gamma_cap_and_log_space_gate(dtype):
     # through a layer, on extreme inputs, and with padding neutral
     mixer = make_mixer("gated_deltanet", dtype=dtype)
     beta_l, g_l = mixer.gates(1e6 * make_x(2, 7, dtype=dtype))
-    assert bool(torch.isfinite(g_l).all()) and bool((g_l.double().exp() <= (1 - (1 - GAMMA_CAP) * beta_l.double() ** 2) * (1 + 4 * eps)).all())
+    assert bool(torch.isfinite(g_l).all()) and bool(
+        (g_l.double().exp() <= (1 - (1 - GAMMA_CAP) * beta_l.double() ** 2) * (1 + 4 * eps)).all()
+    )
 
 
 def test_forget_gate_init_spreads_time_scales():
@@ -323,8 +326,14 @@ def test_no_weight_decay_convention():
 
 
 def test_registry_and_factory_kwargs():
-    classes = dict(mesa=MesaLayer, gla=GatedLinearAttention, mamba2=Mamba2GLA, deltanet=DeltaNet,
-                   gated_deltanet=GatedDeltaNet, sherman_morrison=ShermanMorrisonMesa)
+    classes = dict(
+        mesa=MesaLayer,
+        gla=GatedLinearAttention,
+        mamba2=Mamba2GLA,
+        deltanet=DeltaNet,
+        gated_deltanet=GatedDeltaNet,
+        sherman_morrison=ShermanMorrisonMesa,
+    )
     for kind, cls in classes.items():
         assert MIXERS[kind] is cls
         mixer = build_mixer(kind, D, H, DK, value_head_dim=8, dtype=torch.float64)

@@ -135,8 +135,9 @@ def test_second_order_richardson_is_plain_richardson_with_zero_beta():
 def _block_scalar_model() -> SequenceModel:
     """A 2-layer linear model whose factors are Kronecker products ``A (x) I_10`` with dyadic ``A``: every per-head
     product is exactly block-scalar with exactly representable scalars."""
-    cfg = SeqModelConfig(layers=["linear", "linear"], input_dim=3 * N, output_dim=N, num_heads=2, key_size=2 * N,
-                         activation_clip=4.0)
+    cfg = SeqModelConfig(
+        layers=["linear", "linear"], input_dim=3 * N, output_dim=N, num_heads=2, key_size=2 * N, activation_clip=4.0
+    )
     model = SequenceModel(cfg).double()
     gen = torch.Generator().manual_seed(3)
     eye = torch.eye(N, dtype=torch.float64)
@@ -173,22 +174,23 @@ def test_compression_of_block_scalar_model_is_lossless(states):
 def test_compression_is_an_orthogonal_projection():
     gen = torch.Generator().manual_seed(1)
     mat = torch.randn(4, 3 * N, 3 * N, generator=gen, dtype=torch.float64)
-    (proj, _), = compress_products([(mat, mat)], N)
+    ((proj, _),) = compress_products([(mat, mat)], N)
     energy = block_scalar_energy(mat, N)
     assert bool(((energy > 0) & (energy < 0.2)).all())  # a random matrix is far from block-scalar
     resid = mat - proj
     torch.testing.assert_close((proj * resid).sum((-1, -2)), torch.zeros(4, dtype=torch.float64), atol=1e-10, rtol=0)
     torch.testing.assert_close(energy, proj.square().sum((-1, -2)) / mat.square().sum((-1, -2)))
-    (proj2, _), = compress_products([(proj, proj)], N)
+    ((proj2, _),) = compress_products([(proj, proj)], N)
     torch.testing.assert_close(proj2, proj, rtol=1e-14, atol=1e-15)  # idempotent
     # block (1, 2) of the projection is its mean diagonal value times I
-    blk = mat[0, N:2 * N, 2 * N:3 * N]
-    torch.testing.assert_close(proj[0, N:2 * N, 2 * N:3 * N], blk.diagonal().mean() * torch.eye(N, dtype=torch.float64))
+    blk = mat[0, N : 2 * N, 2 * N : 3 * N]
+    torch.testing.assert_close(proj[0, N : 2 * N, 2 * N : 3 * N], blk.diagonal().mean() * torch.eye(N, dtype=torch.float64))
 
 
 def test_run_with_products_matches_model_forward(states):
-    cfg = SeqModelConfig(layers=["linear", "linear"], input_dim=3 * N, output_dim=N, num_heads=3, key_size=7,
-                         activation_clip=4.0, init_std=0.2)
+    cfg = SeqModelConfig(
+        layers=["linear", "linear"], input_dim=3 * N, output_dim=N, num_heads=3, key_size=7, activation_clip=4.0, init_std=0.2
+    )
     torch.manual_seed(0)
     model = SequenceModel(cfg).double().eval()
     tokens = constructed_tokens(states[:, :25])
@@ -217,10 +219,14 @@ def test_interpolation_endpoints_are_exact(states):
     torch.testing.assert_close(half[0][1], (trained[0][1] + compressed[0][1]) / 2)
     tokens = constructed_tokens(states[:, :15])
     with torch.no_grad():
-        assert torch.equal(run_with_products(model, tokens, interpolate_products(trained, compressed, 0.0)),
-                           run_with_products(model, tokens, trained))
-        assert torch.equal(run_with_products(model, tokens, interpolate_products(trained, compressed, 1.0)),
-                           run_with_products(model, tokens, compressed))
+        assert torch.equal(
+            run_with_products(model, tokens, interpolate_products(trained, compressed, 0.0)),
+            run_with_products(model, tokens, trained),
+        )
+        assert torch.equal(
+            run_with_products(model, tokens, interpolate_products(trained, compressed, 1.0)),
+            run_with_products(model, tokens, compressed),
+        )
 
 
 def test_validation_errors():
@@ -237,8 +243,18 @@ def test_validation_errors():
 def test_main_quick_smoke(tmp_path):
     out = tmp_path / "ca"
     assert main(["--quick", "--out", str(out), "--no-progress"]) == 0
-    for name in ("compressed_alg_k.csv", "compression.csv", "compression_heads.csv", "interpolation.csv", "summary.md",
-                 "config.yaml", "compressed_alg_k.png", "loss_bars.png", "interpolation.png", "heatmap_linear-1.png"):
+    for name in (
+        "compressed_alg_k.csv",
+        "compression.csv",
+        "compression_heads.csv",
+        "interpolation.csv",
+        "summary.md",
+        "config.yaml",
+        "compressed_alg_k.png",
+        "loss_bars.png",
+        "interpolation.png",
+        "heatmap_linear-1.png",
+    ):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "compressed_alg_k.csv")))
     assert [int(r["k"]) for r in rows] == [1, 2]

@@ -37,9 +37,9 @@ class Shift(nn.Module):
         out = torch.zeros_like(tokens)
         t = tokens.shape[1]
         if self.shift >= 0:
-            out[:, : t - self.shift] = tokens[:, self.shift:]
+            out[:, : t - self.shift] = tokens[:, self.shift :]
         else:
-            out[:, -self.shift:] = tokens[:, : t + self.shift]
+            out[:, -self.shift :] = tokens[:, : t + self.shift]
         return self.mix(out)
 
 
@@ -119,8 +119,18 @@ def test_eos_tuning_moves_only_the_eos_vector():
 
 
 def test_prefix_tuning_leaves_a_real_model_bit_identical():
-    mcfg = SeqModelConfig(layers=["softmax", "mesa"], input_dim=N, output_dim=N, embed_dim=8, num_heads=2,
-                          key_size=4, mlp=True, layer_norm=True, positional="sinusoidal", max_len=24)
+    mcfg = SeqModelConfig(
+        layers=["softmax", "mesa"],
+        input_dim=N,
+        output_dim=N,
+        embed_dim=8,
+        num_heads=2,
+        key_size=4,
+        mlp=True,
+        layer_norm=True,
+        positional="sinusoidal",
+        max_len=24,
+    )
     torch.manual_seed(0)
     model = SequenceModel(mcfg).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

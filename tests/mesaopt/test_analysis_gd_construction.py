@@ -44,22 +44,21 @@ def test_construction_in_linear_self_attention_and_sequence_model_float64():
     layer = construction_as_layer(cons)
     out = tokens + layer(tokens)
     torch.testing.assert_close(out, cons.forward(tokens), rtol=MESAOPT_F64_RTOL, atol=0)
-    torch.testing.assert_close(out[..., :n], one_step_gd_prediction(tokens, 0.23, phi0), rtol=MESAOPT_F64_RTOL,
-                               atol=1e-14)
+    torch.testing.assert_close(out[..., :n], one_step_gd_prediction(tokens, 0.23, phi0), rtol=MESAOPT_F64_RTOL, atol=1e-14)
     # the same weights inside the zoo's model class (no clip): prediction = first block of the output
     model = SequenceModel(SeqModelConfig(layers=["linear"], input_dim=3 * n, output_dim=n, num_heads=1, key_size=n)).double()
     zero_tokens = constructed_tokens(states)  # [0, s_t, s_{t-1}]: Phi0 = 0 construction
     cons0 = GDConstruction.build(n, 0.23)
     model.blocks[0].mixer.load_state_dict(construction_as_layer(cons0).state_dict())
-    torch.testing.assert_close(model(zero_tokens), one_step_gd_prediction(zero_tokens, 0.23), rtol=MESAOPT_F64_RTOL,
-                               atol=1e-14)
+    torch.testing.assert_close(model(zero_tokens), one_step_gd_prediction(zero_tokens, 0.23), rtol=MESAOPT_F64_RTOL, atol=1e-14)
 
 
 def test_construction_per_step_loss_equals_direct_computation():
     task = LDSConfig(state_dim=5, seq_len=14)
     eta = 0.07
-    curve = per_position_loss(lambda tok: one_step_gd_prediction(tok.double(), eta), task, num_sequences=40, seed=3,
-                          tokens="constructed", chunk=16)
+    curve = per_position_loss(
+        lambda tok: one_step_gd_prediction(tok.double(), eta), task, num_sequences=40, seed=3, tokens="constructed", chunk=16
+    )
     s = generate_lds(task, 40, seed=3).states.double()
     pred = one_step_gd_prediction(constructed_tokens(s), eta)[:, :-1]
     direct = 0.5 * (pred - s[:, 1:]).square().sum(-1).mean(0)
@@ -106,7 +105,7 @@ def test_product_similarity_of_the_construction_split_over_gauged_heads():
     assert total["kq_mass"] == pytest.approx(1.0) and total["pv_mass"] == pytest.approx(1.0)
     # moving the key block (s_{t-1} -> s_t keys) gives an orthogonal function: cosine 0, no mass in the blocks
     wrong_kq = torch.zeros_like(kq)
-    wrong_kq[n:2 * n, n:2 * n] = torch.eye(n, dtype=kq.dtype)
+    wrong_kq[n : 2 * n, n : 2 * n] = torch.eye(n, dtype=kq.dtype)
     bad = product_similarity(wrong_kq[None], pv[None], cons)["rows"][-1]
     assert abs(bad["cosine"]) < 1e-12 and bad["kq_mass"] == pytest.approx(0.0)
 
@@ -118,8 +117,12 @@ def test_balance_heads_keeps_the_function_and_equalises_norms():
     ref = torch.randn(6, 6, generator=gen, dtype=torch.float64)
     kq_b, pv_b = balance_heads(kq, pv, ref)
     x = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(linear_attention_from_products(x, kq_b, pv_b), linear_attention_from_products(x, kq, pv),
-                               rtol=MESAOPT_F64_RTOL, atol=1e-14)
+    torch.testing.assert_close(
+        linear_attention_from_products(x, kq_b, pv_b),
+        linear_attention_from_products(x, kq, pv),
+        rtol=MESAOPT_F64_RTOL,
+        atol=1e-14,
+    )
     torch.testing.assert_close(kq_b.flatten(1).norm(dim=1), pv_b.flatten(1).norm(dim=1), rtol=1e-12, atol=0)
     assert bool(((kq_b * ref).sum((-1, -2)) >= 0).all())
 
@@ -148,8 +151,15 @@ def test_config_validation():
 def test_quick_run_writes_outputs(tmp_path):
     torch.set_num_threads(1)
     assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    for name in ("per_step_loss.csv", "per_step_loss.png", "products.png", "similarity.csv", "summary.csv",
-                 "summary.md", "config.yaml"):
+    for name in (
+        "per_step_loss.csv",
+        "per_step_loss.png",
+        "products.png",
+        "similarity.csv",
+        "summary.csv",
+        "summary.md",
+        "config.yaml",
+    ):
         assert (tmp_path / name).is_file(), name
     with open(tmp_path / "per_step_loss.csv") as f:
         rows = list(csv.DictReader(f))

@@ -29,8 +29,18 @@ _TASK = LDSConfig(state_dim=4, seq_len=12)
 
 def _hybrid(init_std=0.3, seed=0):
     """softmax -> linear model, LN on, no MLP; random weights large enough for both layers to matter."""
-    cfg = SeqModelConfig(layers=["softmax", "linear"], input_dim=4, output_dim=4, embed_dim=8, num_heads=2,
-                         key_size=4, layer_norm=True, positional="sinusoidal", max_len=12, init_std=init_std)
+    cfg = SeqModelConfig(
+        layers=["softmax", "linear"],
+        input_dim=4,
+        output_dim=4,
+        embed_dim=8,
+        num_heads=2,
+        key_size=4,
+        layer_norm=True,
+        positional="sinusoidal",
+        max_len=12,
+        init_std=init_std,
+    )
     torch.manual_seed(seed)
     return SequenceModel(cfg).eval()
 
@@ -95,8 +105,14 @@ def test_validation_errors():
 
 def test_quick_smoke_run(tmp_path):
     assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    for name in ("linearize.csv", "linearize_curves.csv", "linearize_summary.md", "linearize_ratios.png",
-                 "linearize_curves.png", "config.yaml"):
+    for name in (
+        "linearize.csv",
+        "linearize_curves.csv",
+        "linearize_summary.md",
+        "linearize_ratios.png",
+        "linearize_curves.png",
+        "config.yaml",
+    ):
         assert (tmp_path / name).is_file(), name
     with open(tmp_path / "linearize.csv") as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}

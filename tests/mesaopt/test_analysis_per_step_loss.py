@@ -53,7 +53,7 @@ def test_tuned_lambda_beats_every_grid_point_on_noisy_data():
 def test_oracle_loss_is_the_noise_floor():
     task = LDSConfig(state_dim=4, seq_len=16, noise_std=0.05)
     curve = oracle_per_step_loss(task, 2048, 5)
-    floor = 0.5 * task.state_dim * task.noise_std ** 2
+    floor = 0.5 * task.state_dim * task.noise_std**2
     assert curve.shape == (task.seq_len - 1,)
     assert float(curve.mean()) == pytest.approx(floor, rel=ORACLE_NOISE_FLOOR_RTOL)
 

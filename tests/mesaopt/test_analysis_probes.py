@@ -86,8 +86,7 @@ def test_chebyshev_target_approximates_and_converges_to_solve():
     gen = torch.Generator().manual_seed(11)
     states = torch.rand(4, 20, 5, generator=gen, dtype=torch.float64) * 2 - 1
     exact = preconditioned_inputs(states, 1.0)
-    gaps = [float((preconditioned_inputs(states, 1.0, "chebyshev", k) - exact).norm() / exact.norm())
-            for k in (2, 6, 40)]
+    gaps = [float((preconditioned_inputs(states, 1.0, "chebyshev", k) - exact).norm() / exact.norm()) for k in (2, 6, 40)]
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-8
 
 

@@ -46,8 +46,12 @@ def test_token_layouts():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"state_dim": 0}, "state_dim"), ({"seq_len": 1}, "seq_len"), ({"noise_std": -1.0}, "noise_std"),
-     ({"init": "laplace"}, "init")],
+    [
+        ({"state_dim": 0}, "state_dim"),
+        ({"seq_len": 1}, "seq_len"),
+        ({"noise_std": -1.0}, "noise_std"),
+        ({"init": "laplace"}, "init"),
+    ],
 )
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

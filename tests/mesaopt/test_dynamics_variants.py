@@ -38,8 +38,7 @@ def test_w_star_orthogonal(kind):
     batch = generate_lds(lds_preset(kind), batch_size=6, seed=0, dtype=F64)
     n_h = 15 if kind == "partial" else 10
     assert batch.w_star.shape == (6, n_h, n_h) and batch.hidden.shape == (6, 50, n_h)
-    torch.testing.assert_close(batch.w_star @ batch.w_star.transpose(-1, -2), _eye(6, n_h),
-                               atol=DYNAMICS_F64_ATOL, rtol=0)
+    torch.testing.assert_close(batch.w_star @ batch.w_star.transpose(-1, -2), _eye(6, n_h), atol=DYNAMICS_F64_ATOL, rtol=0)
     redrawn = not torch.equal(batch.w_star[0], batch.w_star[1])
     assert redrawn == (kind != "fixed")
 
@@ -51,8 +50,7 @@ def test_zero_noise_follows_recursion(kind):
     torch.testing.assert_close(h[:, 1:], _step(batch, h[:, :-1]), atol=DYNAMICS_F64_ATOL, rtol=0)
     assert h[:, 0].abs().max() <= 1.0  # U(-1, 1) initial state
     if kind == "partial":
-        torch.testing.assert_close(batch.states, torch.einsum("bij,btj->bti", batch.c_star, h),
-                                   atol=DYNAMICS_F64_ATOL, rtol=0)
+        torch.testing.assert_close(batch.states, torch.einsum("bij,btj->bti", batch.c_star, h), atol=DYNAMICS_F64_ATOL, rtol=0)
     else:
         assert torch.equal(batch.states, h)
     if kind == "nonlinear":  # unit-norm feature through an orthogonal W*: every later state has norm 1
@@ -119,8 +117,9 @@ def test_contracting_clip():
     assert h[:, 1:].abs().max() <= 2.0 and (h[:, 1:].abs() == 2.0).any()  # clipping really active
     expected = _step(batch, h[:, :-1]).clamp(-2.0, 2.0)
     torch.testing.assert_close(h[:, 1:], expected, atol=DYNAMICS_F64_ATOL, rtol=0)
-    unclipped = generate_lds(lds_preset("contracting", noise_std=0.0, init_range=10.0, contracting_clip=None),
-                             batch_size=8, seed=5, dtype=F64)
+    unclipped = generate_lds(
+        lds_preset("contracting", noise_std=0.0, init_range=10.0, contracting_clip=None), batch_size=8, seed=5, dtype=F64
+    )
     assert unclipped.hidden[:, 1:].abs().max() > 2.0
     assert lds_preset("linear", clip=1.0).effective_clip == 1.0 and cfg.effective_clip == 2.0
 
@@ -143,7 +142,7 @@ def test_kshift_tokens():
         for j in range(3):  # block j holds s_{t-2+j}
             src = t - 2 + j
             want = states[:, src] if src >= 0 else torch.zeros(2, 2, dtype=F64)
-            assert torch.equal(z[:, t, 2 * j: 2 * j + 2], want)
+            assert torch.equal(z[:, t, 2 * j : 2 * j + 2], want)
     assert torch.equal(kshift_tokens(states, 1), states)
     long = kshift_tokens(states, 6)  # k > T: leading blocks stay zero
     assert torch.equal(long[:, -1, -8:], states.flatten(1)) and torch.equal(long[:, :, :4], torch.zeros(2, 4, 4, dtype=F64))
@@ -173,13 +172,22 @@ def test_config_from_dict_is_strict():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"kind": "chaotic"}, "kind"), ({"kind": "partial"}, "hidden_dim"),
-     ({"kind": "partial", "state_dim": 5, "hidden_dim": 5}, "hidden_dim"),
-     ({"kind": "linear", "hidden_dim": 15}, "hidden_dim"), ({"obs_std": 0.0}, "obs_std"),
-     ({"obs_noise_std": -0.1}, "obs_noise_std"), ({"mlp_dim": 0}, "mlp_dim"), ({"mlp_std": -1.0}, "mlp_std"),
-     ({"eig_min": 0.9, "eig_max": 0.3}, "eig_min"), ({"contracting_basis": "qr"}, "contracting_basis"),
-     ({"contracting_clip": 0.0}, "contracting_clip"), ({"teacher_seed": -1}, "teacher_seed"),
-     ({"share_mlp": 1}, "share_mlp"), ({"state_dim": 2.5}, "state_dim")],
+    [
+        ({"kind": "chaotic"}, "kind"),
+        ({"kind": "partial"}, "hidden_dim"),
+        ({"kind": "partial", "state_dim": 5, "hidden_dim": 5}, "hidden_dim"),
+        ({"kind": "linear", "hidden_dim": 15}, "hidden_dim"),
+        ({"obs_std": 0.0}, "obs_std"),
+        ({"obs_noise_std": -0.1}, "obs_noise_std"),
+        ({"mlp_dim": 0}, "mlp_dim"),
+        ({"mlp_std": -1.0}, "mlp_std"),
+        ({"eig_min": 0.9, "eig_max": 0.3}, "eig_min"),
+        ({"contracting_basis": "qr"}, "contracting_basis"),
+        ({"contracting_clip": 0.0}, "contracting_clip"),
+        ({"teacher_seed": -1}, "teacher_seed"),
+        ({"share_mlp": 1}, "share_mlp"),
+        ({"state_dim": 2.5}, "state_dim"),
+    ],
 )
 def test_bad_variant_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -15,11 +15,9 @@ def test_plain_layout_and_regression():
     batch = generate_fewshot(cfg, batch_size=3, seed=0, dtype=F64)
     assert cfg.seq_len == 12 and batch.tokens.shape == (3, 12, 4) and batch.x.shape == (3, 1, 6, 4)
     w = batch.w_star[:, 0]
-    torch.testing.assert_close(w @ w.transpose(-1, -2), torch.eye(4, dtype=F64).expand(3, 4, 4),
-                               atol=DYNAMICS_F64_ATOL, rtol=0)
+    torch.testing.assert_close(w @ w.transpose(-1, -2), torch.eye(4, dtype=F64).expand(3, 4, 4), atol=DYNAMICS_F64_ATOL, rtol=0)
     assert not torch.equal(w[0], w[1])
-    torch.testing.assert_close(batch.y, torch.einsum("bkij,bknj->bkni", batch.w_star, batch.x),
-                               atol=DYNAMICS_F64_ATOL, rtol=0)
+    torch.testing.assert_close(batch.y, torch.einsum("bkij,bknj->bkni", batch.w_star, batch.x), atol=DYNAMICS_F64_ATOL, rtol=0)
     assert torch.equal(batch.tokens[:, 0::2], batch.flat_x) and torch.equal(batch.tokens[:, 1::2], batch.flat_y)
     assert torch.equal(batch.targets[:, 0::2], batch.flat_y) and not batch.targets[:, 1::2].any()
     assert torch.equal(batch.loss_mask[0], torch.arange(12) % 2 == 0) and batch.loss_mask.shape == (3, 12)
@@ -44,8 +42,7 @@ def test_eos_prefix_and_continual_layout():
     assert torch.equal(batch.tokens[:, want_x], batch.x.flatten(1, 2))
     assert torch.equal(batch.tokens[:, want_y], batch.y.flatten(1, 2))
     assert torch.equal(batch.targets[:, want_x], batch.y.flatten(1, 2)) and not batch.targets[:, ~want_x].any()
-    torch.testing.assert_close(batch.y, torch.einsum("bkij,bknj->bkni", batch.w_star, batch.x),
-                               atol=DYNAMICS_F64_ATOL, rtol=0)
+    torch.testing.assert_close(batch.y, torch.einsum("bkij,bknj->bkni", batch.w_star, batch.x), atol=DYNAMICS_F64_ATOL, rtol=0)
 
 
 def test_seeding_distributions_and_noise():
@@ -95,7 +92,7 @@ def test_plain_lsq_recovers_w_with_enough_pairs():
     assert (pred[:, 1:n] - y[:, 1:n]).abs().amax(-1).min() > 1e-3  # under-determined before that
     loss = fewshot_lsq_loss(x, y, mode="plain")
     torch.testing.assert_close(loss[0], 0.5 * y[:, 0].pow(2).sum(-1).mean(), atol=0, rtol=0)  # nothing seen -> 0
-    assert loss[n:].max() < 0.5 * n * FEWSHOT_LSQ_F64_ATOL ** 2  # every coordinate within the bound
+    assert loss[n:].max() < 0.5 * n * FEWSHOT_LSQ_F64_ATOL**2  # every coordinate within the bound
     # the spurious (y_j, x_{j+1}) pairs keep the autoregressive control from recovering W*
     auto = fewshot_lsq_loss(x, y, mode="autoregressive")
     assert auto[n:].min() > 1e-3
@@ -106,9 +103,17 @@ def test_plain_lsq_recovers_w_with_enough_pairs():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"dim": 0}, "dim"), ({"num_pairs": 0}, "num_pairs"), ({"num_tasks": 0}, "num_tasks"),
-     ({"prefix_len": -1}, "prefix_len"), ({"x_dist": "laplace"}, "x_dist"), ({"x_range": 0.0}, "x_range"),
-     ({"noise_std": -0.1}, "noise_std"), ({"eos": "yes"}, "eos"), ({"dim": 2.0}, "dim")],
+    [
+        ({"dim": 0}, "dim"),
+        ({"num_pairs": 0}, "num_pairs"),
+        ({"num_tasks": 0}, "num_tasks"),
+        ({"prefix_len": -1}, "prefix_len"),
+        ({"x_dist": "laplace"}, "x_dist"),
+        ({"x_range": 0.0}, "x_range"),
+        ({"noise_std": -0.1}, "noise_std"),
+        ({"eos": "yes"}, "eos"),
+        ({"dim": 2.0}, "dim"),
+    ],
 )
 def test_bad_fewshot_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

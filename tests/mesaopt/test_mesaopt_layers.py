@@ -134,7 +134,7 @@ def _ridge_reference(layer: RegressionMesa, x, forget: bool):
         for h in range(heads):
             lam = float(layer.lam[h].detach())
             for t in range(t_len):
-                decay = torch.stack([g[bi, tp + 1: t + 1, h].sum() for tp in range(t + 1)]).exp()
+                decay = torch.stack([g[bi, tp + 1 : t + 1, h].sum() for tp in range(t + 1)]).exp()
                 kk, vv = k[bi, : t + 1, h], v[bi, : t + 1, h]  # [t+1, Dk], [t+1, Dv]
                 gram = kk.T @ (decay[:, None] * kk) + torch.eye(dk, dtype=torch.float64) / lam
                 ref[bi, t, h] = vv.T @ (decay * (kk @ torch.linalg.solve(gram, q[bi, t, h])))

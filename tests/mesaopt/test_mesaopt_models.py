@@ -22,8 +22,9 @@ def _model(**kw):
     return SequenceModel(SeqModelConfig(**kw)).double()
 
 
-EMBEDDED = dict(input_dim=5, output_dim=5, embed_dim=16, num_heads=2, key_size=4, positional="sinusoidal",
-                layer_norm=True, mlp=True)
+EMBEDDED = dict(
+    input_dim=5, output_dim=5, embed_dim=16, num_heads=2, key_size=4, positional="sinusoidal", layer_norm=True, mlp=True
+)
 
 
 @pytest.mark.parametrize("layers", [["linear"] * 2, ["softmax", "mesa"], ["mesa_forget", "sherman_morrison"]])
@@ -60,8 +61,7 @@ def test_constructed_model_reads_the_first_dims_of_the_residual_stream():
 
 
 def test_activation_clip_and_gpt2_block():
-    model = _model(layers=["linear"], input_dim=6, output_dim=2, num_heads=1, key_size=3, init_std=1.0,
-                   activation_clip=0.5)
+    model = _model(layers=["linear"], input_dim=6, output_dim=2, num_heads=1, key_size=3, init_std=1.0, activation_clip=0.5)
     _, hidden = model(_tokens(2, 8, 6) * 3, return_hidden=True)
     assert float(hidden[1].detach().abs().max()) == pytest.approx(0.5)
     gpt = _model(layers=["softmax"], **EMBEDDED)
@@ -73,8 +73,7 @@ def test_activation_clip_and_gpt2_block():
 
 
 def test_init_std_is_used():
-    model = SequenceModel(SeqModelConfig(layers=["linear"], input_dim=30, output_dim=10, num_heads=2, key_size=20,
-                                         init_std=2e-4))
+    model = SequenceModel(SeqModelConfig(layers=["linear"], input_dim=30, output_dim=10, num_heads=2, key_size=20, init_std=2e-4))
     w = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert 1.5e-4 < float(w.std()) < 2.5e-4
 

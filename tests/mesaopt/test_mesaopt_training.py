@@ -21,17 +21,23 @@ from tolerances import MESAOPT_F64_RTOL
 TASK = LDSConfig(state_dim=3, seq_len=12)
 
 
-
-
-
 def _tiny(layers=("linear",), tokens="constructed", steps=30, **train_kw):
     n = TASK.state_dim
     if tokens == "constructed":
-        model = SeqModelConfig(layers=list(layers), input_dim=3 * n, output_dim=n, num_heads=1, key_size=4,
-                               init_std=0.05)
+        model = SeqModelConfig(layers=list(layers), input_dim=3 * n, output_dim=n, num_heads=1, key_size=4, init_std=0.05)
     else:
-        model = SeqModelConfig(layers=list(layers), input_dim=n, output_dim=n, embed_dim=8, num_heads=2, key_size=4,
-                               positional="sinusoidal", layer_norm=True, mlp=True, max_len=TASK.seq_len)
+        model = SeqModelConfig(
+            layers=list(layers),
+            input_dim=n,
+            output_dim=n,
+            embed_dim=8,
+            num_heads=2,
+            key_size=4,
+            positional="sinusoidal",
+            layer_norm=True,
+            mlp=True,
+            max_len=TASK.seq_len,
+        )
     kw = dict(steps=steps, batch_size=16, lr=1e-2, warmup_steps=2, min_lr_ratio=0.1, tokens=tokens, task=TASK)
     kw.update(train_kw)
     return model, SeqTrainConfig(**kw)
@@ -116,8 +122,7 @@ def test_load_or_train_saves_reloads_and_refuses_stale_configs(tmp_path):
         load_or_train("tiny", tmp_path, configs=(model_cfg, replace(train_cfg, steps=4)), progress=False)
     with pytest.raises(ValueError, match="stale.*key_size"):
         load_or_train("tiny", tmp_path, configs=(replace(model_cfg, key_size=5), train_cfg), progress=False)
-    retrained = load_or_train("tiny", tmp_path, configs=(model_cfg, replace(train_cfg, steps=4)), progress=False,
-                              overwrite=True)
+    retrained = load_or_train("tiny", tmp_path, configs=(model_cfg, replace(train_cfg, steps=4)), progress=False, overwrite=True)
     assert len((run / "losses.csv").read_text().strip().splitlines()) == 1 + 4
     assert not torch.equal(retrained(x), trained(x))
 

@@ -52,9 +52,9 @@ def test_weight_products_match_paper():
     head = GDConstruction.build(n, eta)
     kq, pv = head.kq_product, head.pv_product
     eye = torch.eye(n, dtype=torch.float64)
-    torch.testing.assert_close(kq[2 * n:, n:2 * n], eye)
+    torch.testing.assert_close(kq[2 * n :, n : 2 * n], eye)
     assert kq.abs().sum() == n
-    torch.testing.assert_close(pv[:n, n:2 * n], eta * eye)
+    torch.testing.assert_close(pv[:n, n : 2 * n], eta * eye)
     assert pv.abs().sum() == eta * n
 
 

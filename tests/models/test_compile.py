@@ -19,8 +19,9 @@ KINDS = ["hawk", "mesa"]
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    config = preset_config("tiny", mixer=KINDS, chunk_size=8, vocab_size=64,
-                           solver_training=dict(max_iter=4), solver_inference=dict(max_iter=4))
+    config = preset_config(
+        "tiny", mixer=KINDS, chunk_size=8, vocab_size=64, solver_training=dict(max_iter=4), solver_inference=dict(max_iter=4)
+    )
     return MesaNetForCausalLM(config)
 
 
@@ -52,4 +53,6 @@ def test_the_compiled_model_computes_the_eager_loss_and_gradients(model, one_thr
     loss.backward()
     assert torch.equal(loss, eager)  # the same ops in the same order
     for name, grad in grads.items():
-        torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=COMPILED_GRAD_RTOL, atol=COMPILED_GRAD_ATOL, msg=name)
+        torch.testing.assert_close(
+            model.get_parameter(name).grad, grad, rtol=COMPILED_GRAD_RTOL, atol=COMPILED_GRAD_ATOL, msg=name
+        )

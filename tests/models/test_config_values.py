@@ -90,10 +90,20 @@ def test_every_field_has_a_bad_value_case():
     assert len(own) > 20 and own - {c[0] for c in BAD_VALUES} == set()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("mlp_expansion", 3), ("rope_theta", 10000), ("gamma_cap", 1), ("logit_soft_cap", None), ("logit_soft_cap", 15),
-    ("eos_token_id", [0, 63]), ("pad_token_id", 0), ("tie_word_embeddings", False), ("num_kv_heads", 1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("mlp_expansion", 3),
+        ("rope_theta", 10000),
+        ("gamma_cap", 1),
+        ("logit_soft_cap", None),
+        ("logit_soft_cap", 15),
+        ("eos_token_id", [0, 63]),
+        ("pad_token_id", 0),
+        ("tie_word_embeddings", False),
+        ("num_kv_heads", 1),
+    ],
+)
 def test_valid_edge_values_are_accepted(field, value):
     extra = ATTENTION if field == "num_kv_heads" else {}
     assert getattr(MesaNetConfig(**{**BASE, **extra, field: value}), field) == value

@@ -51,7 +51,9 @@ def test_checkpointed_gradients_equal_the_plain_path_for_every_mixer_kind(enable
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=CHECKPOINT_GRAD_RTOL, atol=0, msg=name)
 
-    model.activation_checkpointing_disable() if hasattr(model, "activation_checkpointing_disable") else model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable() if hasattr(
+        model, "activation_checkpointing_disable"
+    ) else model.gradient_checkpointing_disable()
     assert not any(b.gradient_checkpointing for b in blocks)
 
 

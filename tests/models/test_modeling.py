@@ -18,14 +18,25 @@ from tolerances import F64_EXACT_RTOL, LAYER_CG_F64_RTOL
 VOCAB = 97
 #: one model per mixer kind plus the paper's hybrid; CG runs far past convergence so every path is exact
 EXACT_SOLVER = dict(max_iter=48, tol=0.0)
-MODELS = {kind: [kind, kind] for kind in MIXER_KINDS} | {"hawk_mesa": ["hawk", "mesa"], "attention_mesa": ["sliding_attention", "mesa"]}
+MODELS = {kind: [kind, kind] for kind in MIXER_KINDS} | {
+    "hawk_mesa": ["hawk", "mesa"],
+    "attention_mesa": ["sliding_attention", "mesa"],
+}
 
 
 def make_model(mixers: list[str], *, seed: int = 0, **overrides) -> MesaNetForCausalLM:
     torch.manual_seed(seed)
     fields = dict(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=len(mixers), num_heads=2, head_dim=16, mixer_types=mixers,
-        chunk_size=8, attention_window=6, solver_training=EXACT_SOLVER, solver_inference=EXACT_SOLVER,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=len(mixers),
+        num_heads=2,
+        head_dim=16,
+        mixer_types=mixers,
+        chunk_size=8,
+        attention_window=6,
+        solver_training=EXACT_SOLVER,
+        solver_inference=EXACT_SOLVER,
     )
     config = MesaNetConfig(**{**fields, **overrides})
     return MesaNetForCausalLM(config).double().eval()
@@ -135,7 +146,9 @@ def test_output_attentions():
     weights = attention(ids, output_attentions=True).attentions
     assert len(weights) == 2 and weights[0].shape == (1, 2, 9, 9)
     assert torch.allclose(weights[0].sum(-1), torch.ones(1, 2, 9, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"output_attentions needs softmax-attention layers only; layers \['1: mesa'\] are recurrent"):
+    with pytest.raises(
+        ValueError, match=r"output_attentions needs softmax-attention layers only; layers \['1: mesa'\] are recurrent"
+    ):
         make_model(["attention", "mesa"])(ids, output_attentions=True)
 
 
@@ -209,8 +222,9 @@ def test_every_mixer_keeps_its_own_init_inside_the_model(kind):
     theirs in child Linears): the model must still run each mixer's ``reset_parameters`` and depth-scale its
     ``o_proj``; the forget-gate biases are the mixer's spread, not the generic zero bias (gamma = 0.5)."""
     layers = 8
-    config = MesaNetConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=layers, num_heads=2, head_dim=32,
-                           mixer_types=[kind] * layers)
+    config = MesaNetConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=layers, num_heads=2, head_dim=32, mixer_types=[kind] * layers
+    )
     torch.manual_seed(0)
     mixer = MesaNetForCausalLM(config).model.layers[0].mixer
     weight = mixer.o_proj.weight.detach()  # 64 x 64 samples: the std is known to ~2 %

@@ -18,7 +18,9 @@ INFER = dict(max_iter=3, tol=1e-3, preconditioner="none", decode="cg")
 
 
 def config(**overrides) -> MesaNetConfig:
-    fields = dict(vocab_size=31, hidden_size=16, num_hidden_layers=2, num_heads=2, head_dim=8, mixer_types=["hawk", "mesa"], chunk_size=4)
+    fields = dict(
+        vocab_size=31, hidden_size=16, num_hidden_layers=2, num_heads=2, head_dim=8, mixer_types=["hawk", "mesa"], chunk_size=4
+    )
     return MesaNetConfig(**{**fields, **overrides})
 
 
@@ -63,7 +65,10 @@ def test_config_settings_reach_the_op_in_train_and_eval_mode(monkeypatch):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(solver_training=dict(max_iter=-1)), r"MesaNetConfig.solver_training: SolverSettings.max_iter: expected an integer >= 0, got -1"),
+        (
+            dict(solver_training=dict(max_iter=-1)),
+            r"MesaNetConfig.solver_training: SolverSettings.max_iter: expected an integer >= 0, got -1",
+        ),
         (dict(solver_inference=dict(tol=-1e-3)), r"MesaNetConfig.solver_inference: SolverSettings.tol"),
         (dict(solver_inference=dict(preconditioner="ilu")), r"MesaNetConfig.solver_inference: SolverSettings.preconditioner"),
         (dict(solver_training=dict(maxiter=3)), r"MesaNetConfig.solver_training: unknown solver setting\(s\) \['maxiter'\]"),
@@ -102,7 +107,9 @@ def test_partial_legacy_keys_keep_the_old_defaults():
 
 
 def test_legacy_and_new_spelling_together_is_an_error():
-    with pytest.raises(ValueError, match=r"MesaNetConfig.solver_training: given together with the legacy keys \['cg_max_iter_train'\]"):
+    with pytest.raises(
+        ValueError, match=r"MesaNetConfig.solver_training: given together with the legacy keys \['cg_max_iter_train'\]"
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             config(solver_training=dict(max_iter=3), cg_max_iter_train=3)

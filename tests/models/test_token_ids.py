@@ -23,15 +23,21 @@ def ids(*values: int, dtype=torch.long) -> torch.Tensor:
     return torch.tensor([[3, 7, *values, 11]], dtype=dtype)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (ids(VOCAB), rf"MesaNetForCausalLM: expected input_ids {RANGE}, got values from 3 to 50"),
-    (ids(10**6), rf"expected input_ids {RANGE}, got values from 3 to 1000000"),
-    (ids(-1), rf"expected input_ids {RANGE}, got values from -1 to 11"),
-    (ids(IGNORE_INDEX), rf"expected input_ids {RANGE}, got values from -100 to 11"),
-    (ids(5, dtype=torch.float32), r"expected input_ids of an integer dtype \(torch.int64 or torch.int32\), got torch.float32"),
-    (ids(1, dtype=torch.bool), r"expected input_ids of an integer dtype .*, got torch.bool"),
-    (ids(5, dtype=torch.int16), r"expected input_ids of an integer dtype .*, got torch.int16"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (ids(VOCAB), rf"MesaNetForCausalLM: expected input_ids {RANGE}, got values from 3 to 50"),
+        (ids(10**6), rf"expected input_ids {RANGE}, got values from 3 to 1000000"),
+        (ids(-1), rf"expected input_ids {RANGE}, got values from -1 to 11"),
+        (ids(IGNORE_INDEX), rf"expected input_ids {RANGE}, got values from -100 to 11"),
+        (
+            ids(5, dtype=torch.float32),
+            r"expected input_ids of an integer dtype \(torch.int64 or torch.int32\), got torch.float32",
+        ),
+        (ids(1, dtype=torch.bool), r"expected input_ids of an integer dtype .*, got torch.bool"),
+        (ids(5, dtype=torch.int16), r"expected input_ids of an integer dtype .*, got torch.int16"),
+    ],
+)
 def test_bad_input_ids_are_value_errors_naming_the_vocabulary(model, bad, message):
     with pytest.raises(ValueError, match=message):
         model(bad)
@@ -42,11 +48,14 @@ def test_the_base_model_checks_its_ids_too(model):
         model.model(ids(99))
 
 
-@pytest.mark.parametrize("labels, message", [
-    (ids(VOCAB), rf"expected labels {RANGE} or -100 \(ignored\), got values from 3 to 50"),
-    (ids(-2), rf"expected labels {RANGE} or -100 \(ignored\), got values from -2 to 11"),
-    (ids(5, dtype=torch.float32), r"expected labels of an integer dtype .*, got torch.float32"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (ids(VOCAB), rf"expected labels {RANGE} or -100 \(ignored\), got values from 3 to 50"),
+        (ids(-2), rf"expected labels {RANGE} or -100 \(ignored\), got values from -2 to 11"),
+        (ids(5, dtype=torch.float32), r"expected labels of an integer dtype .*, got torch.float32"),
+    ],
+)
 def test_bad_labels_are_value_errors(model, labels, message):
     with pytest.raises(ValueError, match=message):
         model(ids(5), labels=labels)

@@ -37,8 +37,14 @@ def test_chunk_size_is_capped_at_the_longest_sequence():
     from helpers import make_inputs
 
     inputs = make_inputs(1, 20, 2, 4, 3)
-    packed = prepare_sequences("test", MESA, **{n: inputs[n] for n in ("q", "k", "v", "g", "beta", "lam")},
-                               initial_state=None, cu_seqlens=torch.tensor([0, 7, 20]), chunk_size=10**6)
+    packed = prepare_sequences(
+        "test",
+        MESA,
+        **{n: inputs[n] for n in ("q", "k", "v", "g", "beta", "lam")},
+        initial_state=None,
+        cu_seqlens=torch.tensor([0, 7, 20]),
+        chunk_size=10**6,
+    )
     assert packed.lengths == [7, 13]
     layout = packed.layout(10**6)
     assert (layout.chunk_size, layout.num_chunks) == (13, 2)

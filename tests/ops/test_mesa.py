@@ -253,7 +253,10 @@ def test_large_lambda_approaches_gated_linear_attention():
     s = torch.zeros(1, 2, 8, 8, dtype=torch.float64)
     gla = []
     for t in range(40):
-        s = gamma[:, t, :, None, None] * s + inputs["beta"][:, t, :, None, None] * inputs["k"][:, t, :, :, None] * inputs["v"][:, t, :, None, :]
+        s = (
+            gamma[:, t, :, None, None] * s
+            + inputs["beta"][:, t, :, None, None] * inputs["k"][:, t, :, :, None] * inputs["v"][:, t, :, None, :]
+        )
         gla.append(torch.einsum("bhkv,bhk->bhv", s, inputs["q"][:, t]))
     assert rel_err(c * o, torch.stack(gla, dim=1)) <= LARGE_LAMBDA_RTOL
 
@@ -285,7 +288,10 @@ def test_cuda_matches_cpu_reference(batch, length, heads, dk, dv, chunk, gate):
     ro, (rh, rs) = mesa_reference(**inputs)
     weights = [torch.randn_like(t) for t in (ro, rh, rs)]
     ref_grads = torch.autograd.grad(_loss((ro, rh, rs), weights), leaves(inputs))
-    cuda_inputs = {n: (tuple(t.detach().cuda().requires_grad_() for t in v) if n == "initial_state" else v.detach().cuda().requires_grad_()) for n, v in inputs.items()}
+    cuda_inputs = {
+        n: (tuple(t.detach().cuda().requires_grad_() for t in v) if n == "initial_state" else v.detach().cuda().requires_grad_())
+        for n, v in inputs.items()
+    }
     o, (h, s), _ = mesa(**cuda_inputs, output_final_state=True, solver=fixed(converged_iters(dk)), chunk_size=chunk)
     for name, a, e in (("output", o, ro), ("H_kk", h, rh), ("S_kv", s, rs)):
         assert rel_err(a.cpu(), e) <= F64_RTOL, name

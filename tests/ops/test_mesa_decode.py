@@ -77,7 +77,9 @@ def test_decode_loop_equals_chunk_form(solver):
     ro, (rh, rs) = mesa_reference(**inputs)
     state, outs = tuple(t.float() for t in inputs["initial_state"]), []
     for t in range(length):
-        o_t, state, _ = mesa_step(**{n: x.float() for n, x in token(inputs, t).items()}, lam=inputs["lam"].float(), state=state, solver=solver)
+        o_t, state, _ = mesa_step(
+            **{n: x.float() for n, x in token(inputs, t).items()}, lam=inputs["lam"].float(), state=state, solver=solver
+        )
         outs.append(o_t)
     assert rel_err(torch.stack(outs, dim=1), ro) <= F32_RTOL
     assert rel_err(state[0], rh) <= F32_RTOL and rel_err(state[1], rs) <= F32_RTOL
@@ -131,12 +133,19 @@ def test_float32_gradients_match_float64():
     """Gradients of the float32 Cholesky path in every input and the state, against the float64 path."""
     inputs = make_inputs(2, 1, 2, 8, 5, initial_state=True, requires_grad=True)
     leaves = [inputs[n] for n in ("q", "k", "v", "g", "beta", "lam")] + list(inputs["initial_state"])
-    weights = [torch.randn(2, 2, 5, dtype=torch.float64), torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.randn(2, 2, 8, 5, dtype=torch.float64)]
+    weights = [
+        torch.randn(2, 2, 5, dtype=torch.float64),
+        torch.randn(2, 2, 8, 8, dtype=torch.float64),
+        torch.randn(2, 2, 8, 5, dtype=torch.float64),
+    ]
 
     def loss(dtype):
         cast = lambda t: t.to(dtype)  # noqa: E731
-        o, (h, s), _ = mesa_step(**{n: cast(x[:, 0]) for n, x in inputs.items() if n in TOKEN}, lam=cast(inputs["lam"]),
-                                 state=tuple(cast(t) for t in inputs["initial_state"]))
+        o, (h, s), _ = mesa_step(
+            **{n: cast(x[:, 0]) for n, x in inputs.items() if n in TOKEN},
+            lam=cast(inputs["lam"]),
+            state=tuple(cast(t) for t in inputs["initial_state"]),
+        )
         return sum((out.double() * w).sum() for out, w in zip((o, h, s), weights))
 
     exact = torch.autograd.grad(loss(torch.float64), leaves)
@@ -182,26 +191,62 @@ def indefinite(state):
 
 
 BAD_STEPS = [
-    ("batch_zero", step_inputs(batch=0, state=False), r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[0, 2, 4\] \(B = 0\)"),
-    ("heads_zero", step_inputs(heads=0, state=False), r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[2, 0, 4\] \(H = 0\)"),
-    ("dv_zero", step_inputs(dv=0, state=False), r"expected v of shape \[B, H, Dv\] with every size >= 1, got \[2, 2, 0\] \(Dv = 0\)"),
+    (
+        "batch_zero",
+        step_inputs(batch=0, state=False),
+        r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[0, 2, 4\] \(B = 0\)",
+    ),
+    (
+        "heads_zero",
+        step_inputs(heads=0, state=False),
+        r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[2, 0, 4\] \(H = 0\)",
+    ),
+    (
+        "dv_zero",
+        step_inputs(dv=0, state=False),
+        r"expected v of shape \[B, H, Dv\] with every size >= 1, got \[2, 2, 0\] \(Dv = 0\)",
+    ),
     ("q_rank", with_("q", lambda t: t[:, None]), r"expected q of rank 3 \[B, H, Dk\], got rank 4"),
-    ("dtype_mix", with_("k", lambda t: t.double()), r"expected q, k, v of one dtype, got torch.float32, torch.float64, torch.float32"),
+    (
+        "dtype_mix",
+        with_("k", lambda t: t.double()),
+        r"expected q, k, v of one dtype, got torch.float32, torch.float64, torch.float32",
+    ),
     ("lam_missing", with_("lam", lambda t: None), r"expected lam to be a torch.Tensor of shape \[H, Dk\], got NoneType"),
     ("state_not_pair", with_("state", lambda t: t[0]), r"expected state = \(H_kk, S_kv\), got Tensor"),
-    ("state_shape", with_("state", lambda t: (t[0], t[1][..., :2])), re.escape("expected state[1] (S_kv) of shape [B, H, Dk, Dv] = [2, 2, 4, 3], got [2, 2, 4, 2]")),
+    (
+        "state_shape",
+        with_("state", lambda t: (t[0], t[1][..., :2])),
+        re.escape("expected state[1] (S_kv) of shape [B, H, Dk, Dv] = [2, 2, 4, 3], got [2, 2, 4, 2]"),
+    ),
     ("lam_nonpositive", with_("lam", lambda t: -t), r"expected lam > 0"),
     ("g_positive", with_("g", lambda t: t.abs() + 0.1), r"expected g \(log forget gate, log gamma\) <= 0"),
     ("beta_negative", with_("beta", lambda t: -t - 0.1), r"expected beta \(input gate\) >= 0"),
     ("nan_q", with_("q", lambda t: t * float("nan")), r"expected finite values in q"),
     ("inf_k", with_("k", lambda t: t / 0), r"expected finite values in k"),
     ("inf_beta", with_("beta", lambda t: t / 0), r"expected finite values in beta"),
-    ("nan_state_h", with_("state", lambda t: (t[0] * float("nan"), t[1])), re.escape("expected finite values in state[0] (H_kk)")),
+    (
+        "nan_state_h",
+        with_("state", lambda t: (t[0] * float("nan"), t[1])),
+        re.escape("expected finite values in state[0] (H_kk)"),
+    ),
     ("inf_state_s", with_("state", lambda t: (t[0], t[1] / 0)), re.escape("expected finite values in state[1] (S_kv)")),
-    ("state_asymmetric", with_("state", lambda t: (t[0] + torch.triu(torch.ones(4, 4), 1), t[1])), re.escape("expected state[0] (H_kk) to be symmetric")),
+    (
+        "state_asymmetric",
+        with_("state", lambda t: (t[0] + torch.triu(torch.ones(4, 4), 1), t[1])),
+        re.escape("expected state[0] (H_kk) to be symmetric"),
+    ),
     ("state_indefinite", with_("state", indefinite), re.escape("expected state[0] (H_kk) to be positive semi-definite")),
-    ("keys_overflow", with_("k", lambda t: t * 1e20), r"expected a finite (output|new state\[0\] \(H_kk\)) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32"),
-    ("solver_type", {**step_inputs(), "solver": "lu"}, r"solver: expected SolverSettings, a mapping of its fields or None, got str"),
+    (
+        "keys_overflow",
+        with_("k", lambda t: t * 1e20),
+        r"expected a finite (output|new state\[0\] \(H_kk\)) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32",
+    ),
+    (
+        "solver_type",
+        {**step_inputs(), "solver": "lu"},
+        r"solver: expected SolverSettings, a mapping of its fields or None, got str",
+    ),
 ]
 
 

@@ -23,9 +23,19 @@ def test_gradcheck_chunk_operator(gate, chunk, preconditioner):
     def fn(q, k, v, g, beta, lam, a, s0):
         # H0 = sym(a): finite differences must stay on symmetric states, which is all H_kk can be.
         # validate=False: at g = 0 ("none") the finite-difference probe steps to g = +1e-6.
-        o, (h, s), _ = mesa(q, k, v, g, beta, lam, initial_state=((a + a.mT) / 2, s0), output_final_state=True,
-                            solver=SolverSettings(max_iter=30, tol=0.0, preconditioner=preconditioner), chunk_size=chunk,
-                            validate=False)
+        o, (h, s), _ = mesa(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            lam,
+            initial_state=((a + a.mT) / 2, s0),
+            output_final_state=True,
+            solver=SolverSettings(max_iter=30, tol=0.0, preconditioner=preconditioner),
+            chunk_size=chunk,
+            validate=False,
+        )
         return o, h, s
 
     assert torch.autograd.gradcheck(fn, args, atol=GRADCHECK_ATOL, rtol=GRADCHECK_RTOL)

@@ -102,7 +102,9 @@ def test_split_with_state_passing_equals_whole(op):
     inputs = baseline_inputs(2, 30, 2, 8, 6, requires_grad=True)
     whole, s, _ = op.forward(**inputs, output_final_state=True, chunk_size=8)
     cut = 11  # inside a chunk, so the second call starts mid-way through the first call's chunking
-    o1, mid, _ = op.forward(**_tokens(inputs, slice(None, cut)), initial_state=inputs["initial_state"], output_final_state=True, chunk_size=8)
+    o1, mid, _ = op.forward(
+        **_tokens(inputs, slice(None, cut)), initial_state=inputs["initial_state"], output_final_state=True, chunk_size=8
+    )
     o2, s2, _ = op.forward(**_tokens(inputs, slice(cut, None)), initial_state=mid, output_final_state=True, chunk_size=8)
     split = torch.cat([o1, o2], dim=1)
     assert rel_err(split, whole) <= F64_EXACT_RTOL and rel_err(s2, s) <= F64_EXACT_RTOL
@@ -165,19 +167,39 @@ def test_low_precision_long_sequence(op, input_dtype, rtol, gate):
     [
         (lambda x: x.update(g=x["g"].abs() + 0.1), r"expected g \(log forget gate, log gamma\) <= 0"),
         (lambda x: x.update(v=x["v"][..., :2, :]), r"expected v of shape \[B, T, H, Dv\] = \[2, 9, 3, 4\], got \[2, 9, 2, 4\]"),
-        (lambda x: x.update(initial_state=x["initial_state"][:1]), r"expected initial_state of shape \[N, H, Dk, Dv\] = \[2, 3, 5, 4\]"),
+        (
+            lambda x: x.update(initial_state=x["initial_state"][:1]),
+            r"expected initial_state of shape \[N, H, Dk, Dv\] = \[2, 3, 5, 4\]",
+        ),
         (lambda x: x.update(cu_seqlens=torch.tensor([0, 4, 9])), r"expected batch size 1 with cu_seqlens"),
         (lambda x: x.update(chunk_size=0), r"expected chunk_size to be a positive integer, got 0"),
         (lambda x: x.update(beta=x["beta"].unsqueeze(-1)), r"expected beta of rank 3"),
-        (lambda x: x.update(initial_state=(x["initial_state"], x["initial_state"])), r"expected initial_state to be a torch.Tensor of shape \[N, H, Dk, Dv\], got tuple"),
+        (
+            lambda x: x.update(initial_state=(x["initial_state"], x["initial_state"])),
+            r"expected initial_state to be a torch.Tensor of shape \[N, H, Dk, Dv\], got tuple",
+        ),
         (lambda x: x.update(k=x["k"].float()), r"expected q, k, v of one dtype, got torch.float64, torch.float32, torch.float64"),
-        (lambda x: x.update(q=x["q"][:0], k=x["k"][:0], v=x["v"][:0]), r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[0, 9, 3, 5\] \(B = 0\)"),
-        (lambda x: x.update(q=x["q"][:, :, :0]), r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[2, 9, 0, 5\] \(H = 0\)"),
-        (lambda x: x.update(v=x["v"][..., :0]), r"expected v of shape \[B, T, H, Dv\] with every size >= 1, got \[2, 9, 3, 0\] \(Dv = 0\)"),
-        (lambda x: x.update(initial_state=x["initial_state"] * float("nan")), r"expected finite values in initial_state, got 120 non-finite entries"),
+        (
+            lambda x: x.update(q=x["q"][:0], k=x["k"][:0], v=x["v"][:0]),
+            r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[0, 9, 3, 5\] \(B = 0\)",
+        ),
+        (
+            lambda x: x.update(q=x["q"][:, :, :0]),
+            r"expected q of shape \[B, T, H, Dk\] with every size >= 1, got \[2, 9, 0, 5\] \(H = 0\)",
+        ),
+        (
+            lambda x: x.update(v=x["v"][..., :0]),
+            r"expected v of shape \[B, T, H, Dv\] with every size >= 1, got \[2, 9, 3, 0\] \(Dv = 0\)",
+        ),
+        (
+            lambda x: x.update(initial_state=x["initial_state"] * float("nan")),
+            r"expected finite values in initial_state, got 120 non-finite entries",
+        ),
         (lambda x: x.update(g=x["g"] * float("nan")), r"expected finite values in g"),
         (
-            lambda x: x.update({n: x[n].float() * (1e20 if n in "qkv" else 1) for n in ("q", "k", "v", "g", "beta", "initial_state")}),
+            lambda x: x.update(
+                {n: x[n].float() * (1e20 if n in "qkv" else 1) for n in ("q", "k", "v", "g", "beta", "initial_state")}
+            ),
             r"expected a finite (output|final state) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32",
         ),
     ],
@@ -193,15 +215,27 @@ def test_bad_step_inputs_raise_value_error(op):
     inputs = _tokens(baseline_inputs(2, 1, 3, 5, 4, initial_state=False), 0)
     state = torch.zeros(2, 3, 5, 4, dtype=torch.float64)
     cases = [
-        (dict(state=torch.zeros(2, 3, 4, 5, dtype=torch.float64)), r"expected state of shape \[B, H, Dk, Dv\] = \[2, 3, 5, 4\], got \[2, 3, 4, 5\]"),
+        (
+            dict(state=torch.zeros(2, 3, 4, 5, dtype=torch.float64)),
+            r"expected state of shape \[B, H, Dk, Dv\] = \[2, 3, 5, 4\], got \[2, 3, 4, 5\]",
+        ),
         (dict(q=inputs["q"] * float("nan")), r"expected finite values in q"),
         (dict(k=inputs["k"] * float("nan"), state=state), r"expected finite values in k"),
         (dict(state=state * float("nan")), r"expected finite values in state, got 120 non-finite entries"),
         (dict(g=inputs["g"].abs() + 0.1), r"expected g \(log forget gate, log gamma\) <= 0"),
         (dict(v=inputs["v"].float()), r"expected q, k, v of one dtype, got torch.float64, torch.float64, torch.float32"),
-        ({n: inputs[n][:0] for n in ("q", "k", "v", "g", "beta")}, r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[0, 3, 5\] \(B = 0\)"),
-        ({n: inputs[n][:, :0] for n in ("q", "k", "v", "g", "beta")}, r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[2, 0, 5\] \(H = 0\)"),
-        ({n: inputs[n].float() * (1e20 if n in "qkv" else 1) for n in ("q", "k", "v", "g", "beta")}, r"expected a finite (output|new state) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32"),
+        (
+            {n: inputs[n][:0] for n in ("q", "k", "v", "g", "beta")},
+            r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[0, 3, 5\] \(B = 0\)",
+        ),
+        (
+            {n: inputs[n][:, :0] for n in ("q", "k", "v", "g", "beta")},
+            r"expected q of shape \[B, H, Dk\] with every size >= 1, got \[2, 0, 5\] \(H = 0\)",
+        ),
+        (
+            {n: inputs[n].float() * (1e20 if n in "qkv" else 1) for n in ("q", "k", "v", "g", "beta")},
+            r"expected a finite (output|new state) from finite inputs, got \d+ non-finite entr(y|ies): the inputs overflow torch.float32",
+        ),
     ]
     for change, match in cases:
         with pytest.raises(ValueError, match=r"^\w+_step: " + match):

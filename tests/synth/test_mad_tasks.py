@@ -157,7 +157,7 @@ def test_selective_copying_targets_are_marked_tokens_in_order():
         assert head[-1] == cfg.copy_token and head[-2] != cfg.blank_token
         content = [t for t in head[:-1] if t != cfg.blank_token]
         assert len(content) == n and all(t < cfg.vocab_size - 2 for t in content)
-        assert inp[cfg.seq_len - n:] == [cfg.blank_token] * n
+        assert inp[cfg.seq_len - n :] == [cfg.blank_token] * n
         assert tgt == [IGNORE_INDEX] * (cfg.seq_len - n) + content
 
 
@@ -183,8 +183,14 @@ def test_memorization_map_is_fixed_across_sequences_and_seeds():
 
 def test_mad_settings_grid():
     counts = {t: len(mad_settings(t)) for t in MAD_TASKS}
-    assert counts == {"in_context_recall": 11, "noisy_recall": 14, "fuzzy_recall": 11, "selective_copying": 13,
-                      "compression": 11, "memorization": 6}
+    assert counts == {
+        "in_context_recall": 11,
+        "noisy_recall": 14,
+        "fuzzy_recall": 11,
+        "selective_copying": 13,
+        "compression": 11,
+        "memorization": 6,
+    }
     nr = {s.name: s for s in mad_settings("noisy_recall")}
     assert nr["vocab_size=144"].config.noise_vocab_size == 16
     assert nr["num_train=800"].num_train == 800 and nr["baseline"].num_train == 12800
@@ -193,22 +199,25 @@ def test_mad_settings_grid():
         mad_settings("copying")
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: InContextRecallConfig(seq_len=127), "seq_len"),
-    (lambda: InContextRecallConfig(vocab_size=1), "vocab_size"),
-    (lambda: NoisyRecallConfig(frac_noise=1.0), "frac_noise"),
-    (lambda: InContextRecallConfig(frac_noise=0.2), "noise_vocab_size"),
-    (lambda: FuzzyRecallConfig(vocab_size=6), "vocab_size"),
-    (lambda: FuzzyRecallConfig(seq_len=10), "seq_len"),
-    (lambda: SelectiveCopyingConfig(seq_len=33, num_tokens_to_copy=16), "seq_len"),
-    (lambda: SelectiveCopyingConfig(vocab_size=2), "vocab_size"),
-    (lambda: CompressionConfig(seq_len=1), "seq_len"),
-    (lambda: MemorizationConfig(seq_len=31), "seq_len"),
-    (lambda: in_context_recall(0, 0), "num_sequences"),
-    (lambda: compression(4, -1), "seed"),
-    (lambda: compression(4, 1.5), "seed"),
-    (lambda: memorization(4, 0, CompressionConfig()), "config"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: InContextRecallConfig(seq_len=127), "seq_len"),
+        (lambda: InContextRecallConfig(vocab_size=1), "vocab_size"),
+        (lambda: NoisyRecallConfig(frac_noise=1.0), "frac_noise"),
+        (lambda: InContextRecallConfig(frac_noise=0.2), "noise_vocab_size"),
+        (lambda: FuzzyRecallConfig(vocab_size=6), "vocab_size"),
+        (lambda: FuzzyRecallConfig(seq_len=10), "seq_len"),
+        (lambda: SelectiveCopyingConfig(seq_len=33, num_tokens_to_copy=16), "seq_len"),
+        (lambda: SelectiveCopyingConfig(vocab_size=2), "vocab_size"),
+        (lambda: CompressionConfig(seq_len=1), "seq_len"),
+        (lambda: MemorizationConfig(seq_len=31), "seq_len"),
+        (lambda: in_context_recall(0, 0), "num_sequences"),
+        (lambda: compression(4, -1), "seed"),
+        (lambda: compression(4, 1.5), "seed"),
+        (lambda: memorization(4, 0, CompressionConfig()), "config"),
+    ],
+)
 def test_bad_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -15,7 +15,7 @@ def test_every_query_was_shown_with_its_value(random_non_queries):
     assert batch.inputs.shape == batch.targets.shape == (32, 128)
     n = cfg.num_kv_pairs
     for inp, tgt in zip(batch.inputs.tolist(), batch.targets.tolist()):
-        keys, values = inp[0:2 * n:2], inp[1:2 * n:2]
+        keys, values = inp[0 : 2 * n : 2], inp[1 : 2 * n : 2]
         assert len(set(keys)) == n and len(set(values)) == n
         assert all(1 <= k < 256 for k in keys) and all(256 <= v < 512 for v in values)
         kv = dict(zip(keys, values))
@@ -34,13 +34,16 @@ def test_seeding():
     assert a.inputs.shape == (4, 64) and a.inputs.dtype == torch.int64
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"seq_len": 63}, "seq_len"),
-    ({"seq_len": 64, "num_kv_pairs": 17}, "seq_len"),
-    ({"vocab_size": 64, "seq_len": 64}, "vocab_size"),
-    ({"power_a": 0.0}, "power_a"),
-    ({"num_kv_pairs": 0}, "num_kv_pairs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seq_len": 63}, "seq_len"),
+        ({"seq_len": 64, "num_kv_pairs": 17}, "seq_len"),
+        ({"vocab_size": 64, "seq_len": 64}, "vocab_size"),
+        ({"power_a": 0.0}, "power_a"),
+        ({"num_kv_pairs": 0}, "num_kv_pairs"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MQARConfig(**kwargs)

@@ -78,12 +78,19 @@ def _distinguishable_pairs(table: np.ndarray) -> set[tuple[int, int]]:
 
 # --- automata --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(40))
 def test_sampled_automaton_properties(seed):
     cfg = RegBenchConfig()
     rng = np.random.default_rng(seed)
-    t = sample_automaton(rng, min_states=cfg.min_states, max_states=cfg.max_states, min_alphabet=cfg.min_alphabet,
-                         max_alphabet=cfg.max_alphabet, max_out_degree=cfg.max_out_degree)
+    t = sample_automaton(
+        rng,
+        min_states=cfg.min_states,
+        max_states=cfg.max_states,
+        min_alphabet=cfg.min_alphabet,
+        max_alphabet=cfg.max_alphabet,
+        max_out_degree=cfg.max_out_degree,
+    )
     n = t.shape[0]
     assert t.shape == (n, VOCAB_SIZE) and 1 <= n <= cfg.max_states
     assert ((t >= -1) & (t < n)).all()  # deterministic: one destination (or none) per (state, symbol)
@@ -140,6 +147,7 @@ def test_walks_follow_edges_and_pick_uniformly():
 
 # --- sequences -------------------------------------------------------------------------------------------
 
+
 def _check_row(inp, tgt, st, table, cfg):
     k = int((inp != PAD_ID).sum())
     assert (inp[k:] == PAD_ID).all() and (tgt[k:] == IGNORE_INDEX).all() and (st[k:] == -1).all()
@@ -170,8 +178,8 @@ def test_sequences_use_only_allowed_transitions():
     assert batch.targets.shape == batch.states.shape == (n, T) and batch.tables.shape[:2] == (n, int(batch.num_states.max()))
     assert T == max(int((row != PAD_ID).sum()) for row in batch.inputs)  # padded to the longest row
     for i in range(n):
-        table = batch.tables[i, :int(batch.num_states[i])].numpy()
-        assert (batch.tables[i, int(batch.num_states[i]):] == -1).all()
+        table = batch.tables[i, : int(batch.num_states[i])].numpy()
+        assert (batch.tables[i, int(batch.num_states[i]) :] == -1).all()
         _check_row(batch.inputs[i].numpy(), batch.targets[i].numpy(), batch.states[i].numpy(), table, SMALL)
     assert len(automaton_keys(batch)) == n  # one distinct automaton per sequence
 
@@ -181,7 +189,7 @@ def test_default_sizes_follow_the_spec():
     batch = regbench(16, 0, cfg)
     assert batch.inputs.shape[1] <= cfg.max_seq_len == 949 - 1
     for i in range(16):
-        table = batch.tables[i, :int(batch.num_states[i])].numpy()
+        table = batch.tables[i, : int(batch.num_states[i])].numpy()
         _check_row(batch.inputs[i].numpy(), batch.targets[i].numpy(), batch.states[i].numpy(), table, cfg)
 
 
@@ -202,12 +210,15 @@ def test_too_few_languages_is_an_error():
         regbench(19, 0, tiny)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"min_states": 3}, "min_states"),  # 3 states cannot give 3 edges to distinct other states
-    ({"max_alphabet": 19}, "max_alphabet"),
-    ({"min_strings": 5, "max_strings": 4}, "max_strings"),
-    ({"min_len": 0}, "min_len"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_states": 3}, "min_states"),  # 3 states cannot give 3 edges to distinct other states
+        ({"max_alphabet": 19}, "max_alphabet"),
+        ({"min_strings": 5, "max_strings": 4}, "max_strings"),
+        ({"min_len": 0}, "min_len"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RegBenchConfig(**kwargs)
@@ -221,6 +232,7 @@ def test_bad_arguments():
 
 
 # --- metrics ---------------------------------------------------------------------------------------------
+
 
 def _hand_batch():
     """One sequence ``a c | b`` of ``0 -a-> 1, 0 -b-> 1, 1 -c-> 0``: inputs a c | , targets c (a) ... by hand."""
@@ -267,9 +279,15 @@ def test_scored_position_without_state_is_an_error():
 def test_in_context_ngram_hand_made():
     # tokens a b a b | a (from 0 -a-> 1 -b-> 0): inputs are the first five, targets the shift with "|" ignored
     from mesanet.synth.tasks import RegBenchBatch, ngram_probs, ngram_scores
+
     table = torch.from_numpy(_table({0: {A: 1}, 1: {B: 0}}, 2))[None]
-    batch = RegBenchBatch(torch.tensor([[A, B, A, B, SEP_ID, PAD_ID]]), torch.tensor([[B, A, B, IGNORE_INDEX, A, IGNORE_INDEX]]),
-                          torch.tensor([[1, 0, 1, 0, 0, -1]]), table, torch.tensor([2]))
+    batch = RegBenchBatch(
+        torch.tensor([[A, B, A, B, SEP_ID, PAD_ID]]),
+        torch.tensor([[B, A, B, IGNORE_INDEX, A, IGNORE_INDEX]]),
+        torch.tensor([[1, 0, 1, 0, 0, -1]]),
+        table,
+        torch.tensor([2]),
+    )
     p = ngram_probs(batch, 3)
     letters = torch.zeros(VOCAB_SIZE, dtype=torch.float64)
     letters[list(LETTER_IDS)] = 1 / 18

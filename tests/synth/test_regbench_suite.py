@@ -16,10 +16,24 @@ from mesanet.synth.settings import load_data
 from mesanet.synth.tasks import RegBenchBatch, automaton_keys
 
 TINY = [
-    "tasks=[regbench]", "mixers=[mesa,gated_deltanet]", "lrs=[3e-3]", "weight_decays=[0.1]", "seeds=[0]", "steps=3",
-    "batch_size=4", "num_test=8", "num_train_eval=8", "hidden_size=16", "num_heads=2", "head_dim=8",
-    "solver_training.max_iter=3", "solver_inference.max_iter=3", "progress=false", "workers=1",
-    "regbench_num_train=[8,16]", "task_sizes={regbench: {params: {min_strings: 2, max_strings: 4, max_len: 8}}}",
+    "tasks=[regbench]",
+    "mixers=[mesa,gated_deltanet]",
+    "lrs=[3e-3]",
+    "weight_decays=[0.1]",
+    "seeds=[0]",
+    "steps=3",
+    "batch_size=4",
+    "num_test=8",
+    "num_train_eval=8",
+    "hidden_size=16",
+    "num_heads=2",
+    "head_dim=8",
+    "solver_training.max_iter=3",
+    "solver_inference.max_iter=3",
+    "progress=false",
+    "workers=1",
+    "regbench_num_train=[8,16]",
+    "task_sizes={regbench: {params: {min_strings: 2, max_strings: 4, max_len: 8}}}",
 ]
 
 
@@ -34,12 +48,15 @@ def test_settings_one_per_training_size_and_disjoint_test_automata():
     assert not automaton_keys(train) & automaton_keys(test)
 
 
-@pytest.mark.parametrize("override, match", [
-    ("regbench_num_train=[]", "regbench_num_train"),
-    ("regbench_num_train=[8,8]", "regbench_num_train"),
-    ("regbench_num_train=[0]", "regbench_num_train"),
-    ("task_sizes={regbench: {num_train: 8}}", "task_sizes.regbench.num_train"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("regbench_num_train=[]", "regbench_num_train"),
+        ("regbench_num_train=[8,8]", "regbench_num_train"),
+        ("regbench_num_train=[0]", "regbench_num_train"),
+        ("task_sizes={regbench: {num_train: 8}}", "task_sizes.regbench.num_train"),
+    ],
+)
 def test_bad_config(override, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [*TINY, override])
@@ -79,14 +96,31 @@ def test_tiny_run_end_to_end(tiny_run):
 
 
 def _rec(n, mixer, lr, acc, tv):
-    return dict(task="regbench", setting=f"n_train={n}", mixer=mixer, kind="token", lr=lr, weight_decay=0.1, seed=0,
-                num_train=n, test_acc=acc, test_tv=tv, test_exact_acc=acc / 2, train_acc=acc)
+    return dict(
+        task="regbench",
+        setting=f"n_train={n}",
+        mixer=mixer,
+        kind="token",
+        lr=lr,
+        weight_decay=0.1,
+        seed=0,
+        num_train=n,
+        test_acc=acc,
+        test_tv=tv,
+        test_exact_acc=acc / 2,
+        train_acc=acc,
+    )
 
 
 def test_report_rows_and_target_on_hand_made_records():
-    records = [_rec(100, "mesa", 1e-3, 0.8, 0.3), _rec(100, "mesa", 3e-3, 0.6, 0.4), _rec(10, "mesa", 1e-3, 0.5, 0.5),
-               _rec(100, "gated_deltanet", 1e-3, 0.7, 0.35), _rec(100, "attention", 1e-3, 0.9, 0.2),
-               _rec(10, "gated_deltanet", 1e-3, 0.6, 0.45)]
+    records = [
+        _rec(100, "mesa", 1e-3, 0.8, 0.3),
+        _rec(100, "mesa", 3e-3, 0.6, 0.4),
+        _rec(10, "mesa", 1e-3, 0.5, 0.5),
+        _rec(100, "gated_deltanet", 1e-3, 0.7, 0.35),
+        _rec(100, "attention", 1e-3, 0.9, 0.2),
+        _rec(10, "gated_deltanet", 1e-3, 0.6, 0.45),
+    ]
     rows = regbench_rows(select_best(records))
     assert [r["num_train"] for r in rows] == [10, 10, 100, 100, 100]
     mesa = next(r for r in rows if r["num_train"] == 100 and r["mixer"] == "mesa")

@@ -59,13 +59,16 @@ def test_bayes_ridge_beats_least_squares_with_noise():
     assert bayes[-1] > 0.25 - 0.05  # never below the noise floor
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: InContextRegressionConfig(dim=0), "dim"),
-    (lambda: InContextRegressionConfig(noise_std=-1.0), "noise_std"),
-    (lambda: in_context_regression(4, 0, dtype=torch.int64), "dtype"),
-    (lambda: ridge_prediction_loss(torch.zeros(2, 3), torch.zeros(2, 3)), "xs, ys"),
-    (lambda: ridge_prediction_loss(torch.zeros(2, 3, 1), torch.zeros(2, 3), ridge=-1.0), "ridge"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: InContextRegressionConfig(dim=0), "dim"),
+        (lambda: InContextRegressionConfig(noise_std=-1.0), "noise_std"),
+        (lambda: in_context_regression(4, 0, dtype=torch.int64), "dtype"),
+        (lambda: ridge_prediction_loss(torch.zeros(2, 3), torch.zeros(2, 3)), "xs, ys"),
+        (lambda: ridge_prediction_loss(torch.zeros(2, 3, 1), torch.zeros(2, 3), ridge=-1.0), "ridge"),
+    ],
+)
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -10,9 +10,17 @@ from mesanet.synth.regression_model import MesaNetForRegression
 
 
 def _config(mixer="mesa"):
-    return MesaNetConfig(vocab_size=1, hidden_size=16, num_hidden_layers=2, num_heads=2, head_dim=8,
-                         mixer_types=[mixer, mixer], chunk_size=8,
-                         solver_training=dict(max_iter=8), solver_inference=dict(max_iter=8))
+    return MesaNetConfig(
+        vocab_size=1,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=8,
+        mixer_types=[mixer, mixer],
+        chunk_size=8,
+        solver_training=dict(max_iter=8),
+        solver_inference=dict(max_iter=8),
+    )
 
 
 @pytest.mark.parametrize("mixer", ["mesa", "gated_deltanet"])

@@ -14,9 +14,22 @@ from mesanet.synth.config import CONFIG_DIR, check_config
 from mesanet.synth.report import check_targets
 
 TINY = [
-    "tasks=[in_context_recall,regression]", "mixers=[mesa,gated_deltanet]", "lrs=[3e-3,1e-4]", "weight_decays=[0.1]",
-    "seeds=[0]", "steps=3", "batch_size=4", "num_train=16", "num_test=8", "num_train_eval=8", "hidden_size=16",
-    "num_heads=2", "head_dim=8", "solver_training.max_iter=3", "solver_inference.max_iter=3", "progress=false",
+    "tasks=[in_context_recall,regression]",
+    "mixers=[mesa,gated_deltanet]",
+    "lrs=[3e-3,1e-4]",
+    "weight_decays=[0.1]",
+    "seeds=[0]",
+    "steps=3",
+    "batch_size=4",
+    "num_train=16",
+    "num_test=8",
+    "num_train_eval=8",
+    "hidden_size=16",
+    "num_heads=2",
+    "head_dim=8",
+    "solver_training.max_iter=3",
+    "solver_inference.max_iter=3",
+    "progress=false",
     "task_sizes={in_context_recall: {params: {seq_len: 16}}, regression: {params: {dim: 2, num_pairs: 5, noise_std: 0.5}}}",
 ]
 
@@ -66,14 +79,20 @@ def test_best_lr_selection(tiny_run):
         else:
             want = max(runs, key=lambda r: r["test_acc"])
             assert b.metric == want["test_acc"]
-        assert b.lr == want["lr"] or b.metric == next(r for r in runs if r["lr"] == b.lr)[("test_mse" if task == "regression" else "test_acc")]
+        assert (
+            b.lr == want["lr"]
+            or b.metric == next(r for r in runs if r["lr"] == b.lr)[("test_mse" if task == "regression" else "test_acc")]
+        )
     rows = list(csv.DictReader(open(tiny_run / "summary.csv")))
     assert len(rows) == len(best)
 
 
 def test_selection_prefers_better_and_skips_nan():
     def rec(lr, acc, seed=0):
-        return dict(task="t", setting="s", mixer="m", kind="token", lr=lr, weight_decay=0.1, seed=seed, test_acc=acc, train_acc=acc)
+        return dict(
+            task="t", setting="s", mixer="m", kind="token", lr=lr, weight_decay=0.1, seed=seed, test_acc=acc, train_acc=acc
+        )
+
     records = [rec(1e-3, 0.4), rec(1e-3, 0.6, 1), rec(3e-3, 0.7), rec(3e-3, 0.1, 1), rec(1e-4, math.nan)]
     (b,) = select_best(records)
     assert b.lr == 1e-3 and b.metric == pytest.approx(0.5) and b.metric_std == pytest.approx(math.sqrt(0.02))
@@ -88,6 +107,7 @@ def test_resume_trains_nothing(tiny_run):
 
 def test_extending_grid_runs_only_new_cells(tiny_run, tmp_path):
     import shutil
+
     out = tmp_path / "copy"
     shutil.copytree(tiny_run, out)
     before = {p.name: p.stat().st_mtime_ns for p in _cells(out)}
@@ -103,20 +123,26 @@ def test_changed_config_is_an_error(tiny_run):
         main([*TINY, "steps=4", f"out_dir={tiny_run}"])
 
 
-@pytest.mark.parametrize("override, match", [
-    ("tasks=[no_such_task]", "unknown task"),
-    ("mixers=[mesa,lstm]", "unknown mixer"),
-    ("mixers=[hawk+nope]", "unknown mixer"),
-    ("not_a_key=1", "unknown keys"),
-    ("lrs=[]", "at least one"),
-    ("task_sizes={bogus: {steps: 1}}", "unknown task"),
-    ("task_sizes={regression: {wrong: 1}}", "unknown keys"),
-    ("solver_training.max_iter=-1", r"SynthConfig: solver_training: SolverSettings.max_iter: expected an integer >= 0"),
-    ("solver_inference={tolerance: 1e-3}", r"SynthConfig: solver_inference: unknown solver setting\(s\) \['tolerance'\]"),
-    ("model_options={hidden_size: 8}", r"SynthConfig: model_options: \['hidden_size'\] are set from the synth config"),
-    ("model_options={beta_max: 3}", r"SynthConfig: model_options: MesaNetConfig.beta_max: expected None or a number in \(0, 2\]"),
-    ("model_options={no_such_field: 1}", r"SynthConfig: model_options: MesaNetConfig: unknown keys \['no_such_field'\]"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("tasks=[no_such_task]", "unknown task"),
+        ("mixers=[mesa,lstm]", "unknown mixer"),
+        ("mixers=[hawk+nope]", "unknown mixer"),
+        ("not_a_key=1", "unknown keys"),
+        ("lrs=[]", "at least one"),
+        ("task_sizes={bogus: {steps: 1}}", "unknown task"),
+        ("task_sizes={regression: {wrong: 1}}", "unknown keys"),
+        ("solver_training.max_iter=-1", r"SynthConfig: solver_training: SolverSettings.max_iter: expected an integer >= 0"),
+        ("solver_inference={tolerance: 1e-3}", r"SynthConfig: solver_inference: unknown solver setting\(s\) \['tolerance'\]"),
+        ("model_options={hidden_size: 8}", r"SynthConfig: model_options: \['hidden_size'\] are set from the synth config"),
+        (
+            "model_options={beta_max: 3}",
+            r"SynthConfig: model_options: MesaNetConfig.beta_max: expected None or a number in \(0, 2\]",
+        ),
+        ("model_options={no_such_field: 1}", r"SynthConfig: model_options: MesaNetConfig: unknown keys \['no_such_field'\]"),
+    ],
+)
 def test_bad_inputs(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         main([*TINY, override, f"out_dir={tmp_path}"])
@@ -153,24 +179,48 @@ def test_model_options_reach_the_model():
 
 
 def test_mqar_settings_and_hybrid():
-    cfg = check_config(SynthConfig(tasks=["mqar"], mixers=["hawk+mesa"], mqar_seq_lens=[16, 32], mqar_num_pairs=[2, 4, 8],
-                                   mqar_vocab_size=64))
+    cfg = check_config(
+        SynthConfig(tasks=["mqar"], mixers=["hawk+mesa"], mqar_seq_lens=[16, 32], mqar_num_pairs=[2, 4, 8], mqar_vocab_size=64)
+    )
     names = [s.name for s in build_settings(cfg)]
     assert names == ["L=16,N=2", "L=16,N=4", "L=32,N=2", "L=32,N=4", "L=32,N=8"]  # 4 N <= L only
 
 
 def test_targets_verdicts():
     def b(task, setting, mixer, acc, train=1.0, **extra):
-        rec = dict(task=task, setting=setting, mixer=mixer, kind="token", lr=1e-3, weight_decay=0.1, seed=0,
-                   test_acc=acc, train_acc=train, **extra)
+        rec = dict(
+            task=task,
+            setting=setting,
+            mixer=mixer,
+            kind="token",
+            lr=1e-3,
+            weight_decay=0.1,
+            seed=0,
+            test_acc=acc,
+            train_acc=train,
+            **extra,
+        )
         return rec
+
     records = [
-        b("in_context_recall", "baseline", "mesa", 0.9), b("in_context_recall", "baseline", "gated_deltanet", 0.8),
-        b("mqar", "L=64,N=4", "mesa", 0.95, seq_len=64, num_pairs=4), b("mqar", "L=64,N=4", "gated_deltanet", 0.99, seq_len=64, num_pairs=4),
+        b("in_context_recall", "baseline", "mesa", 0.9),
+        b("in_context_recall", "baseline", "gated_deltanet", 0.8),
+        b("mqar", "L=64,N=4", "mesa", 0.95, seq_len=64, num_pairs=4),
+        b("mqar", "L=64,N=4", "gated_deltanet", 0.99, seq_len=64, num_pairs=4),
         b("mqar", "L=64,N=16", "mesa", 0.95, seq_len=64, num_pairs=16),
         b("mqar", "L=64,N=16", "gated_deltanet", 0.5, 1.0, seq_len=64, num_pairs=16),  # train acc is not the fit rule
-        dict(task="regression", setting="r", mixer="mesa", kind="regression", lr=1e-3, weight_decay=0.1, seed=0,
-             test_mse=0.5, test_mse_last=0.26, ridge_last=0.25),
+        dict(
+            task="regression",
+            setting="r",
+            mixer="mesa",
+            kind="regression",
+            lr=1e-3,
+            weight_decay=0.1,
+            seed=0,
+            test_mse=0.5,
+            test_mse_last=0.26,
+            ridge_last=0.25,
+        ),
     ]
     cfg = SynthConfig()
     verdicts = [t.status for t in check_targets(select_best(records), cfg)]
@@ -183,6 +233,7 @@ def test_targets_verdicts():
 
 def test_report_only_on_a_partial_run(tiny_run, tmp_path):
     import shutil
+
     out = tmp_path / "partial"
     shutil.copytree(tiny_run, out)
     victim = _cells(out)[0]

@@ -14,15 +14,23 @@ from mesanet.synth.settings import load_data
 
 
 def _cfg(**kw):
-    base = dict(hidden_size=16, num_heads=2, head_dim=8, num_layers=2, solver_training=dict(max_iter=3),
-                solver_inference=dict(max_iter=3))
+    base = dict(
+        hidden_size=16, num_heads=2, head_dim=8, num_layers=2, solver_training=dict(max_iter=3), solver_inference=dict(max_iter=3)
+    )
     return check_config(SynthConfig(**{**base, **kw}))
 
 
 def test_overrides_and_budget():
-    cfg = _cfg(tasks=["in_context_recall", "memorization", "regression"], steps=7, batch_size=4, num_train=100,
-               task_sizes={"in_context_recall": {"params": {"seq_len": 32}, "batch_size": 8},
-                           "regression": {"steps": 3, "num_test": 9, "params": {"dim": 2, "num_pairs": 6}}})
+    cfg = _cfg(
+        tasks=["in_context_recall", "memorization", "regression"],
+        steps=7,
+        batch_size=4,
+        num_train=100,
+        task_sizes={
+            "in_context_recall": {"params": {"seq_len": 32}, "batch_size": 8},
+            "regression": {"steps": 3, "num_test": 9, "params": {"dim": 2, "num_pairs": 6}},
+        },
+    )
     cr, mem, reg = build_settings(cfg)
     assert cr.config.seq_len == 32 and cr.batch_size == 8 and cr.steps == 7 and cr.num_train == 100
     assert mem.num_train == 100 and mem.batch_size == 4  # memorization's own 256 capped at 100
@@ -32,7 +40,9 @@ def test_overrides_and_budget():
 
 
 def test_mad_grid_variants_keep_their_field():
-    cfg = _cfg(tasks=["in_context_recall"], mad_grid=True, num_train=50, task_sizes={"in_context_recall": {"params": {"seq_len": 32}}})
+    cfg = _cfg(
+        tasks=["in_context_recall"], mad_grid=True, num_train=50, task_sizes={"in_context_recall": {"params": {"seq_len": 32}}}
+    )
     settings = {s.name: s for s in build_settings(cfg)}
     assert len(settings) == 11
     assert settings["baseline"].config.seq_len == 32 and settings["vocab_size=64"].config.seq_len == 32
@@ -42,8 +52,15 @@ def test_mad_grid_variants_keep_their_field():
 
 @pytest.mark.parametrize("task", ["mqar", "in_context_recall", "regression"])
 def test_test_set_is_held_out(task):
-    cfg = _cfg(tasks=[task], num_train=40, num_test=20, mqar_seq_lens=[16], mqar_num_pairs=[2], mqar_vocab_size=32,
-               task_sizes={"in_context_recall": {"params": {"seq_len": 16}}})
+    cfg = _cfg(
+        tasks=[task],
+        num_train=40,
+        num_test=20,
+        mqar_seq_lens=[16],
+        mqar_num_pairs=[2],
+        mqar_vocab_size=32,
+        task_sizes={"in_context_recall": {"params": {"seq_len": 16}}},
+    )
     setting = build_settings(cfg)[0]
     train, test = load_data(setting, cfg.data_seed)
     a, b = (train.tokens, test.tokens) if task == "regression" else (train.inputs, test.inputs)

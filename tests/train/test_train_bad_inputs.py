@@ -19,16 +19,22 @@ def _snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("over, message", [
-    (dict(batch_size=6, grad_accum=4), r"batch_size \(6, global sequences per step\) must be divisible by world_size \(1\) x grad_accum \(4\) = 4"),
-    (dict(grad_accum=0), r"grad_accum: expected an integer >= 1, got 0"),
-    (dict(name="a/b"), r"name: expected a directory name"),
-    (dict(optim=dict(min_lr_ratio=1.5)), r"optim.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got 1.5"),
-    (dict(optim=dict(lr=0.0)), r"optim.lr: expected 0 < lr <= 1, got 0.0"),
-    (dict(model=dict(preset="huge")), r"model: unknown preset 'huge'"),
-    (dict(model=dict(overrides=dict(vocab_size=7))), r"model.overrides.vocab_size \(7\) disagrees with the tokenizer"),
-    (dict(model=dict(overrides=dict(hiden_size=7))), r"model: MesaNetConfig: unknown keys \['hiden_size'\]"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        (
+            dict(batch_size=6, grad_accum=4),
+            r"batch_size \(6, global sequences per step\) must be divisible by world_size \(1\) x grad_accum \(4\) = 4",
+        ),
+        (dict(grad_accum=0), r"grad_accum: expected an integer >= 1, got 0"),
+        (dict(name="a/b"), r"name: expected a directory name"),
+        (dict(optim=dict(min_lr_ratio=1.5)), r"optim.min_lr_ratio: expected 0 <= min_lr_ratio <= 1, got 1.5"),
+        (dict(optim=dict(lr=0.0)), r"optim.lr: expected 0 < lr <= 1, got 0.0"),
+        (dict(model=dict(preset="huge")), r"model: unknown preset 'huge'"),
+        (dict(model=dict(overrides=dict(vocab_size=7))), r"model.overrides.vocab_size \(7\) disagrees with the tokenizer"),
+        (dict(model=dict(overrides=dict(hiden_size=7))), r"model: MesaNetConfig: unknown keys \['hiden_size'\]"),
+    ],
+)
 def test_bad_config_writes_nothing(make_cfg, over, message):
     cfg = make_cfg(**over)
     with pytest.raises(ValueError, match=message):
@@ -49,7 +55,9 @@ def test_unknown_config_key():
 @pytest.fixture(scope="module")
 def finished_template(tmp_path_factory, data_cache):
     """A finished 2-step run with checkpoints at steps 1 and 2 (trained once per module)."""
-    return train(tiny_config(tmp_path_factory.mktemp("finished"), data_cache, max_steps=2, checkpoint_every=1), progress=False).run_dir
+    return train(
+        tiny_config(tmp_path_factory.mktemp("finished"), data_cache, max_steps=2, checkpoint_every=1), progress=False
+    ).run_dir
 
 
 @pytest.fixture
@@ -84,18 +92,24 @@ def test_checkpoint_of_another_mesanet_shape(finished, make_cfg):
     cfg, run, before = finished
     with pytest.raises(CheckpointError, match=r"different model \(.*hidden_size: checkpoint 64, config 32"):
         Trainer(make_cfg(max_steps=4, model=dict(overrides=dict(hidden_size=32))), progress=False)
-    with pytest.raises(CheckpointError, match=r"config changed in fields that decide the training trajectory \(optim.lr: checkpoint 0.003, now 0.001\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"config changed in fields that decide the training trajectory \(optim.lr: checkpoint 0.003, now 0.001\)",
+    ):
         Trainer(make_cfg(max_steps=4, optim=dict(lr=1e-3)), progress=False)
     assert _snapshot(run) == before
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("flip", r"corrupt: model.safetensors does not match its recorded size / SHA-256"),
-    ("truncate", r"corrupt: trainer_state.pt does not match its recorded size / SHA-256"),
-    ("no-summary", r"incomplete or corrupt: trainer_state.json is missing"),
-    ("bad-summary", r"corrupt: trainer_state.json is unreadable"),
-    ("no-state", r"corrupt: trainer_state.pt is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("flip", r"corrupt: model.safetensors does not match its recorded size / SHA-256"),
+        ("truncate", r"corrupt: trainer_state.pt does not match its recorded size / SHA-256"),
+        ("no-summary", r"incomplete or corrupt: trainer_state.json is missing"),
+        ("bad-summary", r"corrupt: trainer_state.json is unreadable"),
+        ("no-state", r"corrupt: trainer_state.pt is missing"),
+    ],
+)
 def test_corrupt_checkpoint(finished, make_cfg, damage, message):
     cfg, run, _ = finished
     ck = run / "checkpoints" / "step_000002"
@@ -123,9 +137,12 @@ def test_resume_refuses_non_finite_weights_and_names_a_checked_older_checkpoint(
     cfg, run, _ = finished
     write_nan_weights(run / "checkpoints" / "step_000002")
     before = _snapshot(run)
-    with pytest.raises(CheckpointError, match=r"step_000002 holds a non-finite parameter .*; step_000001 was checked and is "
-                                              r"intact: to resume from the previous checkpoint \(step_000001\) instead, move "
-                                              r"step_000002 out of"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step_000002 holds a non-finite parameter .*; step_000001 was checked and is "
+        r"intact: to resume from the previous checkpoint \(step_000001\) instead, move "
+        r"step_000002 out of",
+    ):
         Trainer(make_cfg(max_steps=4, checkpoint_every=2), progress=False)
     assert _snapshot(run) == before
 
@@ -137,8 +154,10 @@ def test_when_both_newest_checkpoints_are_damaged_none_is_suggested(finished, ma
     with pytest.raises(CheckpointError) as info:
         Trainer(make_cfg(max_steps=4, checkpoint_every=2), progress=False)
     message = str(info.value)
-    assert f"no older checkpoint is usable either (checkpoint {run / 'checkpoints' / 'step_000001'} is corrupt: " \
-           "model.safetensors does not match its recorded size / SHA-256)" in message
+    assert (
+        f"no older checkpoint is usable either (checkpoint {run / 'checkpoints' / 'step_000001'} is corrupt: "
+        "model.safetensors does not match its recorded size / SHA-256)" in message
+    )
     assert "to resume from" not in message
 
 

@@ -56,8 +56,13 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_is_bit_exact(make_cfg, tm
     run = Path(cfg.out_dir) / cfg.name
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("WORLD_SIZE", None)
-    child = subprocess.Popen([sys.executable, "-m", "mesanet.train", str(config_file), "--no-progress"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mesanet.train", str(config_file), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + CHILD_TIMEOUT
     while _rows(run) < 2 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -69,8 +74,10 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_is_bit_exact(make_cfg, tm
     step = int(ckpt.name.split("_")[1])
     assert 2 <= step < SIGNAL_STEPS
     lines = [line for line in err.splitlines() if "interrupted by" in line]
-    assert lines == [f"mesanet train: training interrupted by {signal.Signals(signum).name} after step {step}: checkpoint "
-                     f"{ckpt} saved; resume with: {resume_command([str(config_file)], True)}"]
+    assert lines == [
+        f"mesanet train: training interrupted by {signal.Signals(signum).name} after step {step}: checkpoint "
+        f"{ckpt} saved; resume with: {resume_command([str(config_file)], True)}"
+    ]
     assert "Traceback" not in err
 
     resumed = train(cfg, progress=False)
@@ -99,8 +106,11 @@ def test_a_second_trainer_on_the_same_run_stops_at_once_naming_the_holder(make_c
 
     monkeypatch.setattr(trainer_module, "prepare_data", no_data)
     try:
-        with pytest.raises(RunInUseError, match=rf"run directory {run} is in use by another training process \(pid "
-                                                rf"{os.getpid()} on host {socket.gethostname()}, started 20"):
+        with pytest.raises(
+            RunInUseError,
+            match=rf"run directory {run} is in use by another training process \(pid "
+            rf"{os.getpid()} on host {socket.gethostname()}, started 20",
+        ):
             Trainer(cfg, progress=False)
     finally:
         holder.release()

@@ -39,7 +39,9 @@ def test_bf16_autocast(make_cfg):
     r32, r16 = fp32.fit(), bf16.fit()
     assert all(torch.isfinite(torch.tensor(r16.losses)))
     assert r16.losses != r32.losses  # autocast really ran in bf16 ...
-    torch.testing.assert_close(torch.tensor(r16.losses), torch.tensor(r32.losses), rtol=TRAIN_BF16_LOSS_RTOL, atol=0)  # ... same model
+    torch.testing.assert_close(
+        torch.tensor(r16.losses), torch.tensor(r32.losses), rtol=TRAIN_BF16_LOSS_RTOL, atol=0
+    )  # ... same model
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # fp32 master weights
     assert all(v.dtype == torch.float32 for s in bf16.optimizer.state.values() for v in s.values() if v.dim())
 
@@ -62,12 +64,15 @@ def test_run_directory_layout(make_cfg):
 
     rows = read_metrics(run / "metrics.csv")
     assert (run / "metrics.csv").read_text().splitlines()[0] == (
-        "step,lr,train_loss,grad_norm,tokens_per_s,val_loss,elapsed,tokens,cg_mean,cg_max,cg_mean_l1,cg_max_l1")
+        "step,lr,train_loss,grad_norm,tokens_per_s,val_loss,elapsed,tokens,cg_mean,cg_max,cg_mean_l1,cg_max_l1"
+    )
     assert [r["step"] for r in rows] == [2, 3, 4]  # log_every = 2, plus the evaluated step 3 and the last step
     assert [r["val_loss"] is not None for r in rows] == [False, True, True]
     assert [r["tokens"] for r in rows] == [2 * 4 * 32, 3 * 4 * 32, 4 * 4 * 32]
     assert rows[-1]["train_loss"] == result.final_train_loss == result.losses[-1]
-    assert rows[-1]["val_loss"] == result.final_val_loss and result.final_val_ppl == pytest.approx(torch.tensor(result.final_val_loss).exp().item())
+    assert rows[-1]["val_loss"] == result.final_val_loss and result.final_val_ppl == pytest.approx(
+        torch.tensor(result.final_val_loss).exp().item()
+    )
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in rows) and rows[0]["elapsed"] < rows[-1]["elapsed"]
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
 

@@ -26,17 +26,27 @@ def test_param_groups_split(model):
     assert len(decay["params"]) == len(d) and len(no_decay["params"]) == len(nd)
 
     for name in [
-        "model.embed_tokens.weight",                       # embedding (tied with the head): no regularisation
-        "model.layers.1.mixer.lam_raw",                    # Mesa lambda (2-D, tagged)
-        "model.layers.1.mixer.a_proj.bias", "model.layers.1.mixer.b_proj.bias",  # gate biases
-        "model.layers.0.mixer_norm.weight", "model.norm.weight", "model.layers.1.mixer.o_norm.weight",  # norms
+        "model.embed_tokens.weight",  # embedding (tied with the head): no regularisation
+        "model.layers.1.mixer.lam_raw",  # Mesa lambda (2-D, tagged)
+        "model.layers.1.mixer.a_proj.bias",
+        "model.layers.1.mixer.b_proj.bias",  # gate biases
+        "model.layers.0.mixer_norm.weight",
+        "model.norm.weight",
+        "model.layers.1.mixer.o_norm.weight",  # norms
     ]:
         assert name in nd, name
-    hawk_tagged = {n for n, p in model.model.layers[0].named_parameters(prefix="model.layers.0") if getattr(p, "_no_weight_decay", False)}
+    hawk_tagged = {
+        n for n, p in model.model.layers[0].named_parameters(prefix="model.layers.0") if getattr(p, "_no_weight_decay", False)
+    }
     assert hawk_tagged and any(model.get_parameter(n).dim() >= 2 for n in hawk_tagged)  # the Hawk gate bias blocks are 2-D
     assert hawk_tagged <= nd
-    for name in ["model.layers.1.mixer.q_proj.weight", "model.layers.1.mixer.o_proj.weight", "model.layers.0.mlp.up.weight",
-                 "model.layers.2.mixer.q_proj.weight", "model.layers.1.mixer.q_conv.weight"]:
+    for name in [
+        "model.layers.1.mixer.q_proj.weight",
+        "model.layers.1.mixer.o_proj.weight",
+        "model.layers.0.mlp.up.weight",
+        "model.layers.2.mixer.q_proj.weight",
+        "model.layers.1.mixer.q_conv.weight",
+    ]:
         assert name in d, name
     # the rule: decay exactly the >= 2-D, untagged, non-embedding tensors
     for name, p in model.named_parameters():

@@ -19,10 +19,17 @@ def test_metrics_csv_tensorboard_and_progress_get_the_cg_steps(make_cfg, monkeyp
     postfixes = []
 
     class Bar:  # records what the trainer shows in the progress bar
-        def __init__(self, *args, **kwargs): pass
-        def set_postfix(self, postfix, refresh=True): postfixes.append(dict(postfix))
-        def update(self, n=1): pass
-        def close(self): pass
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def set_postfix(self, postfix, refresh=True):
+            postfixes.append(dict(postfix))
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
 
     monkeypatch.setattr(trainer_module, "tqdm", Bar)
     adaptive = dict(model=dict(overrides=dict(solver_training=dict(max_iter=30, tol=1e-3))), max_steps=3)
@@ -53,7 +60,9 @@ def test_resume_adds_cg_columns_to_an_older_metrics_file(tmp_path):
     old.log(2, lr=0.1, train_loss=1.5, grad_norm=1.0, tokens_per_s=10.0, elapsed=2.0, tokens=16)
     old.close()
     new = MetricsLogger(tmp_path, start_step=1, tensorboard=False, extra_columns=("cg_mean", "cg_max"))
-    new.log(2, lr=0.1, train_loss=1.4, grad_norm=1.0, tokens_per_s=10.0, elapsed=2.0, tokens=16, extra=dict(cg_mean=2.5, cg_max=4))
+    new.log(
+        2, lr=0.1, train_loss=1.4, grad_norm=1.0, tokens_per_s=10.0, elapsed=2.0, tokens=16, extra=dict(cg_mean=2.5, cg_max=4)
+    )
     new.close()
     rows = read_metrics(tmp_path / "metrics.csv")
     assert [(r["step"], r["cg_mean"], r["cg_max"]) for r in rows] == [(1, None, None), (2, 2.5, 4)]
@@ -98,7 +107,9 @@ def test_no_warning_without_tolerance_or_when_converged(max_iter, tol):
 
 def test_the_trainer_warns_once_per_interval(make_cfg):
     over = dict(model=dict(overrides=dict(solver_training=dict(max_iter=1, tol=1e-6, preconditioner="none"))), max_steps=3)
-    with pytest.warns(SolverConvergenceWarning, match=r"step 1: Mesa CG did not converge \(layer model.layers.1.mixer: ") as caught:
+    with pytest.warns(
+        SolverConvergenceWarning, match=r"step 1: Mesa CG did not converge \(layer model.layers.1.mixer: "
+    ) as caught:
         Trainer(make_cfg(**over), progress=False).fit()
     assert len([w for w in caught if w.category is SolverConvergenceWarning]) == 1  # default interval: 100 steps
 

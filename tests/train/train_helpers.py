@@ -17,8 +17,9 @@ from mesanet.utils.files import sha256_file
 
 #: Hawk + Mesa (both kinds of tagged no-decay parameters); few CG steps: the trainer does not depend on the solver
 #: depth (at tol = 1e-4 the tiny model's solves take at most 7 steps, so no convergence warning fires).
-TINY_MODEL = dict(preset="tiny", mixer=["hawk", "mesa"],
-                  overrides=dict(solver_training=dict(max_iter=8), solver_inference=dict(max_iter=8)))
+TINY_MODEL = dict(
+    preset="tiny", mixer=["hawk", "mesa"], overrides=dict(solver_training=dict(max_iter=8), solver_inference=dict(max_iter=8))
+)
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -32,10 +33,18 @@ def merge(base: dict, over: dict) -> dict:
 def tiny_config(out_dir, data_cache: str, **over) -> TrainConfig:
     """A run named ``run`` under ``out_dir``: tiny model, 4 steps of 4 x 32 tokens, every step logged."""
     base = dict(
-        name="run", out_dir=str(out_dir), model=TINY_MODEL,
+        name="run",
+        out_dir=str(out_dir),
+        model=TINY_MODEL,
         data=dict(seq_len=32, vocab_size=300, max_documents=20, cache_dir=data_cache),
-        optim=dict(warmup_steps=1), batch_size=4, max_steps=4, log_every=1, eval_every=0, eval_batches=1,
-        checkpoint_every=0, keep_last=2,
+        optim=dict(warmup_steps=1),
+        batch_size=4,
+        max_steps=4,
+        log_every=1,
+        eval_every=0,
+        eval_batches=1,
+        checkpoint_every=0,
+        keep_last=2,
     )
     return from_dict(TrainConfig, merge(base, over))
 

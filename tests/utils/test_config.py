@@ -32,14 +32,20 @@ def test_nested_build_and_coercion():
     assert cfg.optim.betas == (0.8, 0.9) and cfg.mixers == ["gla", "mesa"] and cfg.limit is None
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"stepz": 3}, r"Outer: unknown keys \['stepz'\]; valid keys: \['limit', 'mixers', 'name', 'optim', 'precision', 'steps'\]"),
-    ({"optim": {"lrr": 1}}, r"optim: unknown keys \['lrr'\]; valid keys: \['betas', 'lr'\]"),
-    ({"steps": "ten"}, r"steps: expected an integer, got 'ten'"),
-    ({"steps": True}, r"steps: expected an integer, got True"),
-    ({"precision": "fp16"}, r"precision: expected one of \['fp32', 'bf16'\], got 'fp16'"),
-    ({"mixers": "mesa"}, r"mixers: expected a list, got 'mesa'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"stepz": 3},
+            r"Outer: unknown keys \['stepz'\]; valid keys: \['limit', 'mixers', 'name', 'optim', 'precision', 'steps'\]",
+        ),
+        ({"optim": {"lrr": 1}}, r"optim: unknown keys \['lrr'\]; valid keys: \['betas', 'lr'\]"),
+        ({"steps": "ten"}, r"steps: expected an integer, got 'ten'"),
+        ({"steps": True}, r"steps: expected an integer, got True"),
+        ({"precision": "fp16"}, r"precision: expected one of \['fp32', 'bf16'\], got 'fp16'"),
+        ({"mixers": "mesa"}, r"mixers: expected a list, got 'mesa'"),
+    ],
+)
 def test_bad_configs_name_the_problem(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(Outer, data)
@@ -59,10 +65,19 @@ def test_yaml_overrides_and_round_trip(tmp_path):
         load(Outer, tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("text, where", [
-    ("steps: 7\noptim:\n  lr: 0.01\n lr2: 1\n", r"config file '.*c\.yaml': invalid YAML at line 4, column 2: while parsing a block mapping"),
-    ("steps: [1, 2\n", r"config file '.*c\.yaml': invalid YAML at line 2, column 1: while parsing a flow sequence, expected ',' or '\]'"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (
+            "steps: 7\noptim:\n  lr: 0.01\n lr2: 1\n",
+            r"config file '.*c\.yaml': invalid YAML at line 4, column 2: while parsing a block mapping",
+        ),
+        (
+            "steps: [1, 2\n",
+            r"config file '.*c\.yaml': invalid YAML at line 2, column 1: while parsing a flow sequence, expected ',' or '\]'",
+        ),
+    ],
+)
 def test_yaml_syntax_error_in_the_file_is_one_config_error_line(tmp_path, text, where):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -71,12 +86,15 @@ def test_yaml_syntax_error_in_the_file_is_one_config_error_line(tmp_path, text, 
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lr=[1", r"override 'optim.lr=\[1': value '\[1': invalid YAML at line 1, column 3: while parsing a flow sequence"),
-    ("name={a", r"override 'name=\{a': value '\{a': invalid YAML .*flow mapping"),
-    ("=3", r"override '=3': expected KEY=VALUE with a dotted key such as optim.lr, got key ''"),
-    ("optim..lr=3", r"got key 'optim..lr'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=[1", r"override 'optim.lr=\[1': value '\[1': invalid YAML at line 1, column 3: while parsing a flow sequence"),
+        ("name={a", r"override 'name=\{a': value '\{a': invalid YAML .*flow mapping"),
+        ("=3", r"override '=3': expected KEY=VALUE with a dotted key such as optim.lr, got key ''"),
+        ("optim..lr=3", r"got key 'optim..lr'"),
+    ],
+)
 def test_bad_override_is_one_config_error_line(override, message):
     with pytest.raises(ConfigError, match=message) as info:
         load(Outer, None, [override])

@@ -33,10 +33,14 @@ def test_import_mesanet_and_the_cli_help_load_neither_torch_nor_transformers():
 
 @pytest.mark.parametrize("order", ["mesanet first", "transformers first", "modeling first"])
 def test_the_auto_classes_know_mesanet_whatever_the_import_order(order):
-    first = {"mesanet first": "import mesanet\nimport transformers",
-             "transformers first": "from transformers import AutoConfig\nimport mesanet",
-             "modeling first": "import mesanet\nfrom mesanet.models import MesaNetForCausalLM"}[order]
-    out = python(first + """
+    first = {
+        "mesanet first": "import mesanet\nimport transformers",
+        "transformers first": "from transformers import AutoConfig\nimport mesanet",
+        "modeling first": "import mesanet\nfrom mesanet.models import MesaNetForCausalLM",
+    }[order]
+    out = python(
+        first
+        + """
 import sys
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 config = AutoConfig.for_model("mesanet", num_hidden_layers=1, mixer_types=["mesa"], vocab_size=64, hidden_size=32, num_heads=2, head_dim=16)
@@ -46,5 +50,6 @@ assert type(config) is MesaNetConfig and type(lm) is MesaNetForCausalLM and type
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 assert MODEL_FOR_CAUSAL_LM_MAPPING[MesaNetConfig] is MesaNetForCausalLM  # the stand-in replaced by the real class
 print("OK")
-""")
+"""
+    )
     assert out.strip().endswith("OK")

@@ -16,11 +16,14 @@ from mesanet.utils.config import ConfigError, describe_fields, from_dict, load, 
 def config_class(name: str):
     if name.startswith("synth"):
         from mesanet.synth.config import SynthConfig
+
         return SynthConfig
     if name == "compare":
         from mesanet.eval.compare import CompareConfig
+
         return CompareConfig
     from mesanet.train.config import TrainConfig
+
     return TrainConfig
 
 

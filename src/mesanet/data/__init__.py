@@ -11,6 +11,14 @@ from .prepare import PreparedData, prepare_data
 from .tokenizer import load_tokenizer
 
 __all__ = [
-    "DataConfig", "DataError", "PreparedData", "prepare_data", "TokenBatches", "eval_windows", "load_tokenizer",
-    "EOD_TOKEN", "PAD_TOKEN", "MIN_VOCAB_SIZE",
+    "DataConfig",
+    "DataError",
+    "PreparedData",
+    "prepare_data",
+    "TokenBatches",
+    "eval_windows",
+    "load_tokenizer",
+    "EOD_TOKEN",
+    "PAD_TOKEN",
+    "MIN_VOCAB_SIZE",
 ]

@@ -25,11 +25,10 @@ def _as_tokens(tokens: Any, where: str) -> np.ndarray:
     if not isinstance(tokens, np.ndarray):
         raise TypeError(f"{where}: expected a 1-D numpy array (or tensor) of token ids, got {type(tokens).__name__}")
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{where}: expected a 1-D integer array of token ids, got shape {tuple(tokens.shape)} "
-                         f"and dtype {tokens.dtype}")
+        raise ValueError(
+            f"{where}: expected a 1-D integer array of token ids, got shape {tuple(tokens.shape)} and dtype {tokens.dtype}"
+        )
     return tokens
-
-
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
@@ -43,8 +42,7 @@ class TokenBatches:
     ``batch_size`` is per rank; see the module docstring for the order and the DDP slicing.
     """
 
-    def __init__(self, tokens: Any, seq_len: int, batch_size: int, *, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(self, tokens: Any, seq_len: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
         where = "TokenBatches"
         self.tokens = _as_tokens(tokens, where)
         self.seq_len = check_int(f"{where}: seq_len", seq_len, minimum=1)
@@ -56,8 +54,9 @@ class TokenBatches:
             raise ValueError(f"{where}: rank must be in [0, world_size={self.world_size}), got {rank}")
         self.num_windows = len(self.tokens) // self.seq_len
         if self.num_windows < 1:
-            raise ValueError(f"{where}: the token stream has {len(self.tokens)} tokens, fewer than one window of "
-                             f"seq_len={self.seq_len}")
+            raise ValueError(
+                f"{where}: the token stream has {len(self.tokens)} tokens, fewer than one window of seq_len={self.seq_len}"
+            )
         self.global_batch_size = self.batch_size * self.world_size
         self.step = 0  # global batches taken
         self._perm_epoch = -1
@@ -81,7 +80,7 @@ class TokenBatches:
         while pos < end:
             epoch, offset = divmod(pos, self.num_windows)
             take = min(end - pos, self.num_windows - offset)
-            out[pos - begin:pos - begin + take] = self._permutation(epoch)[offset:offset + take]
+            out[pos - begin : pos - begin + take] = self._permutation(epoch)[offset : offset + take]
             pos += take
         return out
 
@@ -95,8 +94,13 @@ class TokenBatches:
         return _windows(self.tokens, ids * self.seq_len, self.seq_len)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "seq_len": self.seq_len,
-                "global_batch_size": self.global_batch_size, "num_windows": self.num_windows}
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "global_batch_size": self.global_batch_size,
+            "num_windows": self.num_windows,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state['step']``; the stream layout (seed, seq_len, global batch, windows) must match."""
@@ -113,8 +117,10 @@ class TokenBatches:
         self.step = check_int("TokenBatches.load_state_dict: step", state["step"], minimum=0)
 
     def __repr__(self) -> str:
-        return (f"TokenBatches(windows={self.num_windows}, seq_len={self.seq_len}, batch_size={self.batch_size}, "
-                f"rank={self.rank}/{self.world_size}, seed={self.seed}, step={self.step})")
+        return (
+            f"TokenBatches(windows={self.num_windows}, seq_len={self.seq_len}, batch_size={self.batch_size}, "
+            f"rank={self.rank}/{self.world_size}, seed={self.seed}, step={self.step})"
+        )
 
 
 def eval_windows(tokens: Any, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
@@ -124,8 +130,10 @@ def eval_windows(tokens: Any, seq_len: int, max_windows: int | None = None) -> t
     seq_len = check_int(f"{where}: seq_len", seq_len, minimum=1)
     n = len(tokens) // seq_len
     if n < 1:
-        raise ValueError(f"{where}: the token stream has {len(tokens)} tokens, fewer than one window of "
-                         f"seq_len={seq_len}; use seq_len <= {len(tokens)} or more validation data")
+        raise ValueError(
+            f"{where}: the token stream has {len(tokens)} tokens, fewer than one window of "
+            f"seq_len={seq_len}; use seq_len <= {len(tokens)} or more validation data"
+        )
     if max_windows is not None:
         n = min(n, check_int(f"{where}: max_windows", max_windows, minimum=1))
     return _windows(tokens, np.arange(n, dtype=np.int64) * seq_len, seq_len)

@@ -44,7 +44,7 @@ def remove_stale_tmp(parent: Path, key: str) -> None:
         return
     for tmp in parent.glob(f".tmp-{key}-*"):
         try:
-            pid = int(tmp.name[len(f".tmp-{key}-"):].split("-")[0])
+            pid = int(tmp.name[len(f".tmp-{key}-") :].split("-")[0])
         except ValueError:
             continue
         if pid != os.getpid() and not _pid_alive(pid):

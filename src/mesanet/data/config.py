@@ -65,12 +65,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
             raise DataError(
-                f"DataConfig.source: expected 'stdlib', a path to a text file or folder, or 'hf:NAME', "
-                f"got {self.source!r}"
+                f"DataConfig.source: expected 'stdlib', a path to a text file or folder, or 'hf:NAME', got {self.source!r}"
             )
         check_int("DataConfig.seq_len", self.seq_len, minimum=2, what="one prediction needs two tokens", error=DataError)
         check_int(
-            "DataConfig.vocab_size", self.vocab_size, minimum=MIN_VOCAB_SIZE, error=DataError,
+            "DataConfig.vocab_size",
+            self.vocab_size,
+            minimum=MIN_VOCAB_SIZE,
+            error=DataError,
             what=f"256 byte symbols + {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}",
         )
         if self.vocab_size > MAX_VOCAB_SIZE:
@@ -78,19 +80,18 @@ class DataConfig:
         if not is_real(self.val_fraction, finite=False):
             raise DataError(f"DataConfig.val_fraction: expected a number in (0, 1), got {self.val_fraction!r}")
         if not 0.0 < float(self.val_fraction) < 1.0:
-            raise DataError(
-                f"DataConfig.val_fraction: expected a number strictly between 0 and 1, got {self.val_fraction!r}"
-            )
+            raise DataError(f"DataConfig.val_fraction: expected a number strictly between 0 and 1, got {self.val_fraction!r}")
         self.val_fraction = float(self.val_fraction)
         check_int("DataConfig.seed", self.seed, minimum=0, error=DataError)
-        check_int("DataConfig.max_documents", self.max_documents, minimum=1, optional=True, what="None: all documents",
-                  error=DataError)
+        check_int(
+            "DataConfig.max_documents", self.max_documents, minimum=1, optional=True, what="None: all documents", error=DataError
+        )
         if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
-            raise DataError(f"DataConfig.cache_dir: expected a folder path or null (the user cache folder), got {self.cache_dir!r}")
+            raise DataError(
+                f"DataConfig.cache_dir: expected a folder path or null (the user cache folder), got {self.cache_dir!r}"
+            )
 
     @property
     def cache_root(self) -> Path:
         """The cache folder: ``cache_dir``, or :func:`user_cache_dir` when it is ``None``."""
         return Path(self.cache_dir).expanduser() if self.cache_dir is not None else user_cache_dir()
-
-

@@ -16,9 +16,11 @@ from .split import assign_validation, cut_document, packing_order, select_subset
 
 #: Bump when the meaning of the corpus hash changes (selection, split or ordering rules).
 CORPUS_RECIPE = "corpus-v1"
-SPLIT_RULE = ("keyed-hash: val iff sha256('split', seed, name) < val_fraction (no split left empty; a "
-              "single document is cut at a line break); max_documents keeps the smallest "
-              "sha256('subset', seed, name); packing order by sha256('order', seed, name)")
+SPLIT_RULE = (
+    "keyed-hash: val iff sha256('split', seed, name) < val_fraction (no split left empty; a "
+    "single document is cut at a line break); max_documents keeps the smallest "
+    "sha256('subset', seed, name); packing order by sha256('order', seed, name)"
+)
 
 
 @dataclass
@@ -55,10 +57,16 @@ def combine_hashes(train_hash: str, val_hash: str) -> str:
 
 def source_stats(cfg: DataConfig, candidates: Candidates, selected: int) -> dict:
     return {
-        "source": cfg.source, "source_kind": candidates.kind, "description": candidates.description,
-        "source_info": dict(candidates.info), "candidate_documents": len(candidates.names),
-        "selected_documents": selected, "max_documents": cfg.max_documents, "seed": cfg.seed,
-        "val_fraction": cfg.val_fraction, "split_rule": SPLIT_RULE,
+        "source": cfg.source,
+        "source_kind": candidates.kind,
+        "description": candidates.description,
+        "source_info": dict(candidates.info),
+        "candidate_documents": len(candidates.names),
+        "selected_documents": selected,
+        "max_documents": cfg.max_documents,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "split_rule": SPLIT_RULE,
     }
 
 
@@ -70,8 +78,10 @@ def build_corpus(cfg: DataConfig, candidates: Candidates, progress: bool = True)
     docs = [(candidates.names[i], t) for i, t in zip(indices, raw) if t is not None and t.strip()]
     empty = len(raw) - binary - len(docs)
     if not docs:
-        raise DataError(f"no non-empty text documents in {candidates.description} ({len(raw)} selected: "
-                        f"{binary} binary, {empty} empty or whitespace-only)")
+        raise DataError(
+            f"no non-empty text documents in {candidates.description} ({len(raw)} selected: "
+            f"{binary} binary, {empty} empty or whitespace-only)"
+        )
     files = isinstance(candidates, FileCandidates)
     if len(docs) == 1:
         name, text = docs[0]
@@ -87,8 +97,11 @@ def build_corpus(cfg: DataConfig, candidates: Candidates, progress: bool = True)
         order = packing_order([n for n, _ in split], cfg.seed)
         names = [split[i][0] for i in order]
         texts = [split[i][1] for i in order]
-        stats = {"documents": len(names), "files": len(names) if files else None,
-                 "bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)}
+        stats = {
+            "documents": len(names),
+            "files": len(names) if files else None,
+            "bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in texts),
+        }
         return SplitDocs(names=names, texts=texts, hash=split_hash(names, texts), stats=stats)
 
     tr, va = make(train), make(val)

@@ -23,9 +23,16 @@ RACY_MARGIN_NS = 2_000_000_000
 
 
 def memo_key(cfg: DataConfig, candidates: Candidates, fingerprint: list) -> str:
-    ident = {"recipe": CORPUS_RECIPE, "kind": candidates.kind, "description": candidates.description,
-             "seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_documents": cfg.max_documents,
-             "candidates": len(candidates.names), "files": fingerprint}
+    ident = {
+        "recipe": CORPUS_RECIPE,
+        "kind": candidates.kind,
+        "description": candidates.description,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "max_documents": cfg.max_documents,
+        "candidates": len(candidates.names),
+        "files": fingerprint,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -35,17 +42,22 @@ def lookup(root: Path, key: str) -> Corpus | None:
     if entry is None or entry.get("max_mtime_ns", 0) > entry.get("written_ns", 0) - RACY_MARGIN_NS:
         return None
     try:
-        splits = {s: SplitDocs(names=entry[s]["names"], texts=None, hash=entry[s]["hash"],
-                               stats=entry[s]["stats"]) for s in ("train", "val")}
-        return Corpus(train=splits["train"], val=splits["val"], corpus_hash=entry["corpus_hash"],
-                      stats=entry["stats"])
+        splits = {
+            s: SplitDocs(names=entry[s]["names"], texts=None, hash=entry[s]["hash"], stats=entry[s]["stats"])
+            for s in ("train", "val")
+        }
+        return Corpus(train=splits["train"], val=splits["val"], corpus_hash=entry["corpus_hash"], stats=entry["stats"])
     except (KeyError, TypeError):
         return None
 
 
 def store(root: Path, key: str, corpus: Corpus, fingerprint: list) -> None:
-    entry = {"corpus_hash": corpus.corpus_hash, "stats": corpus.stats, "written_ns": time.time_ns(),
-             "max_mtime_ns": max((f[2] for f in fingerprint), default=0)}
+    entry = {
+        "corpus_hash": corpus.corpus_hash,
+        "stats": corpus.stats,
+        "written_ns": time.time_ns(),
+        "max_mtime_ns": max((f[2] for f in fingerprint), default=0),
+    }
     for s, docs in (("train", corpus.train), ("val", corpus.val)):
         entry[s] = {"names": docs.names, "hash": docs.hash, "stats": docs.stats}
     write_json_atomic(root / f"{key}.json", entry)

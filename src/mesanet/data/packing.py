@@ -79,16 +79,19 @@ def _encoder(backend: Tokenizer) -> Tokenizer:
     return tok
 
 
-def pack_split(backend: Tokenizer, texts: list[str], eod_id: int, dtype: np.dtype, out: Path,
-               progress: bool = True, desc: str = "tokenising") -> int:
+def pack_split(
+    backend: Tokenizer, texts: list[str], eod_id: int, dtype: np.dtype, out: Path, progress: bool = True, desc: str = "tokenising"
+) -> int:
     """Write ``EOD d1 EOD ... dn EOD`` for ``texts`` to ``out``; returns the number of tokens."""
     tok = _encoder(backend)
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     limit = np.iinfo(dtype).max
     eod = np.array([eod_id], dtype=dtype)
     total = 0
-    with open(out, "wb") as f, tqdm(total=sum(len(t) for t in texts), desc=desc, unit="char",
-                                     unit_scale=True, disable=not progress, leave=False) as bar:
+    with (
+        open(out, "wb") as f,
+        tqdm(total=sum(len(t) for t in texts), desc=desc, unit="char", unit_scale=True, disable=not progress, leave=False) as bar,
+    ):
         f.write(eod.tobytes())
         total += 1
         for batch in _batches(texts):
@@ -106,8 +109,16 @@ def pack_split(backend: Tokenizer, texts: list[str], eod_id: int, dtype: np.dtyp
     return total
 
 
-def build_tokens(root: Path, key: str, backend: Tokenizer, texts: dict[str, list[str]], eod_id: int,
-                 dtype: np.dtype, meta: dict, progress: bool = True) -> tuple[Path, bool]:
+def build_tokens(
+    root: Path,
+    key: str,
+    backend: Tokenizer,
+    texts: dict[str, list[str]],
+    eod_id: int,
+    dtype: np.dtype,
+    meta: dict,
+    progress: bool = True,
+) -> tuple[Path, bool]:
     """Build the cache entry ``root/key``, or find it if another process just did: (folder, built)."""
     folder = root / key
     with cache.lock(root, key):
@@ -119,11 +130,15 @@ def build_tokens(root: Path, key: str, backend: Tokenizer, texts: dict[str, list
             log.warning("%s; moved the entry to %s and rebuilding it", problem or f"token cache {folder} is damaged", aside)
         cache.remove_stale_tmp(root, key)
         with cache.atomic_dir(folder) as tmp:
-            counts = {s: pack_split(backend, texts[s], eod_id, dtype, tmp / f"{s}.bin", progress,
-                                    desc=f"tokenising {s}") for s in SPLITS}
+            counts = {
+                s: pack_split(backend, texts[s], eod_id, dtype, tmp / f"{s}.bin", progress, desc=f"tokenising {s}")
+                for s in SPLITS
+            }
             digests = {s: file_digest(tmp / f"{s}.bin") for s in SPLITS}
-            cache.write_json_atomic(tmp / "meta.json", {**meta, "recipe": PACKING_RECIPE, "dtype": dtype.str,
-                                                        "tokens": counts, "eod_id": eod_id, HASH_NAME: digests})
+            cache.write_json_atomic(
+                tmp / "meta.json",
+                {**meta, "recipe": PACKING_RECIPE, "dtype": dtype.str, "tokens": counts, "eod_id": eod_id, HASH_NAME: digests},
+            )
     return folder, True
 
 
@@ -146,8 +161,10 @@ def read_tokens(folder: Path, verify: bool = True) -> tuple[tuple[dict[str, np.n
             if not path.is_file() or path.stat().st_size != n * dtype.itemsize:
                 return None, f"token cache file {path} is missing or has the wrong size (expected {n} tokens)"
             if verify and file_digest(path) != meta[HASH_NAME][s]:
-                return None, (f"token cache file {path} does not match the {HASH_NAME} digest recorded when it was "
-                              "built (changed or damaged since)")
+                return None, (
+                    f"token cache file {path} does not match the {HASH_NAME} digest recorded when it was "
+                    "built (changed or damaged since)"
+                )
             arrays[s] = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
     except (KeyError, TypeError, ValueError, OSError) as e:
         return None, f"token cache file {meta_file} is inconsistent ({type(e).__name__}: {e})"

@@ -105,7 +105,11 @@ def prepare_data(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
         return {"train": corpus.train.texts, "val": corpus.val.texts}
 
     tokenizer, tok_dir, tok_hash, hits["tokenizer"] = load_or_train(
-        root / "tokenizer", corpus.train.hash, cfg.vocab_size, lambda: texts()["train"], progress=progress,
+        root / "tokenizer",
+        corpus.train.hash,
+        cfg.vocab_size,
+        lambda: texts()["train"],
+        progress=progress,
     )
     eod_id, pad_id = special_ids(tokenizer)
     key = packing.tokens_key(corpus.corpus_hash, tok_hash, dtype)
@@ -113,8 +117,9 @@ def prepare_data(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     hits["tokens"] = loaded is not None
     if loaded is None:
         meta = {"corpus_hash": corpus.corpus_hash, "tokenizer_hash": tok_hash}
-        folder, built = packing.build_tokens(root / "tokens", key, tokenizer.backend_tokenizer, texts(), eod_id,
-                                             dtype, meta, progress=progress)
+        folder, built = packing.build_tokens(
+            root / "tokens", key, tokenizer.backend_tokenizer, texts(), eod_id, dtype, meta, progress=progress
+        )
         hits["tokens"] = not built
         loaded = packing.load_tokens(folder, verify=False)  # just built or verified by build_tokens
         if loaded is None:
@@ -124,23 +129,37 @@ def prepare_data(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
 
     stats = dict(corpus.stats)
     for s, docs in (("train", corpus.train), ("val", corpus.val)):
-        stats[s] = {**docs.stats, "tokens": int(arrays[s].size), "windows": int(arrays[s].size) // cfg.seq_len,
-                    "hash": docs.hash}
+        stats[s] = {**docs.stats, "tokens": int(arrays[s].size), "windows": int(arrays[s].size) // cfg.seq_len, "hash": docs.hash}
     stats.update(
-        corpus_hash=corpus.corpus_hash, tokenizer_hash=tok_hash, eod_id=eod_id, pad_id=pad_id,
+        corpus_hash=corpus.corpus_hash,
+        tokenizer_hash=tok_hash,
+        eod_id=eod_id,
+        pad_id=pad_id,
         special_tokens={"eod": EOD_TOKEN, "pad": PAD_TOKEN},
-        vocab_size={"requested": cfg.vocab_size, "actual": len(tokenizer)}, token_dtype=dtype.name,
+        vocab_size={"requested": cfg.vocab_size, "actual": len(tokenizer)},
+        token_dtype=dtype.name,
         packing=f"{packing.PACKING_RECIPE}: EOD d1 EOD d2 ... dn EOD",
     )
     if len(tokenizer) < cfg.vocab_size:
-        log.warning("the training split ran out of BPE merges: the tokenizer has %d tokens, not vocab_size=%d",
-                    len(tokenizer), cfg.vocab_size)
+        log.warning(
+            "the training split ran out of BPE merges: the tokenizer has %d tokens, not vocab_size=%d",
+            len(tokenizer),
+            cfg.vocab_size,
+        )
     _check_seq_len(cfg, arrays)
     log.info("data ready in %.2fs (cache hits: %s): %s", time.perf_counter() - start, hits, corpus.stats["description"])
     return PreparedData(
-        tokenizer=tokenizer, train=arrays["train"], val=arrays["val"], eod_id=eod_id, pad_id=pad_id,
-        corpus_hash=corpus.corpus_hash, tokenizer_hash=tok_hash, stats=stats, tokenizer_dir=tok_dir,
-        tokens_dir=root / "tokens" / key, cache_hits=hits,
+        tokenizer=tokenizer,
+        train=arrays["train"],
+        val=arrays["val"],
+        eod_id=eod_id,
+        pad_id=pad_id,
+        corpus_hash=corpus.corpus_hash,
+        tokenizer_hash=tok_hash,
+        stats=stats,
+        tokenizer_dir=tok_dir,
+        tokens_dir=root / "tokens" / key,
+        cache_hits=hits,
         documents={"train": list(corpus.train.names), "val": list(corpus.val.names)},
     )
 

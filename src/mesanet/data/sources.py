@@ -70,8 +70,13 @@ class FileCandidates(Candidates):
         return out
 
     def read(self, indices: Sequence[int], progress: bool = True) -> list[str | None]:
-        bar = tqdm(indices, desc=f"reading {self.kind} files", unit="file",
-                   disable=not progress or len(indices) < PROGRESS_MIN_FILES, leave=False)
+        bar = tqdm(
+            indices,
+            desc=f"reading {self.kind} files",
+            unit="file",
+            disable=not progress or len(indices) < PROGRESS_MIN_FILES,
+            leave=False,
+        )
         return [read_text_file(self.paths[i]) for i in bar]
 
 
@@ -102,10 +107,7 @@ def stdlib_candidates() -> FileCandidates:
         raise DataError(f"the Python standard library folder {str(root)!r} (sysconfig 'stdlib') does not exist")
     names, paths = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if d not in STDLIB_EXCLUDED_DIRS and not d.startswith(STDLIB_EXCLUDED_PREFIXES)
-        )
+        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS and not d.startswith(STDLIB_EXCLUDED_PREFIXES))
         for fn in sorted(filenames):
             if fn.endswith(".py"):
                 path = Path(dirpath) / fn
@@ -119,12 +121,16 @@ def stdlib_candidates() -> FileCandidates:
     return FileCandidates(
         kind="stdlib",
         description=f"Python {version} standard library ({platform.python_implementation()}) at {root}: "
-                    f"*.py files, excluding test folders, site-packages and build configuration",
+        f"*.py files, excluding test folders, site-packages and build configuration",
         names=[names[i] for i in order],
         paths=[paths[i] for i in order],
         root=root,
-        info={"python_version": version, "python_implementation": platform.python_implementation(),
-              "stdlib_path": str(root), "candidate_files": len(names)},
+        info={
+            "python_version": version,
+            "python_implementation": platform.python_implementation(),
+            "stdlib_path": str(root),
+            "candidate_files": len(names),
+        },
     )
 
 
@@ -140,8 +146,14 @@ def local_candidates(source: str) -> FileCandidates:
     if path.is_file():
         if path.stat().st_size == 0:
             raise DataError(f"data file {str(path)!r} is empty")
-        return FileCandidates(kind="local", description=f"local text file {path}", names=[path.name],
-                              paths=[path], root=path.parent, info={"path": str(path), "candidate_files": 1})
+        return FileCandidates(
+            kind="local",
+            description=f"local text file {path}",
+            names=[path.name],
+            paths=[path],
+            root=path.parent,
+            info={"path": str(path), "candidate_files": 1},
+        )
     if not path.is_dir():
         raise DataError(f"data source {str(path)!r} is neither a regular file nor a folder")
     names, paths = [], []
@@ -165,6 +177,10 @@ def local_candidates(source: str) -> FileCandidates:
         )
     order = sorted(range(len(names)), key=names.__getitem__)
     return FileCandidates(
-        kind="local", description=f"local text folder {path}", names=[names[i] for i in order],
-        paths=[paths[i] for i in order], root=path, info={"path": str(path), "candidate_files": len(names)},
+        kind="local",
+        description=f"local text folder {path}",
+        names=[names[i] for i in order],
+        paths=[paths[i] for i in order],
+        root=path,
+        info={"path": str(path), "candidate_files": len(names)},
     )

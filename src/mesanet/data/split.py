@@ -57,8 +57,10 @@ def packing_order(names: Sequence[str], seed: int) -> list[int]:
 def cut_document(text: str, val_fraction: float, name: str) -> tuple[str, str]:
     """Split one document into a training head and a validation tail at a line break."""
     if len(text) < 2:
-        raise DataError(f"the corpus is a single document ({name!r}) of {len(text)} character(s); it cannot be "
-                        f"split into training and validation parts")
+        raise DataError(
+            f"the corpus is a single document ({name!r}) of {len(text)} character(s); it cannot be "
+            f"split into training and validation parts"
+        )
     point = min(max(int(round(len(text) * (1.0 - val_fraction))), 1), len(text) - 1)
     cut = text.find("\n", point)
     if cut == -1 or cut + 1 >= len(text):

@@ -43,8 +43,10 @@ def train_bpe(texts: list[str], vocab_size: int, progress: bool = True) -> Token
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=progress,
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return tok
@@ -52,8 +54,7 @@ def train_bpe(texts: list[str], vocab_size: int, progress: bool = True) -> Token
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """The transformers fast tokenizer around ``tok`` with mesanet's special-token roles."""
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN,
-                                   pad_token=PAD_TOKEN)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN, pad_token=PAD_TOKEN)
 
 
 def file_hash(folder: Path) -> str:
@@ -69,8 +70,9 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_or_train(root: Path, train_hash: str, vocab_size: int, texts: Callable[[], list[str]],
-                  progress: bool = True) -> tuple[PreTrainedTokenizerFast, Path, str, bool]:
+def load_or_train(
+    root: Path, train_hash: str, vocab_size: int, texts: Callable[[], list[str]], progress: bool = True
+) -> tuple[PreTrainedTokenizerFast, Path, str, bool]:
     """(tokenizer, its folder, tokenizer_hash, cache_hit); ``texts()`` is called only when training."""
     key = tokenizer_key(train_hash, vocab_size)
     folder = root / key
@@ -88,9 +90,13 @@ def load_or_train(root: Path, train_hash: str, vocab_size: int, texts: Callable[
                 bpe = train_bpe(texts(), vocab_size, progress=progress)
                 with cache.atomic_dir(folder) as tmp:
                     wrap(bpe).save_pretrained(str(tmp))
-                    meta = {"recipe": TOKENIZER_RECIPE, "train_hash": train_hash, "vocab_size": vocab_size,
-                            "actual_vocab_size": bpe.get_vocab_size(with_added_tokens=True),
-                            "tokenizer_hash": file_hash(tmp)}
+                    meta = {
+                        "recipe": TOKENIZER_RECIPE,
+                        "train_hash": train_hash,
+                        "vocab_size": vocab_size,
+                        "actual_vocab_size": bpe.get_vocab_size(with_added_tokens=True),
+                        "tokenizer_hash": file_hash(tmp),
+                    }
                     cache.write_json_atomic(tmp / "meta.json", meta)
                 tok = load_tokenizer(folder)
     return tok, folder, file_hash(folder), hit
@@ -108,8 +114,10 @@ def _load_cached(folder: Path) -> tuple[PreTrainedTokenizerFast | None, str | No
     if meta is None:
         return None, f"cached tokenizer file {folder / 'meta.json'} is unreadable"
     if file_hash(folder) != meta.get("tokenizer_hash"):
-        return None, (f"cached tokenizer file {folder / 'tokenizer.json'} does not match the sha256 recorded in "
-                      "meta.json when it was built (changed or damaged since)")
+        return None, (
+            f"cached tokenizer file {folder / 'tokenizer.json'} does not match the sha256 recorded in "
+            "meta.json when it was built (changed or damaged since)"
+        )
     try:
         return load_tokenizer(folder), None
     except Exception as e:  # noqa: BLE001 - whatever a broken file raises (UnicodeDecodeError, JSON, tokenizers)

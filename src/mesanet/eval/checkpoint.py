@@ -112,7 +112,11 @@ def _check_safetensors(file: Path) -> None:
 
 
 def load_model(
-    path: str | Path, *, device: str | torch.device | None = "cpu", dtype: Optional[torch.dtype] = None, verify: bool = True,
+    path: str | Path,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    verify: bool = True,
 ) -> MesaNetForCausalLM:
     """``MesaNetForCausalLM.from_pretrained(path)`` in eval mode, after :func:`check_model_dir` and (``verify``)
     :func:`verify_checksums`; every weight must be present in the checkpoint (``CheckpointError`` listing the
@@ -154,8 +158,12 @@ def load_tokenizer(path: str | Path):
 
 
 def load_checkpoint(
-    path: str | Path, *, device: str | torch.device | None = "cpu", dtype: Optional[torch.dtype] = None,
-    tokenizer: bool = True, verify: bool = True,
+    path: str | Path,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    tokenizer: bool = True,
+    verify: bool = True,
 ) -> LoadedCheckpoint:
     """Model (eval mode, on ``device``) and, when ``tokenizer``, its tokenizer from a model directory; ``verify``:
     refuse files that differ from the SHA-256 training recorded (:func:`verify_checksums`)."""
@@ -169,6 +177,12 @@ def load_checkpoint(
 
 
 __all__ = [
-    "CheckpointError", "LoadedCheckpoint", "check_model_dir", "load_checkpoint", "load_model", "load_tokenizer", "resolve_device",
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "check_model_dir",
+    "load_checkpoint",
+    "load_model",
+    "load_tokenizer",
+    "resolve_device",
     "verify_checksums",
 ]

@@ -55,8 +55,10 @@ class CompareVariant:
 def default_variants() -> list[CompareVariant]:
     """The issue's comparison: MesaNet, Gated DeltaNet, a Transformer and Hawk-Mesa."""
     return [
-        CompareVariant("mesanet", "mesa"), CompareVariant("gated-deltanet", "gated_deltanet"),
-        CompareVariant("transformer", "attention"), CompareVariant("hawk-mesa", "hawk+mesa"),
+        CompareVariant("mesanet", "mesa"),
+        CompareVariant("gated-deltanet", "gated_deltanet"),
+        CompareVariant("transformer", "attention"),
+        CompareVariant("hawk-mesa", "hawk+mesa"),
     ]
 
 
@@ -91,7 +93,9 @@ def _resolve_mixer(mixer, layers: int, name: str):
     if isinstance(mixer, str) and "+" in mixer:
         pattern = [m.strip() for m in mixer.split("+")]
         if layers % len(pattern):
-            raise ValueError(f"compare: variant {name!r}: the pattern {mixer!r} ({len(pattern)} kinds) does not divide {layers} layers")
+            raise ValueError(
+                f"compare: variant {name!r}: the pattern {mixer!r} ({len(pattern)} kinds) does not divide {layers} layers"
+            )
         return pattern * (layers // len(pattern))
     return mixer
 
@@ -109,8 +113,12 @@ def variant_configs(cfg: CompareConfig) -> list[TrainConfig]:
         preset = v.preset or base_model.preset
         overrides = {**base_model.overrides, **v.overrides}
         mixer = base_model.mixer if v.mixer is None else v.mixer
-        model = ModelSection(preset=preset, mixer=_resolve_mixer(mixer, _num_layers(preset, overrides), v.name), overrides=overrides)
-        configs.append(dataclasses.replace(copy.deepcopy(cfg.base), name=v.name, out_dir=str(Path(cfg.out_dir) / "runs"), model=model))
+        model = ModelSection(
+            preset=preset, mixer=_resolve_mixer(mixer, _num_layers(preset, overrides), v.name), overrides=overrides
+        )
+        configs.append(
+            dataclasses.replace(copy.deepcopy(cfg.base), name=v.name, out_dir=str(Path(cfg.out_dir) / "runs"), model=model)
+        )
     return configs
 
 
@@ -173,8 +181,10 @@ def compare(
 
     report_solver(settings_cfg.eval_solver or None, INFERENCE.to_dict())  # a bad eval_solver fails before any training
     settings = eval_settings(
-        solver=settings_cfg.eval_solver or None, extrapolation=settings_cfg.extrapolation,
-        max_windows=settings_cfg.max_windows, solver_windows=settings_cfg.solver_windows,
+        solver=settings_cfg.eval_solver or None,
+        extrapolation=settings_cfg.extrapolation,
+        max_windows=settings_cfg.max_windows,
+        solver_windows=settings_cfg.solver_windows,
     )
     summaries: list[RunSummary] = []
     for tc in configs:
@@ -183,9 +193,13 @@ def compare(
             train(tc, progress=progress)
         if not (settings_cfg.reuse and _evaluation_current(run_dir, settings)):
             evaluate_run(
-                run_dir, solver=settings_cfg.eval_solver or None, extrapolation=settings_cfg.extrapolation,
-                max_windows=settings_cfg.max_windows, solver_windows=settings_cfg.solver_windows,
-                device=str(resolve_device(tc.device)), progress=progress,
+                run_dir,
+                solver=settings_cfg.eval_solver or None,
+                extrapolation=settings_cfg.extrapolation,
+                max_windows=settings_cfg.max_windows,
+                solver_windows=settings_cfg.solver_windows,
+                device=str(resolve_device(tc.device)),
+                progress=progress,
             )
         summaries.append(summarize_run(tc.name, run_dir, tokens=tokens_per_run(tc)))
     return write_compare_report(summaries, out, title=settings_cfg.title, notes=_notes(configs))
@@ -198,7 +212,9 @@ def _notes(configs: Sequence[TrainConfig]) -> list[str]:
     data = f"data: `{first.data.source}`, seq_len {first.data.seq_len}, vocabulary {first.data.vocab_size}"
     notes = [data + ("" if same_data else " (the runs do NOT share their data config)")]
     if len(budgets) == 1:
-        notes.append(f"token budget: {budgets.pop():,} tokens per run ({first.max_steps} steps x {first.batch_size} sequences x {first.data.seq_len} tokens)")
+        notes.append(
+            f"token budget: {budgets.pop():,} tokens per run ({first.max_steps} steps x {first.batch_size} sequences x {first.data.seq_len} tokens)"
+        )
     else:
         notes.append("token budgets differ between runs: " + ", ".join(f"{c.name} {tokens_per_run(c):,}" for c in configs))
     notes.append("sorted by validation loss; tokens/s: median training throughput from metrics.csv")

@@ -64,15 +64,18 @@ def summarize_run(name: str, run_dir: str | Path, *, tokens: Optional[int] = Non
     elapsed = _finite(metrics.get("elapsed", []))
     if tokens is None and "tokens" in metrics and len(_finite(metrics["tokens"])):
         tokens = int(_finite(metrics["tokens"])[-1])
-    extrapolation = {
-        int(k): (v.get("ppl") if v.get("available") else None) for k, v in ev.get("extrapolation", {}).items()
-    }
+    extrapolation = {int(k): (v.get("ppl") if v.get("available") else None) for k, v in ev.get("extrapolation", {}).items()}
     return RunSummary(
-        name=name, run_dir=str(run_dir), params=params, val_loss=val_loss,
-        val_ppl=math.inf if val_ppl is None else float(val_ppl), tokens=tokens,
+        name=name,
+        run_dir=str(run_dir),
+        params=params,
+        val_loss=val_loss,
+        val_ppl=math.inf if val_ppl is None else float(val_ppl),
+        tokens=tokens,
         tokens_per_s=float(np.median(throughput)) if len(throughput) else None,
         train_time_s=float(elapsed[-1]) if len(elapsed) else None,
-        mixers=list(ev["model"].get("mixer_types", [])), extrapolation=extrapolation,
+        mixers=list(ev["model"].get("mixer_types", [])),
+        extrapolation=extrapolation,
         per_position_nll=_read_curve(run_dir / PER_POSITION_CSV),
     )
 
@@ -115,14 +118,34 @@ def write_compare_report(
     rows = sorted(summaries, key=lambda s: s.val_loss)
     factors = sorted({f for s in rows for f in s.extrapolation if f != 1})
 
-    header = ["run", "mixers", "params", "tokens", "val loss", "val ppl", *[f"ppl x{f}" for f in factors], "tokens/s", "train time (s)"]
+    header = [
+        "run",
+        "mixers",
+        "params",
+        "tokens",
+        "val loss",
+        "val ppl",
+        *[f"ppl x{f}" for f in factors],
+        "tokens/s",
+        "train time (s)",
+    ]
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes]
-    lines += ([""] if notes else []) + ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ([""] if notes else []) + [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|",
+    ]
     for s in rows:
         cells = [
-            s.name, _mixer_label(s.mixers), f"{s.params:,}", _fmt(s.tokens, ","), _fmt(s.val_loss, ".4f"), _fmt(s.val_ppl, ".2f"),
-            *[_fmt(s.extrapolation.get(f), ".2f") for f in factors], _fmt(s.tokens_per_s, ",.0f"), _fmt(s.train_time_s, ".1f"),
+            s.name,
+            _mixer_label(s.mixers),
+            f"{s.params:,}",
+            _fmt(s.tokens, ","),
+            _fmt(s.val_loss, ".4f"),
+            _fmt(s.val_ppl, ".2f"),
+            *[_fmt(s.extrapolation.get(f), ".2f") for f in factors],
+            _fmt(s.tokens_per_s, ",.0f"),
+            _fmt(s.train_time_s, ".1f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if factors:

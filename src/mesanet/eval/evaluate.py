@@ -111,9 +111,7 @@ def _check_batch_size(batch_size, where: str) -> None:
 
 
 @torch.no_grad()
-def evaluate_lm(
-    model: nn.Module, windows, batch_size: int = 8, progress: bool = True, desc: str = "eval"
-) -> LMEvalResult:
+def evaluate_lm(model: nn.Module, windows, batch_size: int = 8, progress: bool = True, desc: str = "eval") -> LMEvalResult:
     """Next-token loss, perplexity and per-position NLL of ``model`` on ``windows [N, T]``.
 
     Runs in eval mode (the model's training flag is restored afterwards) without gradients, ``batch_size``
@@ -138,7 +136,9 @@ def evaluate_lm(
         model.train(was_training)
     per_position = (sums / num).numpy()
     loss = float(sums.sum() / (num * (length - 1)))
-    return LMEvalResult(loss=loss, ppl=perplexity(loss), tokens=num * (length - 1), windows=num, seq_len=length, per_position_nll=per_position)
+    return LMEvalResult(
+        loss=loss, ppl=perplexity(loss), tokens=num * (length - 1), windows=num, seq_len=length, per_position_nll=per_position
+    )
 
 
 def check_tokens(tokens, where: str) -> np.ndarray:
@@ -208,9 +208,20 @@ def extrapolation(
         if len(windows) == 0:
             results[factor] = ExtrapolationResult(factor, seq_len, None, f"no evaluation windows of {seq_len} tokens")
             continue
-        result = evaluate_lm(model, windows, batch_size=max(1, batch_size // factor), progress=progress, desc=f"eval x{factor} ({seq_len} tokens)")
+        result = evaluate_lm(
+            model, windows, batch_size=max(1, batch_size // factor), progress=progress, desc=f"eval x{factor} ({seq_len} tokens)"
+        )
         results[factor] = ExtrapolationResult(factor, seq_len, result)
     return results
 
 
-__all__ = ["ExtrapolationResult", "LMEvalResult", "check_tokens", "check_windows", "evaluate_lm", "extrapolation", "model_device", "perplexity"]
+__all__ = [
+    "ExtrapolationResult",
+    "LMEvalResult",
+    "check_tokens",
+    "check_windows",
+    "evaluate_lm",
+    "extrapolation",
+    "model_device",
+    "perplexity",
+]

@@ -62,7 +62,7 @@ class CallbackStreamer(BaseStreamer):
 
     def _emit(self, text: str) -> None:
         if text.startswith(self.emitted) and len(text) > len(self.emitted):
-            piece = text[len(self.emitted):]
+            piece = text[len(self.emitted) :]
             self.emitted = text
             self.callback(piece)
 
@@ -118,11 +118,16 @@ def generate_ids(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
     greedy = temperature == 0
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=not greedy, num_beams=1,
-        temperature=None if greedy else float(temperature), top_k=None if greedy else top_k,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        num_beams=1,
+        temperature=None if greedy else float(temperature),
+        top_k=None if greedy else top_k,
         top_p=None if greedy else (None if top_p is None else float(top_p)),
         # [] (not None): None would be filled in with the model's default EOS and stop generation after all
-        eos_token_id=eos if stop_at_eos and eos is not None else [], pad_token_id=pad, use_cache=True,
+        eos_token_id=eos if stop_at_eos and eos is not None else [],
+        pad_token_id=pad,
+        use_cache=True,
     )
     streamer = CallbackStreamer(tokenizer, stream, **DECODE_KWARGS) if stream is not None else None
     was_training = model.training
@@ -131,12 +136,10 @@ def generate_ids(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer
-            )
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer)
     finally:
         model.train(was_training)
-    new_tokens = out[0, ids.shape[1]:].tolist()
+    new_tokens = out[0, ids.shape[1] :].tolist()
     stops = set(eos if isinstance(eos, list) else [eos]) if stop_at_eos and eos is not None else set()
     if new_tokens and new_tokens[-1] in stops:
         new_tokens = new_tokens[:-1]
@@ -164,8 +167,16 @@ def generate_text(
     decoded, e.g. ``lambda s: print(s, end="", flush=True)``; the pieces concatenate to the returned text.
     ``stop_at_eos``: stop at the tokenizer's EOS token (the data pipeline's end-of-document marker)."""
     ids = generate_ids(
-        model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed, stream=stream, stop_at_eos=stop_at_eos,
+        model,
+        tokenizer,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stream=stream,
+        stop_at_eos=stop_at_eos,
     )
     return tokenizer.decode(ids, **DECODE_KWARGS)
 

@@ -77,7 +77,9 @@ def _named_curves(curves: Curves) -> dict[str, np.ndarray]:
         raise ValueError("plot_per_position: expected at least one curve")
     for name, values in named.items():
         if values.ndim != 1 or len(values) == 0:
-            raise ValueError(f"plot_per_position: curve {name or '(unnamed)'!r} must be a non-empty 1-D array, got shape {list(values.shape)}")
+            raise ValueError(
+                f"plot_per_position: curve {name or '(unnamed)'!r} must be a non-empty 1-D array, got shape {list(values.shape)}"
+            )
     return named
 
 
@@ -154,7 +156,9 @@ def plot_loss_curves(
             val = np.asarray(metrics["val_loss"])
             ok = np.isfinite(val)
             if ok.any():
-                ax.plot(xs[ok], val[ok], color=color, linestyle="--", marker="o", markersize=3, linewidth=1, label=f"{label} (val)")
+                ax.plot(
+                    xs[ok], val[ok], color=color, linestyle="--", marker="o", markersize=3, linewidth=1, label=f"{label} (val)"
+                )
     if log_y:
         ax.set_yscale("log")
     if x == "step":

@@ -98,8 +98,6 @@ def report_solver(solver: SolverSettings | Mapping[str, Any] | None, model_solve
     return as_settings(solver, own, "evaluate_run: solver")
 
 
-
-
 def _check_arguments(solver, extrapolation, max_windows, solver_windows, batch_size) -> None:
     """The cheap checks, before a model or any data is loaded."""
     where = "evaluate_run"
@@ -153,13 +151,17 @@ def evaluate_run(
 
     if train_len is None:
         if run_config is None:
-            raise ValueError(f"{str(path)!r} is a model directory outside a run: give the training length "
-                             "(mesanet eval --train-len N; evaluate_run(train_len=N))")
+            raise ValueError(
+                f"{str(path)!r} is a model directory outside a run: give the training length "
+                "(mesanet eval --train-len N; evaluate_run(train_len=N))"
+            )
         train_len = train_seq_len(run_config, where)
     if val_tokens is None:
         if run_config is None:
-            raise ValueError(f"{str(path)!r} is a model directory outside a run: give the text to evaluate on "
-                             "(mesanet eval --val-text FILE; evaluate_run(val_tokens=...))")
+            raise ValueError(
+                f"{str(path)!r} is a model directory outside a run: give the text to evaluate on "
+                "(mesanet eval --val-text FILE; evaluate_run(val_tokens=...))"
+            )
         if "data" not in run_config:
             raise ValueError(f"{where}: no data section to rebuild the validation split from")
         val_tokens = validation_tokens(run_config["data"], progress=progress, run_dir=Path(run_dir))
@@ -172,7 +174,9 @@ def evaluate_run(
     settings = report_solver(solver, config.solver_inference)
 
     factors = sorted({1, *extrapolation})
-    results = run_extrapolation(model, val_tokens, train_len, factors, max_windows=max_windows, batch_size=batch_size, progress=progress)
+    results = run_extrapolation(
+        model, val_tokens, train_len, factors, max_windows=max_windows, batch_size=batch_size, progress=progress
+    )
     base = results[1]
     if not base.available:
         raise ValueError(f"evaluate_run: cannot evaluate at the training length: {base.reason}")
@@ -180,24 +184,32 @@ def evaluate_run(
     from ..data import eval_windows
 
     solver = solver_report(
-        model, eval_windows(val_tokens, train_len, max_windows=solver_windows), settings,
-        batch_size=batch_size, progress=progress,
+        model,
+        eval_windows(val_tokens, train_len, max_windows=solver_windows),
+        settings,
+        batch_size=batch_size,
+        progress=progress,
     )
 
     out = Path(out_dir) if out_dir is not None else (Path(run_dir) if run_dir is not None else Path(model_dir))
     out.mkdir(parents=True, exist_ok=True)
     files = dict(
-        eval_json=str(out / EVAL_JSON), per_position_csv=str(out / PER_POSITION_CSV),
-        per_position_png=str(out / PER_POSITION_PNG), summary_md=str(out / SUMMARY_MD),
+        eval_json=str(out / EVAL_JSON),
+        per_position_csv=str(out / PER_POSITION_CSV),
+        per_position_png=str(out / PER_POSITION_PNG),
+        summary_md=str(out / SUMMARY_MD),
     )
     report = dict(
         name=(Path(run_dir) if run_dir is not None else Path(model_dir)).resolve().name,
-        model_dir=str(model_dir), run_dir=None if run_dir is None else str(run_dir),
+        model_dir=str(model_dir),
+        run_dir=None if run_dir is None else str(run_dir),
         model=dict(
-            params=sum(p.numel() for p in model.parameters()), mixer_types=list(config.mixer_types),
+            params=sum(p.numel() for p in model.parameters()),
+            mixer_types=list(config.mixer_types),
             solver_inference=dict(config.solver_inference),
         ),
-        train_len=train_len, val_split_tokens=int(len(val_tokens)),
+        train_len=train_len,
+        val_split_tokens=int(len(val_tokens)),
         settings=eval_settings(solver=settings, extrapolation=factors, max_windows=max_windows, solver_windows=solver_windows),
         val=dict(loss=base.loss, ppl=_finite_or_none(base.ppl), tokens=base.result.tokens, windows=base.result.windows),
         extrapolation={str(f): _jsonable(r.to_dict()) for f, r in results.items()},
@@ -206,8 +218,13 @@ def evaluate_run(
     )
     _write_per_position_csv(results, out / PER_POSITION_CSV)
     curves = {f"{r.seq_len} tokens (x{f})": r.per_position_nll for f, r in results.items() if r.available}
-    plot_per_position(curves, out / PER_POSITION_PNG, train_len=train_len if len(curves) > 1 else None,
-                      bins_per_decade=PLOT_BINS_PER_DECADE, title=f"Per-position NLL: {report['name']}")
+    plot_per_position(
+        curves,
+        out / PER_POSITION_PNG,
+        train_len=train_len if len(curves) > 1 else None,
+        bins_per_decade=PLOT_BINS_PER_DECADE,
+        title=f"Per-position NLL: {report['name']}",
+    )
     (out / SUMMARY_MD).write_text(_summary_markdown(report, results, solver.to_markdown()))
     report["eval_seconds"] = round(time.perf_counter() - started, 3)
     (out / EVAL_JSON).write_text(json.dumps(report, indent=2))
@@ -243,8 +260,10 @@ def _summary_markdown(report: dict, results: dict[int, ExtrapolationResult], sol
     ]
     if "mesa" in kinds:
         own = model["solver_inference"]
-        lines.append(f"- Mesa solver for the losses below: max_iter = {own['max_iter']}, tol = {own['tol']:g}, "
-                     f"preconditioner = {own['preconditioner']} (the model's solver_inference)")
+        lines.append(
+            f"- Mesa solver for the losses below: max_iter = {own['max_iter']}, tol = {own['tol']:g}, "
+            f"preconditioner = {own['preconditioner']} (the model's solver_inference)"
+        )
     lines += [
         "",
         "## Validation loss and length extrapolation",
@@ -255,14 +274,33 @@ def _summary_markdown(report: dict, results: dict[int, ExtrapolationResult], sol
     notes = []
     for factor, r in sorted(results.items()):
         if r.available:
-            lines.append(f"| x{factor} | {r.seq_len} | {r.result.windows} | {r.result.tokens:,} | {_fmt(r.loss)} | {_fmt(r.ppl, '.2f')} |")
+            lines.append(
+                f"| x{factor} | {r.seq_len} | {r.result.windows} | {r.result.tokens:,} | {_fmt(r.loss)} | {_fmt(r.ppl, '.2f')} |"
+            )
         else:
             lines.append(f"| x{factor} | {r.seq_len} | — | — | unavailable | unavailable |")
             notes.append(f"- x{factor}: {r.reason}")
     lines += ([""] + notes) if notes else []
-    lines += ["", "## Mesa CG solver", "", solver_md.rstrip(), "", "## Per-position NLL", "",
-              f"![per-position NLL]({PER_POSITION_PNG}) (values: [{PER_POSITION_CSV}]({PER_POSITION_CSV}))", ""]
+    lines += [
+        "",
+        "## Mesa CG solver",
+        "",
+        solver_md.rstrip(),
+        "",
+        "## Per-position NLL",
+        "",
+        f"![per-position NLL]({PER_POSITION_PNG}) (values: [{PER_POSITION_CSV}]({PER_POSITION_CSV}))",
+        "",
+    ]
     return "\n".join(lines)
 
 
-__all__ = ["EVAL_JSON", "PER_POSITION_CSV", "PER_POSITION_PNG", "SUMMARY_MD", "eval_settings", "evaluate_run", "validation_tokens"]
+__all__ = [
+    "EVAL_JSON",
+    "PER_POSITION_CSV",
+    "PER_POSITION_PNG",
+    "SUMMARY_MD",
+    "eval_settings",
+    "evaluate_run",
+    "validation_tokens",
+]

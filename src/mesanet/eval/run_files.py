@@ -72,9 +72,13 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, Optional[Path]]:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{str(path)!r} does not exist: expected a run directory (runs/<name>) or a model directory (with config.json)")
+        raise ValueError(
+            f"{str(path)!r} does not exist: expected a run directory (runs/<name>) or a model directory (with config.json)"
+        )
     if not path.is_dir():
-        raise ValueError(f"{str(path)!r} is a file: expected a run directory (runs/<name>) or a model directory (with config.json)")
+        raise ValueError(
+            f"{str(path)!r} is a file: expected a run directory (runs/<name>) or a model directory (with config.json)"
+        )
     if is_model_dir(path):
         run_dir = next((p for p in path.resolve().parents[:3] if is_run_dir(p)), None)
         return path, run_dir
@@ -88,9 +92,7 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, Optional[Path]]:
         raise ValueError(
             f"run directory {str(path)!r} has no model yet: neither {FINAL}/config.json nor {CHECKPOINTS}/step_*/config.json exists"
         )
-    raise ValueError(
-        f"{str(path)!r} is neither a model directory (no {MODEL_CONFIG}) nor a run directory (no {RUN_CONFIG})"
-    )
+    raise ValueError(f"{str(path)!r} is neither a model directory (no {MODEL_CONFIG}) nor a run directory (no {RUN_CONFIG})")
 
 
 def recorded_checksums(model_dir: str | Path) -> tuple[Optional[Path], Optional[dict]]:
@@ -176,7 +178,21 @@ def _number(cell: Optional[str], path: Path, line: int, column: str) -> float:
 
 
 __all__ = [
-    "CHECKPOINTS", "CHECKSUM_RECORDS", "DATA_STATS", "FINAL", "METRICS", "MODEL_CONFIG", "RUN_CONFIG", "TRAINER_STATE",
-    "is_model_dir", "is_run_dir", "latest_checkpoint", "load_run_config", "read_metrics", "recorded_cache_dir",
-    "recorded_checksums", "resolve_model_dir", "train_seq_len",
+    "CHECKPOINTS",
+    "CHECKSUM_RECORDS",
+    "DATA_STATS",
+    "FINAL",
+    "METRICS",
+    "MODEL_CONFIG",
+    "RUN_CONFIG",
+    "TRAINER_STATE",
+    "is_model_dir",
+    "is_run_dir",
+    "latest_checkpoint",
+    "load_run_config",
+    "read_metrics",
+    "recorded_cache_dir",
+    "recorded_checksums",
+    "resolve_model_dir",
+    "train_seq_len",
 ]

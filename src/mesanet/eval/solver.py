@@ -70,16 +70,24 @@ class SolverReport:
 
     def to_dict(self) -> dict:
         return dict(
-            solver=self.solver, tol=self.tol, max_iter=self.max_iter, tokens=self.tokens, message=self.message,
-            mean_iterations=self.mean_iterations, max_relative_residual=self.max_relative_residual,
+            solver=self.solver,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            tokens=self.tokens,
+            message=self.message,
+            mean_iterations=self.mean_iterations,
+            max_relative_residual=self.max_relative_residual,
             layers=[asdict(layer) for layer in self.layers],
         )
 
     def to_markdown(self) -> str:
         if not self.layers:
             return f"{self.message[0].upper()}{self.message[1:]}.\n"
-        rule = "each layer's own settings" if self.solver is None else (
-            f"tol = {self.tol:g}, max_iter = {self.max_iter}, preconditioner = {self.solver['preconditioner']}")
+        rule = (
+            "each layer's own settings"
+            if self.solver is None
+            else (f"tol = {self.tol:g}, max_iter = {self.max_iter}, preconditioner = {self.solver['preconditioner']}")
+        )
         head = f"CG at {rule}, over {self.tokens} tokens"
         rows = [
             "| layer | mean iters | max iters | mean rel. residual | max rel. residual | converged |",
@@ -95,7 +103,11 @@ class SolverReport:
 
 @torch.no_grad()
 def solver_report(
-    model: nn.Module, windows, solver: SolverSettings | Mapping[str, Any] | None = None, *, batch_size: int = 8,
+    model: nn.Module,
+    windows,
+    solver: SolverSettings | Mapping[str, Any] | None = None,
+    *,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> SolverReport:
     """Per Mesa layer: mean / max CG iterations and mean / max final relative residual on ``windows [N, T]``.
@@ -120,7 +132,9 @@ def solver_report(
         label = "own settings" if collector.solver is None else f"tol {collector.solver.tol:g}"
         try:
             model.eval()
-            for start in tqdm(range(0, len(windows), batch_size), desc=f"CG stats ({label})", unit="batch", disable=not progress, leave=False):
+            for start in tqdm(
+                range(0, len(windows), batch_size), desc=f"CG stats ({label})", unit="batch", disable=not progress, leave=False
+            ):
                 model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
         finally:
             model.train(was_training)
@@ -130,9 +144,14 @@ def solver_report(
         raise RuntimeError(f"solver_report: Mesa layer(s) {missing} recorded no solver statistics")
     reports = [
         LayerSolverReport(
-            name=s.name, layer_index=s.layer_index, systems=s.systems, mean_iterations=s.mean_iterations,
-            max_iterations=s.max_iterations, mean_relative_residual=s.mean_relative_residual,
-            max_relative_residual=s.max_relative_residual, converged_fraction=s.converged_fraction,
+            name=s.name,
+            layer_index=s.layer_index,
+            systems=s.systems,
+            mean_iterations=s.mean_iterations,
+            max_iterations=s.max_iterations,
+            mean_relative_residual=s.mean_relative_residual,
+            max_relative_residual=s.max_relative_residual,
+            converged_fraction=s.converged_fraction,
         )
         for s in (summaries[name] for name, _ in layers)
     ]

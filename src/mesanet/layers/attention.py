@@ -68,13 +68,25 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, head_dim: int, *, num_kv_heads: Optional[int] = None,
-        window: Optional[int] = None, rope_theta: float = DEFAULT_ROPE_BASE, device=None, dtype=None,
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        num_kv_heads: Optional[int] = None,
+        window: Optional[int] = None,
+        rope_theta: float = DEFAULT_ROPE_BASE,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
-                            ("num_kv_heads", num_kv_heads)):
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("num_heads", num_heads),
+            ("head_dim", head_dim),
+            ("num_kv_heads", num_kv_heads),
+        ):
             if not is_int(value, 1):
                 raise ValueError(f"Attention: expected {name} to be a positive integer, got {value!r}")
         if num_heads % num_kv_heads:
@@ -97,11 +109,13 @@ class Attention(nn.Module):
         """Fan-in normal initialisation (std ``1/sqrt(fan_in)``) of every projection; the model may rescale
         ``o_proj`` (residual-branch scaling)."""
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
-            nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
+            nn.init.normal_(proj.weight, std=proj.in_features**-0.5)
 
     def extra_repr(self) -> str:
-        return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-                f"head_dim={self.head_dim}, window={self.window}")
+        return (
+            f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+            f"head_dim={self.head_dim}, window={self.window}"
+        )
 
     # ------------------------------------------------------------------ checks and masks
 
@@ -114,26 +128,43 @@ class Attention(nn.Module):
         expected = (batch, state.key.shape[1], self.num_kv_heads, self.head_dim) if state.key.dim() == 4 else None
         for name, t in (("key", state.key), ("value", state.value)):
             if t.dim() != 4 or tuple(t.shape) != expected:
-                raise ValueError(f"Attention: expected state.{name} of shape [B, T_cache, H_kv, head_dim] = "
-                                 f"[{batch}, T_cache, {self.num_kv_heads}, {self.head_dim}], got {list(t.shape)}")
+                raise ValueError(
+                    f"Attention: expected state.{name} of shape [B, T_cache, H_kv, head_dim] = "
+                    f"[{batch}, T_cache, {self.num_kv_heads}, {self.head_dim}], got {list(t.shape)}"
+                )
         return state.key.shape[1], state.seen
 
-    def _key_validity(self, attention_mask: Optional[Tensor], batch: int, length: int, cached: int, seen: int) -> Optional[Tensor]:
+    def _key_validity(
+        self, attention_mask: Optional[Tensor], batch: int, length: int, cached: int, seen: int
+    ) -> Optional[Tensor]:
         """``attention_mask [B, seen + T]`` -> bool ``[B, T_cache + T]`` over the stored keys (None if all valid)."""
         if attention_mask is None:
             return None
-        if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, seen + length):
+        if (
+            not isinstance(attention_mask, Tensor)
+            or attention_mask.dim() != 2
+            or tuple(attention_mask.shape) != (batch, seen + length)
+        ):
             shape = list(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-            raise ValueError(f"Attention: expected attention_mask of shape [B, T_past + T] = [{batch}, {seen} + {length}], got {shape}")
-        valid = attention_mask[:, attention_mask.shape[1] - cached - length:].to(torch.bool)  # [B, T_cache + T]
+            raise ValueError(
+                f"Attention: expected attention_mask of shape [B, T_past + T] = [{batch}, {seen} + {length}], got {shape}"
+            )
+        valid = attention_mask[:, attention_mask.shape[1] - cached - length :].to(torch.bool)  # [B, T_cache + T]
         return None if bool(valid.all()) else valid
 
     def _positions(self, position_ids, attention_mask, segment_start, batch, length, seen, device) -> Tensor:
         if position_ids is not None:
-            if (not isinstance(position_ids, Tensor) or position_ids.dim() != 2 or position_ids.shape[0] not in (1, batch)
-                    or position_ids.shape[1] != length or position_ids.is_floating_point()):
+            if (
+                not isinstance(position_ids, Tensor)
+                or position_ids.dim() != 2
+                or position_ids.shape[0] not in (1, batch)
+                or position_ids.shape[1] != length
+                or position_ids.is_floating_point()
+            ):
                 shape = list(position_ids.shape) if isinstance(position_ids, Tensor) else type(position_ids).__name__
-                raise ValueError(f"Attention: expected integer position_ids of shape [B or 1, T] = [{batch}, {length}], got {shape}")
+                raise ValueError(
+                    f"Attention: expected integer position_ids of shape [B or 1, T] = [{batch}, {length}], got {shape}"
+                )
             return position_ids
         if segment_start is not None:  # packed: positions restart in every sequence
             return (torch.arange(length, device=device) - segment_start).unsqueeze(0)  # [1, T]
@@ -178,8 +209,13 @@ class Attention(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(
-        self, x: Tensor, state: Optional[KVState] = None, attention_mask: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None, use_cache: bool = False,
+        self,
+        x: Tensor,
+        state: Optional[KVState] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        cu_seqlens: Optional[Tensor] = None,
+        use_cache: bool = False,
         return_weights: bool = False,
     ):
         """``x [B, T, D] -> (y [B, T, D], state or None)``, plus ``weights [B, H, T, T_cache + T]`` (float32
@@ -196,12 +232,15 @@ class Attention(nn.Module):
             if state is not None:
                 raise ValueError("Attention: cu_seqlens cannot be combined with a state (packed sequences start fresh)")
             if attention_mask is not None:
-                raise ValueError("Attention: cu_seqlens cannot be combined with attention_mask (packed sequences carry no padding)")
+                raise ValueError(
+                    "Attention: cu_seqlens cannot be combined with attention_mask (packed sequences carry no padding)"
+                )
             if use_cache:
                 raise ValueError("Attention: use_cache is not supported with cu_seqlens (a cache has one row per batch row)")
             lengths = checks.check_cu_seqlens("Attention", cu_seqlens, batch, length, x.device)
-            segment = torch.repeat_interleave(torch.arange(len(lengths), device=x.device),
-                                              torch.tensor(lengths, device=x.device))  # [T] sequence of each token
+            segment = torch.repeat_interleave(
+                torch.arange(len(lengths), device=x.device), torch.tensor(lengths, device=x.device)
+            )  # [T] sequence of each token
             segment_start = cu_seqlens.long()[segment]  # [T] first token of that sequence
         key_valid = self._key_validity(attention_mask, batch, length, cached, seen)
         positions = self._positions(position_ids, attention_mask, segment_start, batch, length, seen, x.device)
@@ -221,7 +260,7 @@ class Attention(nn.Module):
                 new_state = KVState(k, v)
             else:  # trim to the last W - 1 keys: all that any later query can reach
                 keep = min(k.shape[1], self.window - 1)
-                new_state = WindowKVState(k[:, k.shape[1] - keep:], v[:, v.shape[1] - keep:], seen + length - keep)
+                new_state = WindowKVState(k[:, k.shape[1] - keep :], v[:, v.shape[1] - keep :], seen + length - keep)
 
         groups = self.num_heads // self.num_kv_heads
         qh = rearrange(q, "b t h d -> b h t d")  # [B, H, T, Dh]
@@ -238,7 +277,7 @@ class Attention(nn.Module):
             allowed = self._allowed(length, cached, key_valid, segment, x.device)  # [B or 1, 1, T, S]
             if return_weights:
                 compute = torch.promote_types(x.dtype, torch.float32)
-                scores = torch.matmul(qh.to(compute), kh.to(compute).mT) * self.head_dim ** -0.5  # [B, H, T, S]
+                scores = torch.matmul(qh.to(compute), kh.to(compute).mT) * self.head_dim**-0.5  # [B, H, T, S]
                 weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
                 o = torch.matmul(weights, vh.to(compute)).to(x.dtype)  # [B, H, T, Dh]
             else:

@@ -39,8 +39,11 @@ class RecurrentState:
 
     def select(self, index: Tensor) -> "RecurrentState":
         """Rows ``index`` of every tensor (beam search reordering)."""
-        return RecurrentState({n: t.index_select(0, index) for n, t in self.conv.items()},
-                              tuple(t.index_select(0, index) for t in self.recurrent), self.seen)
+        return RecurrentState(
+            {n: t.index_select(0, index) for n, t in self.conv.items()},
+            tuple(t.index_select(0, index) for t in self.recurrent),
+            self.seen,
+        )
 
 
 @dataclass

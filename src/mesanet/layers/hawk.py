@@ -172,7 +172,7 @@ class BlockDiagonalLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         """Fan-in normal weights (std ``1/sqrt(E)``), zero biases (Griffin)."""
-        nn.init.normal_(self.weight, std=self.block_width ** -0.5)
+        nn.init.normal_(self.weight, std=self.block_width**-0.5)
         nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
@@ -184,8 +184,12 @@ class BlockDiagonalLinear(nn.Module):
         return rearrange(y, "... h e -> ... (h e)")
 
 
-def rg_lru_lambda_init(width: int, c: float = RG_LRU_C, init_range: tuple[float, float] = RG_LRU_INIT_RANGE,
-                       generator: Optional[torch.Generator] = None) -> Tensor:
+def rg_lru_lambda_init(
+    width: int,
+    c: float = RG_LRU_C,
+    init_range: tuple[float, float] = RG_LRU_INIT_RANGE,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """``Lambda [width]`` (float64) with ``a^c = exp(-c softplus(Lambda))`` uniform in ``init_range``."""
     lo, hi = init_range
     if not 0.0 < lo <= hi < 1.0:
@@ -215,13 +219,27 @@ class Hawk(nn.Module):
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, head_dim: int, *, expansion: float = 1.0, conv_size: int = 4,
-        c: float = RG_LRU_C, decay_init_range: tuple[float, float] = RG_LRU_INIT_RANGE,
-        chunk_size: int = DEFAULT_CHUNK_SIZE, device=None, dtype=None,
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        expansion: float = 1.0,
+        conv_size: int = 4,
+        c: float = RG_LRU_C,
+        decay_init_range: tuple[float, float] = RG_LRU_INIT_RANGE,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
-                            ("conv_size", conv_size), ("chunk_size", chunk_size)):
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("num_heads", num_heads),
+            ("head_dim", head_dim),
+            ("conv_size", conv_size),
+            ("chunk_size", chunk_size),
+        ):
             if not is_int(value, 1):
                 raise ValueError(f"Hawk: expected {name} to be a positive integer, got {value!r}")
         if not (isinstance(expansion, (int, float)) and expansion > 0 and round(expansion * head_dim) >= 1):
@@ -252,15 +270,17 @@ class Hawk(nn.Module):
     def reset_parameters(self) -> None:
         """Everything: fan-in normal projections, conv default, gates, ``Lambda``."""
         for proj in (self.gate_proj, self.x_proj, self.o_proj):
-            nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
+            nn.init.normal_(proj.weight, std=proj.in_features**-0.5)
         self.conv.reset_parameters()
         self.r_gate.reset_parameters()
         self.i_gate.reset_parameters()
         self.reset_special_parameters()
 
     def extra_repr(self) -> str:
-        return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, width={self.width}, "
-                f"conv_size={self.conv_size}, c={self.c:g}")
+        return (
+            f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, width={self.width}, "
+            f"conv_size={self.conv_size}, c={self.c:g}"
+        )
 
     def _check_call(self, x, state, attention_mask, cu_seqlens, use_cache) -> None:
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.hidden_size or not x.is_floating_point():
@@ -274,10 +294,14 @@ class Hawk(nn.Module):
                 raise ValueError(f"Hawk: expected state to be a RecurrentState (or None), got {type(state).__name__}")
             tail = state.conv.get("x")
             if tail is not None and tuple(tail.shape) != (batch, self.conv_size - 1, self.width):
-                raise ValueError(f"Hawk: expected conv tail 'x' of shape {[batch, self.conv_size - 1, self.width]}, got {list(tail.shape)}")
+                raise ValueError(
+                    f"Hawk: expected conv tail 'x' of shape {[batch, self.conv_size - 1, self.width]}, got {list(tail.shape)}"
+                )
             if len(state.recurrent) > 1 or (state.recurrent and tuple(state.recurrent[0].shape) != (batch, self.width)):
-                raise ValueError(f"Hawk: expected recurrent state (h [B, W],) with shape {[batch, self.width]}, "
-                                 f"got {[list(t.shape) for t in state.recurrent]}")
+                raise ValueError(
+                    f"Hawk: expected recurrent state (h [B, W],) with shape {[batch, self.width]}, "
+                    f"got {[list(t.shape) for t in state.recurrent]}"
+                )
         if attention_mask is not None and (not isinstance(attention_mask, Tensor) or attention_mask.shape[0] != batch):
             shape = list(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
             raise ValueError(f"Hawk: expected attention_mask of shape [B, T_past + T] with B = {batch}, got {shape}")
@@ -291,8 +315,13 @@ class Hawk(nn.Module):
             checks.check_cu_seqlens("Hawk", cu_seqlens, batch, length, x.device)
 
     def forward(
-        self, x: Tensor, state: Optional[RecurrentState] = None, attention_mask: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None, use_cache: bool = False,
+        self,
+        x: Tensor,
+        state: Optional[RecurrentState] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        cu_seqlens: Optional[Tensor] = None,
+        use_cache: bool = False,
     ) -> tuple[Tensor, Optional[RecurrentState]]:
         """``x [B, T, D] -> (y [B, T, D], RecurrentState or None)``."""
         self._check_call(x, state, attention_mask, cu_seqlens, use_cache)

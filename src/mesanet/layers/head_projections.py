@@ -16,8 +16,7 @@ class HeadProjections(nn.Module):
     """Weights ``w_q, w_k [H, key, D]``, ``w_v [H, val, D]`` and ``proj [H, D, val]`` (the paper's ``P``), all
     ``N(0, init_std^2)``; ``value_size`` defaults to ``key_size``. Subclasses implement ``forward``."""
 
-    def __init__(self, dim: int, num_heads: int, key_size: int, value_size: Optional[int] = None,
-                 init_std: float = 0.05) -> None:
+    def __init__(self, dim: int, num_heads: int, key_size: int, value_size: Optional[int] = None, init_std: float = 0.05) -> None:
         super().__init__()
         value_size = key_size if value_size is None else value_size
         name = type(self).__name__

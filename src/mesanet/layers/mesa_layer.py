@@ -120,9 +120,18 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
         override, collectors = active_collectors(self)
         settings = self.solver if override is None else override
         out = mesa(
-            q, k, v, g, beta, self.lam,
-            initial_state=initial_state, output_final_state=output_final_state, solver=settings,
-            chunk_size=self.chunk_size, cu_seqlens=cu_seqlens, return_stats=bool(collectors),
+            q,
+            k,
+            v,
+            g,
+            beta,
+            self.lam,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            solver=settings,
+            chunk_size=self.chunk_size,
+            cu_seqlens=cu_seqlens,
+            return_stats=bool(collectors),
             validate=self.validate_inputs,
         )
         for collector in collectors:
@@ -134,7 +143,16 @@ class MesaLayer(RidgeRegularised, RecurrentMixer):
         override, collectors = active_collectors(self)
         settings = self.solver if override is None else override
         out = mesa_step(
-            q, k, v, g, beta, self.lam, state, solver=settings, return_stats=bool(collectors), validate=self.validate_inputs,
+            q,
+            k,
+            v,
+            g,
+            beta,
+            self.lam,
+            state,
+            solver=settings,
+            return_stats=bool(collectors),
+            validate=self.validate_inputs,
         )
         if collectors:
             stats = SolverStats(out.stats.iterations.unsqueeze(1), out.stats.relative_residual.unsqueeze(1))  # [B, 1, H]

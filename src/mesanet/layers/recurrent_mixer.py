@@ -76,7 +76,9 @@ def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
 
 
 def gates(
-    beta_logits: Optional[Tensor], gamma_logits: Optional[Tensor], gamma_cap: Optional[float] = GAMMA_CAP,
+    beta_logits: Optional[Tensor],
+    gamma_logits: Optional[Tensor],
+    gamma_cap: Optional[float] = GAMMA_CAP,
     beta_max: float = 1.0,
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """``(beta, g)`` from gate logits; ``None`` logits mean "no such gate" (``beta = 1`` / ``g = 0``),
@@ -114,8 +116,6 @@ def forget_gate_bias(num_heads: int, gamma_range: tuple[float, float] = FORGET_I
         log_one_minus = torch.linspace(a, b, num_heads, dtype=torch.float64)
     gamma = 1.0 - log_one_minus.exp()
     return gamma.log() - (-gamma).log1p()  # logit(gamma)
-
-
 
 
 class RecurrentMixer(nn.Module):
@@ -186,7 +186,9 @@ class RecurrentMixer(nn.Module):
         self.hidden_size = check_int(f"{name}: hidden_size", hidden_size, minimum=1)
         self.num_heads = check_int(f"{name}: num_heads", num_heads, minimum=1)
         self.head_dim = check_int(f"{name}: head_dim", head_dim, minimum=1)
-        self.value_head_dim = check_int(f"{name}: value_head_dim", head_dim if value_head_dim is None else value_head_dim, minimum=1)
+        self.value_head_dim = check_int(
+            f"{name}: value_head_dim", head_dim if value_head_dim is None else value_head_dim, minimum=1
+        )
         self.conv_size = check_int(f"{name}: conv_size", conv_size, minimum=1)
         self.chunk_size = check_int(f"{name}: chunk_size", chunk_size, minimum=1)
         if gamma_cap is not None and not (0.0 < float(gamma_cap) <= 1.0):
@@ -234,15 +236,27 @@ class RecurrentMixer(nn.Module):
         """Create subclass parameters (called before :meth:`reset_parameters` in ``__init__``)."""
 
     def _parallel(
-        self, q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
-        initial_state: Optional[tuple[Tensor, ...]], cu_seqlens: Optional[Tensor], output_final_state: bool,
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        g: Optional[Tensor],
+        beta: Optional[Tensor],
+        initial_state: Optional[tuple[Tensor, ...]],
+        cu_seqlens: Optional[Tensor],
+        output_final_state: bool,
     ) -> tuple[Tensor, Optional[tuple[Tensor, ...]]]:
         """``q, k [B, T, H, Dk]``, ``v [B, T, H, Dv]``, ``g, beta [B, T, H]`` or ``None`` (no gate)
         -> ``(o [B, T, H, Dv], final recurrent state tuple or None)``."""
         raise NotImplementedError
 
     def _step(
-        self, q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        g: Optional[Tensor],
+        beta: Optional[Tensor],
         state: Optional[tuple[Tensor, ...]],
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """One token: ``q, k [B, H, Dk]``, ``v [B, H, Dv]``, ``g, beta [B, H]`` or ``None``, state tuple or
@@ -253,7 +267,7 @@ class RecurrentMixer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        std = self.hidden_size ** -0.5
+        std = self.hidden_size**-0.5
         for proj in (self.q_proj, self.k_proj, self.v_proj):
             nn.init.normal_(proj.weight, 0.0, std)
         nn.init.normal_(self.o_proj.weight, 0.0, self.output_init_scale * (self.num_heads * self.value_head_dim) ** -0.5)
@@ -293,8 +307,10 @@ class RecurrentMixer(nn.Module):
 
     def _check_call(self, x, state, cu_seqlens, use_cache) -> None:
         if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point():
-            self._fail(f"expected x to be a floating tensor [B, T, D], got "
-                       f"{type(x).__name__ if not isinstance(x, Tensor) else f'{x.dtype} of shape {list(x.shape)}'}")
+            self._fail(
+                f"expected x to be a floating tensor [B, T, D], got "
+                f"{type(x).__name__ if not isinstance(x, Tensor) else f'{x.dtype} of shape {list(x.shape)}'}"
+            )
         batch, length, width = x.shape
         if width != self.hidden_size:
             self._fail(f"expected x [B, T, D] with D = hidden_size = {self.hidden_size}, got {list(x.shape)}")
@@ -370,7 +386,11 @@ class RecurrentMixer(nn.Module):
         # the ops run with autocast off themselves (mesanet.ops.numerics.without_autocast)
         if state is not None and length == 1:
             o, final = self._step(
-                q[:, 0], k[:, 0], v[:, 0], None if g is None else g[:, 0], None if beta is None else beta[:, 0],
+                q[:, 0],
+                k[:, 0],
+                v[:, 0],
+                None if g is None else g[:, 0],
+                None if beta is None else beta[:, 0],
                 recurrent,
             )
             o = o.unsqueeze(1)

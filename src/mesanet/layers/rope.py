@@ -54,8 +54,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, position_ids: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """``position_ids [B, T]`` -> ``(cos, sin) [B, T, D]`` in float32 (float64 when ``dtype`` is float64)."""
         if position_ids.dim() != 2 or position_ids.is_floating_point():
-            raise ValueError(f"RotaryEmbedding: expected integer position_ids of shape [B, T], got "
-                             f"{position_ids.dtype} of shape {list(position_ids.shape)}")
+            raise ValueError(
+                f"RotaryEmbedding: expected integer position_ids of shape [B, T], got "
+                f"{position_ids.dtype} of shape {list(position_ids.shape)}"
+            )
         compute = torch.promote_types(dtype, torch.float32)
         inv_freq = rope_inverse_frequencies(self.dim, self.base, position_ids.device, compute)  # [D/2]
         angles = position_ids.to(compute).unsqueeze(-1) * inv_freq  # [B, T, D/2]

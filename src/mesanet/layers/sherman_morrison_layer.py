@@ -49,10 +49,7 @@ class ShermanMorrisonMesa(RidgeRegularised, RecurrentMixer):
         if cu_seqlens is None:
             return self._run(q, k, v, g, beta, initial_state, output_final_state)
         offsets = cu_seqlens.tolist()  # validated by the base class; no state, B == 1, no cache here
-        outputs = [
-            self._run(*(t[:, a:b] for t in (q, k, v, g, beta)), None, False)[0]
-            for a, b in zip(offsets, offsets[1:])
-        ]
+        outputs = [self._run(*(t[:, a:b] for t in (q, k, v, g, beta)), None, False)[0] for a, b in zip(offsets, offsets[1:])]
         return torch.cat(outputs, dim=1), None
 
     def _step(self, q, k, v, g, beta, state):

@@ -19,8 +19,13 @@ class ShortConvolution(nn.Module):
     """
 
     def __init__(
-        self, channels: int, width: int = 4, activation: Optional[str] = "silu", bias: bool = False,
-        device=None, dtype=None,
+        self,
+        channels: int,
+        width: int = 4,
+        activation: Optional[str] = "silu",
+        bias: bool = False,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
@@ -38,7 +43,11 @@ class ShortConvolution(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(
-        self, x: Tensor, *, tail: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+        self,
+        x: Tensor,
+        *,
+        tail: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
         cu_seqlens: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
         batch, length, channels = x.shape

@@ -17,8 +17,15 @@ class SingleStateMixer(RecurrentMixer):
 
     def _parallel(self, q, k, v, g, beta, initial_state, cu_seqlens, output_final_state):
         out = self.parallel_op(
-            q, k, v, g, beta, initial_state=None if initial_state is None else initial_state[0],
-            output_final_state=output_final_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
+            q,
+            k,
+            v,
+            g,
+            beta,
+            initial_state=None if initial_state is None else initial_state[0],
+            output_final_state=output_final_state,
+            chunk_size=self.chunk_size,
+            cu_seqlens=cu_seqlens,
             validate=self.validate_inputs,
         )
         return out.output, None if out.final_state is None else (out.final_state,)

@@ -99,10 +99,15 @@ class SolverStatsCollector:
         residual = stats.relative_residual.reshape(-1).to(torch.float64)
         iters_f = iters.to(torch.float64)
         stalled = (iters >= settings.max_iter) & (residual > settings.tol)
-        sums = torch.stack([
-            iters_f.new_tensor(float(iters.numel())), iters_f.sum(), residual.sum(),
-            (residual <= settings.tol).sum().to(torch.float64), stalled.sum().to(torch.float64),
-        ])
+        sums = torch.stack(
+            [
+                iters_f.new_tensor(float(iters.numel())),
+                iters_f.sum(),
+                residual.sum(),
+                (residual <= settings.tol).sum().to(torch.float64),
+                stalled.sum().to(torch.float64),
+            ]
+        )
         maxes = torch.stack([iters_f.max(), residual.max(), torch.where(stalled, residual, 0.0).max()])
         self._sums[i] = sums if self._sums[i] is None else self._sums[i] + sums
         self._maxes[i] = maxes if self._maxes[i] is None else torch.maximum(self._maxes[i], maxes)
@@ -118,12 +123,23 @@ class SolverStatsCollector:
         for i, (systems, iters, residual, converged, stalled, max_iters, max_residual, worst) in zip(present, table):
             name, settings = self.names[i], self._settings[i]
             match = _LAYER_INDEX.search(name + ".")
-            out.append(LayerSolverSummary(
-                name=name, layer_index=int(match.group(1)) if match else None, calls=self._calls[i], systems=int(systems),
-                mean_iterations=iters / systems, max_iterations=int(max_iters), mean_relative_residual=residual / systems,
-                max_relative_residual=max_residual, converged=int(converged), stalled=int(stalled),
-                worst_stalled_residual=worst, max_iter=settings.max_iter, tol=settings.tol,
-            ))
+            out.append(
+                LayerSolverSummary(
+                    name=name,
+                    layer_index=int(match.group(1)) if match else None,
+                    calls=self._calls[i],
+                    systems=int(systems),
+                    mean_iterations=iters / systems,
+                    max_iterations=int(max_iters),
+                    mean_relative_residual=residual / systems,
+                    max_relative_residual=max_residual,
+                    converged=int(converged),
+                    stalled=int(stalled),
+                    worst_stalled_residual=worst,
+                    max_iter=settings.max_iter,
+                    tol=settings.tol,
+                )
+            )
         return out
 
 
@@ -190,5 +206,10 @@ def collect_solver_stats(
 
 
 __all__ = [
-    "LayerSolverSummary", "SolverStatsCollector", "active_collectors", "collect_solver_stats", "mesa_layers", "replay_quietly",
+    "LayerSolverSummary",
+    "SolverStatsCollector",
+    "active_collectors",
+    "collect_solver_stats",
+    "mesa_layers",
+    "replay_quietly",
 ]

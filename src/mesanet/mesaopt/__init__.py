@@ -16,6 +16,13 @@ from .layers import LinearSelfAttention, RegressionMesa, SoftmaxSelfAttention
 from .models import LAYER_KINDS, SeqModelConfig, SequenceModel
 
 __all__ = [
-    "LAYER_KINDS", "LDSConfig", "LinearSelfAttention", "RegressionMesa", "SeqModelConfig", "SequenceModel",
-    "SoftmaxSelfAttention", "generate_fewshot", "generate_lds",
+    "LAYER_KINDS",
+    "LDSConfig",
+    "LinearSelfAttention",
+    "RegressionMesa",
+    "SeqModelConfig",
+    "SequenceModel",
+    "SoftmaxSelfAttention",
+    "generate_fewshot",
+    "generate_lds",
 ]

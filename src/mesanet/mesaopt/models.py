@@ -40,8 +40,6 @@ LAYER_KINDS = ("linear", "softmax", "mesa", "mesa_forget", "sherman_morrison")
 POSITIONAL_KINDS = ("none", "sinusoidal")
 
 
-
-
 @dataclass
 class SeqModelConfig:
     """See the module docstring; every field is validated in ``__post_init__`` (``ValueError``)."""
@@ -117,8 +115,9 @@ def _build_mixer(kind: str, cfg: SeqModelConfig) -> nn.Module:
         return LinearSelfAttention(e, cfg.num_heads, cfg.key_size, init_std=cfg.init_std)
     if kind == "softmax":
         return SoftmaxSelfAttention(e, cfg.num_heads, cfg.key_size, init_std=cfg.init_std)
-    return RegressionMesa(e, cfg.num_heads, cfg.key_size, variant=kind, qk_norm=cfg.qk_norm, lam_init=cfg.lam_init,
-                          init_std=cfg.init_std)
+    return RegressionMesa(
+        e, cfg.num_heads, cfg.key_size, variant=kind, qk_norm=cfg.qk_norm, lam_init=cfg.lam_init, init_std=cfg.init_std
+    )
 
 
 class SeqBlock(nn.Module):

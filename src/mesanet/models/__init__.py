@@ -9,9 +9,13 @@ import importlib
 #: public name -> submodule that defines it
 _LAZY = {
     "MesaNetCache": "cache",
-    "MIXER_KINDS": "configuration_mesanet", "MesaNetConfig": "configuration_mesanet",
-    "MesaNetForCausalLM": "modeling_mesanet", "MesaNetModel": "modeling_mesanet", "MesaNetPreTrainedModel": "modeling_mesanet",
-    "PRESETS": "presets", "preset_config": "presets",
+    "MIXER_KINDS": "configuration_mesanet",
+    "MesaNetConfig": "configuration_mesanet",
+    "MesaNetForCausalLM": "modeling_mesanet",
+    "MesaNetModel": "modeling_mesanet",
+    "MesaNetPreTrainedModel": "modeling_mesanet",
+    "PRESETS": "presets",
+    "preset_config": "presets",
 }
 
 
@@ -28,6 +32,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "MIXER_KINDS", "MesaNetCache", "MesaNetConfig", "MesaNetForCausalLM", "MesaNetModel", "MesaNetPreTrainedModel",
-    "PRESETS", "preset_config",
+    "MIXER_KINDS",
+    "MesaNetCache",
+    "MesaNetConfig",
+    "MesaNetForCausalLM",
+    "MesaNetModel",
+    "MesaNetPreTrainedModel",
+    "PRESETS",
+    "preset_config",
 ]

@@ -41,8 +41,16 @@ def _stand_in(auto_name: str, class_name: str, config_class: type) -> type:
         getattr(importlib.import_module("transformers"), auto_name).register(config_class, cls, exist_ok=True)
         return cls
 
-    return _DeferredClass(class_name, (), {"__module__": MODELING, "config_class": config_class, "_real": staticmethod(real),
-                                           "__doc__": f"Stand-in for {MODELING}.{class_name}, imported on first use."})
+    return _DeferredClass(
+        class_name,
+        (),
+        {
+            "__module__": MODELING,
+            "config_class": config_class,
+            "_real": staticmethod(real),
+            "__doc__": f"Stand-in for {MODELING}.{class_name}, imported on first use.",
+        },
+    )
 
 
 def register() -> None:

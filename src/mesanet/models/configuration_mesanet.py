@@ -28,7 +28,13 @@ MIXER_KINDS = {
 
 #: Keys Hugging Face itself may hand to a config besides its fields (loading, saving, Auto classes).
 _HF_BOOKKEEPING_KEYS = {
-    "model_type", "transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "name_or_path",
+    "model_type",
+    "transformers_version",
+    "architectures",
+    "auto_map",
+    "dtype",
+    "torch_dtype",
+    "name_or_path",
     "attn_implementation",
 }
 
@@ -47,8 +53,16 @@ LEGACY_DEFAULTS = {"solver_training": dict(max_iter=30, tol=0.0), "solver_infere
 
 #: Integer fields that must be >= 1 (``value_head_dim`` / ``num_kv_heads`` once their ``None`` defaults are filled).
 POSITIVE_INT_FIELDS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "value_head_dim", "num_kv_heads",
-    "conv_size", "chunk_size", "attention_window",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_heads",
+    "head_dim",
+    "value_head_dim",
+    "num_kv_heads",
+    "conv_size",
+    "chunk_size",
+    "attention_window",
 )
 #: Number fields that must be finite and strictly above a bound: ``name -> bound`` (RoPE needs a base > 1).
 LOWER_BOUNDED_FIELDS = {"mlp_expansion": 0.0, "rms_norm_eps": 0.0, "rope_theta": 1.0, "hawk_expansion": 0.0}
@@ -58,10 +72,6 @@ TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 ROPE_KINDS = ("attention", "sliding_attention")
 #: ``logit_soft_cap`` value that meant "no cap" before ``None`` did; loads as ``None`` with a ``DeprecationWarning``.
 LEGACY_NO_CAP = 0
-
-
-
-
 
 
 def _bad(name: str, expected: str, value) -> ValueError:
@@ -130,8 +140,11 @@ class MesaNetConfig(PreTrainedConfig):
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
         if is_real(self.logit_soft_cap, finite=False) and self.logit_soft_cap == LEGACY_NO_CAP:
-            warnings.warn("MesaNetConfig.logit_soft_cap: 0 for 'no cap' is deprecated; mapped to None (write None)",
-                          DeprecationWarning, stacklevel=4)
+            warnings.warn(
+                "MesaNetConfig.logit_soft_cap: 0 for 'no cap' is deprecated; mapped to None (write None)",
+                DeprecationWarning,
+                stacklevel=4,
+            )
             self.logit_soft_cap = None
         self.check_values()  # here, so that a bad value is a plain ValueError (strict's validators wrap theirs)
         super().__post_init__(**kwargs)
@@ -161,11 +174,21 @@ class MesaNetConfig(PreTrainedConfig):
         if cap is not None and not (is_real(cap, finite=False) and math.isfinite(cap) and cap > 0):
             raise _bad("logit_soft_cap", "None (no cap) or a finite number > 0", cap)
         if round(self.mlp_expansion * self.hidden_size) < 1:
-            raise _bad("mlp_expansion", f"at least one MLP unit (round(mlp_expansion x hidden_size {self.hidden_size}) >= 1)", self.mlp_expansion)
+            raise _bad(
+                "mlp_expansion",
+                f"at least one MLP unit (round(mlp_expansion x hidden_size {self.hidden_size}) >= 1)",
+                self.mlp_expansion,
+            )
         if round(self.hawk_expansion * self.head_dim) < 1:
-            raise _bad("hawk_expansion", f"at least one Hawk channel per head (round(hawk_expansion x head_dim {self.head_dim}) >= 1)", self.hawk_expansion)
+            raise _bad(
+                "hawk_expansion",
+                f"at least one Hawk channel per head (round(hawk_expansion x head_dim {self.head_dim}) >= 1)",
+                self.hawk_expansion,
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"MesaNetConfig.num_kv_heads: expected a divisor of num_heads ({self.num_heads}), got {self.num_kv_heads}")
+            raise ValueError(
+                f"MesaNetConfig.num_kv_heads: expected a divisor of num_heads ({self.num_heads}), got {self.num_kv_heads}"
+            )
         self._check_mixers()
         self._check_token_ids()
 
@@ -174,8 +197,9 @@ class MesaNetConfig(PreTrainedConfig):
         rng = self.forget_init_range
         if isinstance(rng, tuple):
             self.forget_init_range = rng = list(rng)
-        if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(is_real(r, finite=False) for r in rng)
-                                    and 0 < rng[0] <= rng[1] < 1):
+        if rng is not None and not (
+            isinstance(rng, list) and len(rng) == 2 and all(is_real(r, finite=False) for r in rng) and 0 < rng[0] <= rng[1] < 1
+        ):
             raise _bad("forget_init_range", "None or [lo, hi] with 0 < lo <= hi < 1", rng)
         if self.beta_max is not None and not (is_real(self.beta_max, finite=False) and 0 < self.beta_max <= 2):
             raise _bad("beta_max", "None or a number in (0, 2]", self.beta_max)
@@ -191,9 +215,13 @@ class MesaNetConfig(PreTrainedConfig):
         if bad:
             raise ValueError(f"MesaNetConfig: unknown mixer types {bad}; valid: {sorted(MIXER_KINDS)}")
         if len(kinds) != self.num_hidden_layers:
-            raise ValueError(f"MesaNetConfig: expected {self.num_hidden_layers} mixer_types (num_hidden_layers), got {len(kinds)}")
+            raise ValueError(
+                f"MesaNetConfig: expected {self.num_hidden_layers} mixer_types (num_hidden_layers), got {len(kinds)}"
+            )
         if self.head_dim % 2 and any(k in ROPE_KINDS for k in kinds):
-            raise _bad("head_dim", f"an even number (RoPE rotates channel pairs in the {'/'.join(ROPE_KINDS)} layers)", self.head_dim)
+            raise _bad(
+                "head_dim", f"an even number (RoPE rotates channel pairs in the {'/'.join(ROPE_KINDS)} layers)", self.head_dim
+            )
 
     def _check_token_ids(self) -> None:
         for name in TOKEN_ID_FIELDS:
@@ -217,7 +245,9 @@ class MesaNetConfig(PreTrainedConfig):
             setattr(self, name, as_settings(value, default, f"MesaNetConfig.{name}").to_dict())
         if legacy:
             mapped = ", ".join(f"{k} -> {'.'.join(LEGACY_SOLVER_KEYS[k])}" for k in sorted(legacy))
-            warnings.warn(f"MesaNetConfig: legacy solver keys mapped onto the new fields ({mapped})", DeprecationWarning, stacklevel=4)
+            warnings.warn(
+                f"MesaNetConfig: legacy solver keys mapped onto the new fields ({mapped})", DeprecationWarning, stacklevel=4
+            )
 
     @property
     def layer_types(self) -> list[str]:

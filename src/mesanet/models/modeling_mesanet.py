@@ -73,7 +73,9 @@ def mixer_options(config: MesaNetConfig, kind: str) -> dict:
         return options
     if kind == "hawk":
         return dict(conv_size=config.conv_size, expansion=config.hawk_expansion, chunk_size=config.chunk_size)
-    options = dict(value_head_dim=config.value_head_dim, conv_size=config.conv_size, gamma_cap=config.gamma_cap, chunk_size=config.chunk_size)
+    options = dict(
+        value_head_dim=config.value_head_dim, conv_size=config.conv_size, gamma_cap=config.gamma_cap, chunk_size=config.chunk_size
+    )
     for name in RECURRENT_MIXER_OPTIONS:  # None: the mixer's own default
         value = getattr(config, name)
         if value is not None:
@@ -108,14 +110,18 @@ class MesaNetBlock(nn.Module):
         super().__init__()
         self.kind = config.mixer_types[layer_idx]
         self.mixer_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mixer = build_mixer(self.kind, config.hidden_size, config.num_heads, config.head_dim, **mixer_options(config, self.kind))
+        self.mixer = build_mixer(
+            self.kind, config.hidden_size, config.num_heads, config.head_dim, **mixer_options(config, self.kind)
+        )
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = GatedMLP(config.hidden_size, expansion=config.mlp_expansion)
         self.mlp.down.residual_output = True
         self.mixer.is_token_mixer = True  # its own reset_parameters() initialises it (see _init_weights)
 
     def forward(self, x: Tensor, *, state, attention_mask, position_ids, cu_seqlens, use_cache, output_attentions=False):
-        kwargs = dict(state=state, attention_mask=attention_mask, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=use_cache)
+        kwargs = dict(
+            state=state, attention_mask=attention_mask, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=use_cache
+        )
         if output_attentions:
             kwargs["return_weights"] = True
             h, new_state, weights = self.mixer(self.mixer_norm(x), **kwargs)
@@ -175,7 +181,9 @@ class MesaNetPreTrainedModel(PreTrainedModel):
             module.o_proj.weight.mul_(residual_scale)
         elif isinstance(module, nn.Linear):
             std = 1.0 / math.sqrt(module.in_features)
-            nn.init.normal_(module.weight, mean=0.0, std=std * (residual_scale if getattr(module, "residual_output", False) else 1.0))
+            nn.init.normal_(
+                module.weight, mean=0.0, std=std * (residual_scale if getattr(module, "residual_output", False) else 1.0)
+            )
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -239,7 +247,9 @@ class MesaNetModel(MesaNetPreTrainedModel):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = x.shape[:2]
         if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != batch):
-            raise ValueError(f"MesaNetModel: expected attention_mask of shape [B, T_past + T] with B = {batch}, got {list(attention_mask.shape)}")
+            raise ValueError(
+                f"MesaNetModel: expected attention_mask of shape [B, T_past + T] with B = {batch}, got {list(attention_mask.shape)}"
+            )
         x = x * math.sqrt(self.config.hidden_size)  # unit-variance residual stream (Griffin-style)
         if use_cache and past_key_values is None:
             past_key_values = MesaNetCache(self.config.num_hidden_layers)
@@ -252,11 +262,19 @@ class MesaNetModel(MesaNetPreTrainedModel):
             if output_hidden_states:
                 hidden_states.append(x)
             state = past_key_values.states[i] if past_key_values is not None else None
-            kwargs = dict(state=state, attention_mask=attention_mask, position_ids=position_ids, cu_seqlens=cu_seqlens,
-                          use_cache=use_cache, output_attentions=bool(output_attentions))
+            kwargs = dict(
+                state=state,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cu_seqlens=cu_seqlens,
+                use_cache=use_cache,
+                output_attentions=bool(output_attentions),
+            )
             if block.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # use_cache is off in training; the recomputation solves with the forward's settings, records no stats
-                x, new_state, weights = block._gradient_checkpointing_func(replay_quietly(functools.partial(block.__call__, **kwargs)), x)
+                x, new_state, weights = block._gradient_checkpointing_func(
+                    replay_quietly(functools.partial(block.__call__, **kwargs)), x
+                )
             else:
                 x, new_state, weights = block(x, **kwargs)
             if use_cache:
@@ -318,9 +336,16 @@ class MesaNetForCausalLM(MesaNetPreTrainedModel, GenerationMixin):
         if input_ids is not None and input_ids.dim() == 2:  # ids and labels in one check (the model checks shapes)
             check_token_ids("MesaNetForCausalLM", self.config.vocab_size, input_ids, labels)
         out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions, cu_seqlens=cu_seqlens, check_ids=input_ids is None or input_ids.dim() != 2,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            cu_seqlens=cu_seqlens,
+            check_ids=input_ids is None or input_ids.dim() != 2,
         )
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[:, -logits_to_keep:]
         logits = self.lm_head(hidden).float()
@@ -330,7 +355,9 @@ class MesaNetForCausalLM(MesaNetPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             if labels.shape != out.last_hidden_state.shape[:2]:
-                raise ValueError(f"MesaNetForCausalLM: expected labels of shape [B, T] = {list(out.last_hidden_state.shape[:2])}, got {list(labels.shape)}")
+                raise ValueError(
+                    f"MesaNetForCausalLM: expected labels of shape [B, T] = {list(out.last_hidden_state.shape[:2])}, got {list(labels.shape)}"
+                )
             if logits_to_keep:
                 raise ValueError("MesaNetForCausalLM: labels need the logits of every position (logits_to_keep = 0)")
             if input_ids is None:  # inputs_embeds: the labels were not checked above
@@ -339,7 +366,10 @@ class MesaNetForCausalLM(MesaNetPreTrainedModel, GenerationMixin):
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).long(), ignore_index=IGNORE_INDEX
             )
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
 
@@ -348,7 +378,9 @@ class MesaNetForCausalLM(MesaNetPreTrainedModel, GenerationMixin):
         if past_key_values is not None and past_key_values.seen > 0:
             input_ids = input_ids[:, past_key_values.seen :]
             inputs_embeds = None
-        model_inputs = dict(past_key_values=past_key_values, attention_mask=attention_mask, use_cache=kwargs.get("use_cache", True))
+        model_inputs = dict(
+            past_key_values=past_key_values, attention_mask=attention_mask, use_cache=kwargs.get("use_cache", True)
+        )
         if inputs_embeds is not None:
             model_inputs["inputs_embeds"] = inputs_embeds
         else:

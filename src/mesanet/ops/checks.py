@@ -169,8 +169,21 @@ class ValueChecks:
         if definite:
             self.add(_psd_info(h, scale).amax(), hi=0.0)
 
-    def inputs(self, q, k, v, g, beta, lam, plain: Iterable[Optional[Tensor]] = (), key_states: Iterable[Tensor] = (),
-               *, beta_nonnegative: bool, definite: bool = True, step: bool = False) -> "ValueChecks":
+    def inputs(
+        self,
+        q,
+        k,
+        v,
+        g,
+        beta,
+        lam,
+        plain: Iterable[Optional[Tensor]] = (),
+        key_states: Iterable[Tensor] = (),
+        *,
+        beta_nonnegative: bool,
+        definite: bool = True,
+        step: bool = False,
+    ) -> "ValueChecks":
         """The checks of every op's inputs: ``q, k, v`` and ``plain`` tensors finite; ``g`` finite and
         ``<= 0``; ``beta`` finite (and ``>= 0`` when ``beta_nonnegative``); ``lam`` finite and ``> 0``;
         ``key_states`` symmetric (and positive semi-definite when ``definite``).
@@ -249,7 +262,10 @@ def check_gates(where: str, g: Optional[Tensor], beta: Optional[Tensor], beta_no
 
 def check_lam(where: str, lam: Tensor) -> None:
     if bool((lam.detach() <= 0).any()):
-        fail(where, f"expected lam > 0 (the ridge regulariser makes H + diag(lam) positive definite), got min {float(lam.min()):.4g}")
+        fail(
+            where,
+            f"expected lam > 0 (the ridge regulariser makes H + diag(lam) positive definite), got min {float(lam.min()):.4g}",
+        )
 
 
 def check_key_state(where: str, name: str, h: Tensor, definite: bool = True) -> None:
@@ -265,7 +281,10 @@ def check_key_state(where: str, name: str, h: Tensor, definite: bool = True) -> 
     asym = float((matrix - matrix.mT).abs().max())
     at = f" at index {list(index)}" if index else ""
     if asym > STATE_SYMMETRY_RTOL * scale:
-        fail(where, f"expected {name} to be symmetric (a key covariance), got max|H - H^T| = {asym:.3g} with max|H| = {scale:.3g}{at}")
+        fail(
+            where,
+            f"expected {name} to be symmetric (a key covariance), got max|H - H^T| = {asym:.3g} with max|H| = {scale:.3g}{at}",
+        )
     fail_indefinite(where, name, matrix, f"smallest eigenvalue >= -{KEY_STATE_PSD_RTOL:g} * max|H|", at)
 
 
@@ -280,7 +299,9 @@ def fail_indefinite(where: str, name: str, matrix: Tensor, rule: str, at: str) -
     )
 
 
-def check_finite_result(where: str, named_results: dict[str, Optional[Tensor]], named_inputs: dict[str, Optional[Tensor]], dtype: torch.dtype) -> None:
+def check_finite_result(
+    where: str, named_results: dict[str, Optional[Tensor]], named_inputs: dict[str, Optional[Tensor]], dtype: torch.dtype
+) -> None:
     """Finite inputs gave a non-finite result: they overflow the working precision."""
     for name, t in named_results.items():
         if t is None or bool(torch.isfinite(t).all()):
@@ -296,8 +317,18 @@ def check_finite_result(where: str, named_results: dict[str, Optional[Tensor]], 
 
 
 def raise_value_error(
-    where: str, q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor], lam: Optional[Tensor],
-    states: dict[str, Tensor], key_names: Sequence[str] = (), *, beta_nonnegative: bool, definite: bool = True,
+    where: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor],
+    beta: Optional[Tensor],
+    lam: Optional[Tensor],
+    states: dict[str, Tensor],
+    key_names: Sequence[str] = (),
+    *,
+    beta_nonnegative: bool,
+    definite: bool = True,
 ) -> None:
     """The detailed form of :meth:`ValueChecks.inputs`: raise the first failing check's message (arguments in
     signature order, state parts last; ``key_names`` are the key states among ``states``)."""

@@ -34,7 +34,9 @@ def intra_chunk_decay(b: Tensor, beta: Tensor) -> Tensor:
     return diff.exp() * beta.unsqueeze(-2)
 
 
-def linear_chunk_states(k: Tensor, x: Tensor, b: Tensor, beta: Tensor, initial: Tensor, layout: ChunkLayout) -> tuple[Tensor, Tensor]:
+def linear_chunk_states(
+    k: Tensor, x: Tensor, b: Tensor, beta: Tensor, initial: Tensor, layout: ChunkLayout
+) -> tuple[Tensor, Tensor]:
     """States entering every chunk ``[NC, H, Dk, Dx]`` and the final state per sequence ``[N, H, Dk, Dx]``
     of ``S_t = exp(g_t) S_{t-1} + beta_t k_t x_t^T``.
 
@@ -75,12 +77,19 @@ def run_recurrent_op(
     ``g = None`` means no forgetting (``gamma = 1``), ``beta = None`` means ``beta = 1``.
     Returns ``MesaOutput(o [B, T, H, Dv] in v.dtype, S [N, H, Dk, Dv] in the compute dtype or None, None)``.
     """
-    x = prepare_sequences(where, LINEAR, q, k, v, g, beta, None, initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, validate=validate)
+    x = prepare_sequences(
+        where, LINEAR, q, k, v, g, beta, None, initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, validate=validate
+    )
     layout = x.layout(chunk_size)
     (initial,) = x.initial_state()
     o, final = forward(
-        x.pack(layout, x.q), x.pack(layout, x.k), x.pack(layout, x.v), x.pack(layout, x.g), x.pack(layout, x.beta),
-        initial, layout,
+        x.pack(layout, x.q),
+        x.pack(layout, x.k),
+        x.pack(layout, x.v),
+        x.pack(layout, x.g),
+        x.pack(layout, x.beta),
+        initial,
+        layout,
     )  # padding slots pack to beta = 0
     output = x.unpack(layout, o)  # [B, T, H, Dv]
     x.check_results(output=output, **{"final state": final})

@@ -35,7 +35,13 @@ from .results import MesaOutput
 
 
 def delta_rule_chunk_forward(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial: Tensor, layout: ChunkLayout,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    initial: Tensor,
+    layout: ChunkLayout,
 ) -> tuple[Tensor, Tensor]:
     """Chunked (gated) delta rule: ``q, k [NC, H, C, Dk]``, ``v [NC, H, C, Dv]``, ``g, beta [NC, H, C]``,
     ``initial [N, H, Dk, Dv]`` -> ``(o [NC, H, C, Dv], final [N, H, Dk, Dv])``.
@@ -117,8 +123,18 @@ def delta_rule(
     ``torch.linalg.solve_triangular``.
     """
     return run_recurrent_op(
-        "delta_rule", delta_rule_chunk_forward, q, k, v, g, beta, initial_state, output_final_state, chunk_size,
-        cu_seqlens, validate,
+        "delta_rule",
+        delta_rule_chunk_forward,
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state,
+        output_final_state,
+        chunk_size,
+        cu_seqlens,
+        validate,
     )
 
 

@@ -21,7 +21,13 @@ from .results import MesaOutput
 
 
 def gla_chunk_forward(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial: Tensor, layout: ChunkLayout,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    initial: Tensor,
+    layout: ChunkLayout,
 ) -> tuple[Tensor, Tensor]:
     """Chunked GLA: ``q, k [NC, H, C, Dk]``, ``v [NC, H, C, Dv]``, ``g, beta [NC, H, C]``,
     ``initial [N, H, Dk, Dv]`` -> ``(o [NC, H, C, Dv], final [N, H, Dk, Dv])``.

@@ -115,8 +115,17 @@ def _value_checks(kind: OpKind, q, k, v, g, beta, lam, arg: str, parts, *, step:
 def _raise_value_error(where: str, kind: OpKind, q, k, v, g, beta, lam, arg: str, parts, *, step: bool) -> None:
     _, _, named = _split(kind, arg, parts)
     checks.raise_value_error(
-        where, q, k, v, g, beta, lam, named, kind.key_names(arg) if parts else (),
-        beta_nonnegative=kind.beta_nonnegative, definite=not step,
+        where,
+        q,
+        k,
+        v,
+        g,
+        beta,
+        lam,
+        named,
+        kind.key_names(arg) if parts else (),
+        beta_nonnegative=kind.beta_nonnegative,
+        definite=not step,
     )
 
 
@@ -190,8 +199,19 @@ class Sequences:
 
 
 def prepare_sequences(
-    where: str, kind: OpKind, q, k, v, g, beta, lam, initial_state: StateArg, *,
-    cu_seqlens: Optional[Tensor] = None, chunk_size: Optional[int] = None, validate: bool = True,
+    where: str,
+    kind: OpKind,
+    q,
+    k,
+    v,
+    g,
+    beta,
+    lam,
+    initial_state: StateArg,
+    *,
+    cu_seqlens: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    validate: bool = True,
 ) -> Sequences:
     """Validate and prepare the ``[B, T, H, D]`` inputs of the op ``where`` (see the module docstring).
 
@@ -214,12 +234,25 @@ def prepare_sequences(
     dtype = solver_dtype(q, k, v, g, beta, lam, *(parts or ()))
     qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
     return Sequences(
-        where, kind, batch, length, heads, dk, dv, lengths, dtype, v.dtype, qc, kc, vc,
+        where,
+        kind,
+        batch,
+        length,
+        heads,
+        dk,
+        dv,
+        lengths,
+        dtype,
+        v.dtype,
+        qc,
+        kc,
+        vc,
         qc.new_zeros((batch, length, heads)) if g is None else g.to(dtype),
         qc.new_ones((batch, length, heads)) if beta is None else beta.to(dtype),
         None if lam is None else lam.to(dtype),
         None if parts is None else tuple(p.to(dtype) for p in parts),
-        validate, dict(q=q, k=k, v=v),
+        validate,
+        dict(q=q, k=k, v=v),
     )
 
 
@@ -254,7 +287,9 @@ class Step:
         """``gamma * part`` for a state part ``[B, H, Dk, *]`` (``part`` itself when ``g`` was omitted)."""
         return part if self.g is None else self.g.exp()[..., None, None] * part
 
-    def finish(self, results: dict[str, Tensor], info: Optional[Tensor] = None, explain: Optional[Callable[[], None]] = None) -> None:
+    def finish(
+        self, results: dict[str, Tensor], info: Optional[Tensor] = None, explain: Optional[Callable[[], None]] = None
+    ) -> None:
         """With ``validate``: read the pending value checks, the finiteness of ``results`` and ``info``
         (an integer tensor of the op's own that must be 0 everywhere, e.g. a factorisation's; ``explain()``
         raises its message) in one synchronisation; on failure raise the first failing check's message."""
@@ -300,7 +335,17 @@ def prepare_step(where: str, kind: OpKind, q, k, v, g, beta, lam, state: StateAr
     else:
         cast = None  # zeros: the ops skip the decay term
     return Step(
-        where, kind, dtype, v.dtype, q.to(dtype), k.to(dtype), v.to(dtype),
-        None if g is None else g.to(dtype), None if beta is None else beta.to(dtype),
-        None if lam is None else lam.to(dtype), cast, pending, (q, k, v, g, beta, lam, parts),
+        where,
+        kind,
+        dtype,
+        v.dtype,
+        q.to(dtype),
+        k.to(dtype),
+        v.to(dtype),
+        None if g is None else g.to(dtype),
+        None if beta is None else beta.to(dtype),
+        None if lam is None else lam.to(dtype),
+        cast,
+        pending,
+        (q, k, v, g, beta, lam, parts),
     )

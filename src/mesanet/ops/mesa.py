@@ -78,14 +78,23 @@ def mesa(
     where = "mesa"
     settings = as_settings(solver, INFERENCE, f"{where}: solver")
     validate = validate and not torch.compiler.is_compiling()
-    x = prepare_sequences(where, MESA, q, k, v, g, beta, lam, initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, validate=validate)
+    x = prepare_sequences(
+        where, MESA, q, k, v, g, beta, lam, initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, validate=validate
+    )
     dk = x.dk
     layout = x.layout(chunk_size)  # chunk_size = min(chunk_size, max(lengths)): a longer chunk is pure padding
     initial = torch.cat(x.initial_state(), dim=-1)  # H_kk and S_kv side by side  [N, H, Dk, Dk+Dv]
     o, final, result = mesa_chunk_forward(
-        x.pack(layout, x.q), x.pack(layout, x.k), x.pack(layout, x.v), x.pack(layout, x.g), x.pack(layout, x.beta),
-        x.lam, initial, layout,
-        CGOptions(settings.max_iter, settings.tol, settings.check_every), settings.preconditioner,
+        x.pack(layout, x.q),
+        x.pack(layout, x.k),
+        x.pack(layout, x.v),
+        x.pack(layout, x.g),
+        x.pack(layout, x.beta),
+        x.lam,
+        initial,
+        layout,
+        CGOptions(settings.max_iter, settings.tol, settings.check_every),
+        settings.preconditioner,
         settings.precondition_every or layout.chunk_size,  # None: refresh the preconditioner once per chunk
     )
     output = x.unpack(layout, o)

@@ -93,8 +93,17 @@ class ChunkSystem:
 
 
 def mesa_chunk_forward(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor, initial: Tensor,
-    layout: ChunkLayout, options: CGOptions, preconditioner: str = "chunk", precondition_block: int = 64,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    lam: Tensor,
+    initial: Tensor,
+    layout: ChunkLayout,
+    options: CGOptions,
+    preconditioner: str = "chunk",
+    precondition_block: int = 64,
 ) -> tuple[Tensor, Tensor, CGResult]:
     """Chunked Mesa layer: ``o [NC, H, C, Dv]``, final states ``[N, H, Dk, Dk+Dv]``, CG diagnostics ``[NC, H, C]``."""
     dk = k.shape[-1]
@@ -104,6 +113,8 @@ def mesa_chunk_forward(
     # H_kk and S_kv share their decay: one scan over [K | V]  -> [NC, H, Dk, Dk+Dv]
     entering, final = linear_chunk_states(k, torch.cat([k, v], dim=-1), b, beta, initial, layout)
     h_in, s_in = entering.split([dk, entering.shape[-1] - dk], dim=-1)
-    x, result = implicit_solve(ChunkSystem(preconditioner, b, beta, precondition_block), q, (k, decay, mix, lam, h_in), options)  # x = q* [NC, H, C, Dk]
+    x, result = implicit_solve(
+        ChunkSystem(preconditioner, b, beta, precondition_block), q, (k, decay, mix, lam, h_in), options
+    )  # x = q* [NC, H, C, Dk]
     o = torch.matmul(x, s_in) * decay.unsqueeze(-1) + torch.matmul(torch.matmul(x, k.mT) * mix, v)
     return o, final, result

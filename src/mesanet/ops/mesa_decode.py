@@ -125,8 +125,11 @@ def mesa_step(
         if validate:
             system = torch.linalg.cholesky_ex(h.detach() + torch.diag_embed(lam.detach())).info
     if validate:
-        step.finish(dict(output=o, **{"new state[0] (H_kk)": h, "new state[1] (S_kv)": s}), system,
-                    lambda: _explain_indefinite(step, h, system))
+        step.finish(
+            dict(output=o, **{"new state[0] (H_kk)": h, "new state[1] (S_kv)": s}),
+            system,
+            lambda: _explain_indefinite(step, h, system),
+        )
     return MesaOutput(o.to(step.out_dtype), (h, s), stats)
 
 
@@ -138,7 +141,12 @@ def _explain_indefinite(step: Step, h: Tensor, info: Tensor) -> None:
     state = step.raw[-1]
     if state is not None:
         checks.fail_indefinite(
-            step.where, "state[0] (H_kk)", state[0][tuple(index)],
-            "gamma * H_kk + beta k k^T + diag(lam) must have a Cholesky factor", at,
+            step.where,
+            "state[0] (H_kk)",
+            state[0][tuple(index)],
+            "gamma * H_kk + beta k k^T + diag(lam) must have a Cholesky factor",
+            at,
         )
-    checks.fail_indefinite(step.where, "H_kk' + diag(lam)", h[tuple(index)] + torch.diag(step.lam[index[1]]), "positive definite", at)
+    checks.fail_indefinite(
+        step.where, "H_kk' + diag(lam)", h[tuple(index)] + torch.diag(step.lam[index[1]]), "positive definite", at
+    )

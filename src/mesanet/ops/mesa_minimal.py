@@ -18,7 +18,9 @@ from einops import rearrange
 from torch import Tensor
 
 
-def mesa_minimal(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor, chunk_size: int = 64, steps: int = 30) -> Tensor:
+def mesa_minimal(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor, chunk_size: int = 64, steps: int = 30
+) -> Tensor:
     """``q, k [B, T, H, Dk]``, ``v [B, T, H, Dv]``, ``g, beta [B, T, H]``, ``lam [H, Dk]`` -> ``o [B, T, H, Dv]``."""
     # 1. Chunks: [B, T, H, D] -> [B, H, N, C, D] and gates [B, T, H] -> [B, H, N, C].
     q, k, v = (rearrange(x, "b (n c) h d -> b h n c d", c=chunk_size) for x in (q, k, v))

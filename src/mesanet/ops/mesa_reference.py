@@ -13,7 +13,12 @@ from torch import Tensor
 
 
 def mesa_reference(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    lam: Tensor,
     initial_state: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``q, k [B, T, H, Dk]``, ``v [B, T, H, Dv]``, ``g, beta [B, T, H]``, ``lam [H, Dk]``,

@@ -27,7 +27,11 @@ def _gates(g: Optional[Tensor], beta: Optional[Tensor], t: int) -> tuple[Tensor 
 
 
 def gla_reference(
-    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor],
+    beta: Optional[Tensor],
     initial_state: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """``S_t = gamma_t S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t``.
@@ -45,7 +49,11 @@ def gla_reference(
 
 
 def delta_rule_reference(
-    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor],
+    beta: Optional[Tensor],
     initial_state: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """``S_t = gamma_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t``.
@@ -63,4 +71,3 @@ def delta_rule_reference(
         s = transition @ s + b * k_t.unsqueeze(-1) * v[:, t].unsqueeze(-2)  # [B, H, Dk, Dv]
         outputs.append((s * q[:, t].unsqueeze(-1)).sum(-2))  # S^T q  [B, H, Dv]
     return torch.stack(outputs, dim=1), s
-

@@ -25,7 +25,12 @@ from .results import MesaOutput
 
 @without_autocast
 def mesa_sherman_morrison(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, lam: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    lam: Tensor,
     *,
     initial_state: Optional[Tuple[Tensor, Tensor]] = None,
     output_final_state: bool = False,
@@ -61,5 +66,7 @@ def mesa_sherman_morrison(
     o = torch.stack(outputs, dim=1)
     final_state = (r, s) if output_final_state else None
     # an overflowing denominator silently drops the update (beta / inf = 0): check it with the results
-    seq.check_results(output=o, **{"denominator 1 + beta k^T P k": torch.stack(denominators), "final state (R)": r, "final state (S_kv)": s})
+    seq.check_results(
+        output=o, **{"denominator 1 + beta k^T P k": torch.stack(denominators), "final state (R)": r, "final state (S_kv)": s}
+    )
     return MesaOutput(o.to(seq.out_dtype), final_state, None)

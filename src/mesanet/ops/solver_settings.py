@@ -59,13 +59,11 @@ class SolverSettings:
         object.__setattr__(self, "tol", float(self.tol))
         if self.preconditioner not in PRECONDITIONERS:
             raise ValueError(f"SolverSettings.preconditioner: expected one of {PRECONDITIONERS}, got {self.preconditioner!r}")
-        if self.precondition_every is not None and (
-            not is_int(self.precondition_every, 1)
-        ):
-            raise ValueError(f"SolverSettings.precondition_every: expected None or an integer >= 1, got {self.precondition_every!r}")
-        if self.check_every is not None and (
-            not is_int(self.check_every, 1)
-        ):
+        if self.precondition_every is not None and (not is_int(self.precondition_every, 1)):
+            raise ValueError(
+                f"SolverSettings.precondition_every: expected None or an integer >= 1, got {self.precondition_every!r}"
+            )
+        if self.check_every is not None and (not is_int(self.check_every, 1)):
             raise ValueError(f"SolverSettings.check_every: expected None or an integer >= 1, got {self.check_every!r}")
         if self.decode not in DECODE_SOLVERS:
             raise ValueError(f"SolverSettings.decode: expected one of {DECODE_SOLVERS}, got {self.decode!r}")

@@ -39,8 +39,7 @@ def resolve_config(arg: str | Path) -> Path:
         return preset_path(str(arg))
     except ConfigError:
         raise ConfigError(
-            f"config {str(arg)!r}: expected a YAML file path or a preset name, one of {preset_names()} "
-            "(no such file or preset)"
+            f"config {str(arg)!r}: expected a YAML file path or a preset name, one of {preset_names()} (no such file or preset)"
         ) from None
 
 

@@ -8,13 +8,27 @@ from .runner import grid_cells, run_grid
 from .settings import Setting, build_settings
 
 __all__ = [
-    "Cell", "Setting", "SynthConfig", "TaskSize", "build_settings", "check_config", "check_targets", "grid_cells",
-    "load_config", "main", "run_cell", "run_grid", "run_synth", "select_best", "write_summary",
+    "Cell",
+    "Setting",
+    "SynthConfig",
+    "TaskSize",
+    "build_settings",
+    "check_config",
+    "check_targets",
+    "grid_cells",
+    "load_config",
+    "main",
+    "run_cell",
+    "run_grid",
+    "run_synth",
+    "select_best",
+    "write_summary",
 ]
 
 
 def __getattr__(name):  # lazy: the CLI entry point imports plotting
     if name in ("main", "run_synth"):
         from . import __main__ as entry
+
         return getattr(entry, name)
     raise AttributeError(name)

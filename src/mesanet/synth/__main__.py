@@ -27,8 +27,7 @@ def run_synth(cfg: SynthConfig) -> dict:
     out = Path(cfg.out_dir)
     targets = write_summary(records, cfg, out, wall_seconds=time.time() - start)
     plots = write_plots(select_best(records), out)
-    return dict(out_dir=str(out), cells=len(records), trained=trained, targets=targets, plots=plots,
-                seconds=time.time() - start)
+    return dict(out_dir=str(out), cells=len(records), trained=trained, targets=targets, plots=plots, seconds=time.time() - start)
 
 
 def report_only(cfg: SynthConfig) -> dict:
@@ -45,7 +44,9 @@ def report_only(cfg: SynthConfig) -> dict:
 def parse_args(argv: list[str] | None) -> tuple[SynthConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="mesanet synth", description=__doc__)
     parser.add_argument("items", nargs="*", help="an optional CONFIG.yaml first, then key=value overrides")
-    parser.add_argument("--quick", action="store_true", help=f"use the quick preset ({QUICK_PRESET.name}); out dir runs/synth-quick")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"use the quick preset ({QUICK_PRESET.name}); out dir runs/synth-quick"
+    )
     parser.add_argument("--out", default=None, help="output directory (overrides out_dir)")
     parser.add_argument("--report-only", action="store_true", help="only write the report from the cells finished so far")
     add_debug_flag(parser)

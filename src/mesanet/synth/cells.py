@@ -43,8 +43,14 @@ class Cell:
 def optim_config(cfg: SynthConfig, lr: float, weight_decay: float, steps: int) -> OptimConfig:
     """AdamW + warm-up + cosine to ``cfg.min_lr`` (warm-up ``min(warmup_steps, max_warmup_frac * steps)``)."""
     warmup = min(cfg.warmup_steps, int(cfg.max_warmup_frac * steps))
-    return OptimConfig(lr=lr, weight_decay=weight_decay, betas=tuple(cfg.betas), warmup_steps=warmup,
-                       min_lr_ratio=min(1.0, cfg.min_lr / lr), grad_clip=cfg.grad_clip)
+    return OptimConfig(
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=tuple(cfg.betas),
+        warmup_steps=warmup,
+        min_lr_ratio=min(1.0, cfg.min_lr / lr),
+        grad_clip=cfg.grad_clip,
+    )
 
 
 def _train_tensors(setting: Setting, train) -> tuple:
@@ -60,8 +66,8 @@ def token_accuracy(model, setting: Setting, inputs, targets, batch_size: int) ->
     correct = total = 0
     loss_sum = 0.0
     for i in range(0, inputs.shape[0], batch_size):
-        logits = predict(model, setting, inputs[i:i + batch_size]).float()
-        tgt = targets[i:i + batch_size]
+        logits = predict(model, setting, inputs[i : i + batch_size]).float()
+        tgt = targets[i : i + batch_size]
         keep = tgt != IGNORE_INDEX
         correct += int((logits.argmax(-1)[keep] == tgt[keep]).sum())
         total += int(keep.sum())
@@ -106,8 +112,8 @@ def regression_curve(model, setting: Setting, test, batch_size: int) -> torch.Te
     model.eval()
     sq = []
     for i in range(0, test.tokens.shape[0], batch_size):
-        pred = predict(model, setting, test.tokens[i:i + batch_size])[:, 0::2]
-        sq.append((pred.double() - test.ys[i:i + batch_size].double()) ** 2)
+        pred = predict(model, setting, test.tokens[i : i + batch_size])[:, 0::2]
+        sq.append((pred.double() - test.ys[i : i + batch_size].double()) ** 2)
     model.train()
     return torch.cat(sq).mean(0)
 
@@ -126,21 +132,38 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
     stream = torch.cat([torch.randperm(n_train, generator=gen) for _ in range(epochs)])  # epoch-wise shuffles
 
     def next_batch(step: int):
-        idx = stream[step * setting.batch_size:(step + 1) * setting.batch_size]
+        idx = stream[step * setting.batch_size : (step + 1) * setting.batch_size]
         batch = tuple(t[idx] for t in tensors)
         return _trim_padding(*batch) if setting.task == "regbench" else batch
 
     optim = optim_config(cfg, cell.lr, cell.weight_decay, setting.steps)
     record = dict(
-        cell_id=cell.cell_id, task=setting.task, setting=setting.name, kind=setting.kind, mixer=cell.mixer, lr=cell.lr,
-        weight_decay=cell.weight_decay, seed=cell.seed, steps=setting.steps, batch_size=setting.batch_size,
-        num_train=n_train, num_test=setting.num_test, params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        cell_id=cell.cell_id,
+        task=setting.task,
+        setting=setting.name,
+        kind=setting.kind,
+        mixer=cell.mixer,
+        lr=cell.lr,
+        weight_decay=cell.weight_decay,
+        seed=cell.seed,
+        steps=setting.steps,
+        batch_size=setting.batch_size,
+        num_train=n_train,
+        num_test=setting.num_test,
+        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         **dict(setting.info),
     )
     status = "ok"
     try:
-        result = fit_steps(model, next_batch, lambda m, b: loss_on(m, setting, b), optim, setting.steps,
-                           progress=progress, desc=cell.cell_id[:40])
+        result = fit_steps(
+            model,
+            next_batch,
+            lambda m, b: loss_on(m, setting, b),
+            optim,
+            setting.steps,
+            progress=progress,
+            desc=cell.cell_id[:40],
+        )
         record["final_train_loss"] = result.final_loss
     except NonFiniteLossError as err:
         status, record["error"] = "nonfinite", str(err)
@@ -165,12 +188,21 @@ def run_cell(cfg: SynthConfig, cell: Cell, *, progress: bool = False) -> dict:
         else:
             test_m = train_m = dict(acc=math.nan, tv=math.nan, exact_acc=math.nan, loss=math.nan)
         ngram = ngram_scores(test, 3)  # reference point without training, same test set
-        record.update(test_acc=test_m["acc"], test_tv=test_m["tv"], test_exact_acc=test_m["exact_acc"],
-                      test_loss=test_m["loss"], train_acc=train_m["acc"], train_tv=train_m["tv"],
-                      ngram_acc=ngram["acc"], ngram_tv=ngram["tv"])
+        record.update(
+            test_acc=test_m["acc"],
+            test_tv=test_m["tv"],
+            test_exact_acc=test_m["exact_acc"],
+            test_loss=test_m["loss"],
+            train_acc=train_m["acc"],
+            train_tv=train_m["tv"],
+            ngram_acc=ngram["acc"],
+            ngram_tv=ngram["tv"],
+        )
     else:
         if status == "ok":
-            record["test_acc"], record["test_loss"] = token_accuracy(model, setting, test.inputs, test.targets, cfg.eval_batch_size)
+            record["test_acc"], record["test_loss"] = token_accuracy(
+                model, setting, test.inputs, test.targets, cfg.eval_batch_size
+            )
             k = min(cfg.num_train_eval, n_train)
             record["train_acc"], _ = token_accuracy(model, setting, tensors[0][:k], tensors[1][:k], cfg.eval_batch_size)
         else:

@@ -27,10 +27,21 @@ TASKS = (*MAD_TASKS, "mqar", "regression", "regbench")
 GRID_FIELDS = frozenset({"tasks", "mixers", "lrs", "weight_decays", "seeds", "workers", "progress", "out_dir"})
 
 #: ``MesaNetConfig`` fields that the synth backbone sets from its own config (not allowed in ``model_options``).
-BACKBONE_FIELDS = frozenset({
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "mixer_types", "mlp_expansion",
-    "chunk_size", "solver_training", "solver_inference", "use_cache",
-})
+BACKBONE_FIELDS = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_heads",
+        "head_dim",
+        "mixer_types",
+        "mlp_expansion",
+        "chunk_size",
+        "solver_training",
+        "solver_inference",
+        "use_cache",
+    }
+)
 
 #: The packaged presets (``mesanet.presets``; the ``--quick`` preset lives there).
 CONFIG_DIR = PRESET_DIR
@@ -135,6 +146,7 @@ def split_mixer(mixer: str, num_layers: int) -> list[str]:
 
 def check_config(cfg: SynthConfig) -> SynthConfig:
     """Validate names, ranges and the grid; returns ``cfg`` (``ValueError`` saying what is wrong)."""
+
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ValueError(f"SynthConfig: {msg}")
@@ -150,8 +162,20 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
     need(all(lr > 0 for lr in cfg.lrs), f"lrs: expected positive values, got {cfg.lrs}")
     need(all(wd >= 0 for wd in cfg.weight_decays), f"weight_decays: expected values >= 0, got {cfg.weight_decays}")
     need(all(s >= 0 for s in cfg.seeds), f"seeds: expected values >= 0, got {cfg.seeds}")
-    for name in ("hidden_size", "num_layers", "num_heads", "head_dim", "chunk_size", "steps", "batch_size",
-                 "num_test", "num_train_eval", "eval_batch_size", "mqar_vocab_size", "workers"):
+    for name in (
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "head_dim",
+        "chunk_size",
+        "steps",
+        "batch_size",
+        "num_test",
+        "num_train_eval",
+        "eval_batch_size",
+        "mqar_vocab_size",
+        "workers",
+    ):
         need(getattr(cfg, name) >= 1, f"{name}: expected an int >= 1, got {getattr(cfg, name)}")
     need(cfg.num_train is None or cfg.num_train >= 1, f"num_train: expected None or >= 1, got {cfg.num_train}")
     need(cfg.epochs >= 0, f"epochs: expected >= 0, got {cfg.epochs}")
@@ -170,12 +194,21 @@ def check_config(cfg: SynthConfig) -> SynthConfig:
         as_settings(getattr(cfg, name), default, f"SynthConfig: {name}")  # ValueError naming the field
     if "regbench" in cfg.tasks:
         sizes = cfg.regbench_num_train
-        need(bool(sizes) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
-             and len(set(sizes)) == len(sizes), f"regbench_num_train: expected distinct ints >= 1, got {sizes}")
-        need(cfg.size("regbench").num_train is None,
-             "task_sizes.regbench.num_train: expected unset (regbench_num_train lists RegBench's training-set sizes), "
-             f"got {cfg.size('regbench').num_train}")
-    need(isinstance(cfg.model_options, dict), f"model_options: expected a mapping of MesaNetConfig fields, got {cfg.model_options!r}")
+        need(
+            bool(sizes)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
+            and len(set(sizes)) == len(sizes),
+            f"regbench_num_train: expected distinct ints >= 1, got {sizes}",
+        )
+        need(
+            cfg.size("regbench").num_train is None,
+            "task_sizes.regbench.num_train: expected unset (regbench_num_train lists RegBench's training-set sizes), "
+            f"got {cfg.size('regbench').num_train}",
+        )
+    need(
+        isinstance(cfg.model_options, dict),
+        f"model_options: expected a mapping of MesaNetConfig fields, got {cfg.model_options!r}",
+    )
     taken = sorted(set(cfg.model_options) & BACKBONE_FIELDS)
     need(not taken, f"model_options: {taken} are set from the synth config itself (use its own fields)")
     try:
@@ -205,5 +238,16 @@ def fingerprint(cfg: SynthConfig) -> dict:
     return {k: v for k, v in config_dict(cfg).items() if k not in GRID_FIELDS}
 
 
-__all__ = ["CONFIG_DIR", "ConfigError", "GRID_FIELDS", "SynthConfig", "TASKS", "TaskSize", "check_config",
-           "config_dict", "fingerprint", "load_config", "split_mixer"]
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "GRID_FIELDS",
+    "SynthConfig",
+    "TASKS",
+    "TaskSize",
+    "check_config",
+    "config_dict",
+    "fingerprint",
+    "load_config",
+    "split_mixer",
+]

@@ -25,10 +25,18 @@ from .settings import Setting
 def backbone_config(cfg: SynthConfig, mixer: str, vocab_size: int) -> MesaNetConfig:
     """The paper's small MAD model shape from ``cfg`` with ``mixer`` (or a hybrid) in every layer."""
     return MesaNetConfig(
-        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_heads=cfg.num_heads,
-        head_dim=cfg.head_dim, mixer_types=split_mixer(mixer, cfg.num_layers), mlp_expansion=cfg.mlp_expansion,
-        chunk_size=cfg.chunk_size, solver_training=dict(cfg.solver_training), solver_inference=dict(cfg.solver_inference),
-        use_cache=False, **dict(cfg.model_options),
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        mixer_types=split_mixer(mixer, cfg.num_layers),
+        mlp_expansion=cfg.mlp_expansion,
+        chunk_size=cfg.chunk_size,
+        solver_training=dict(cfg.solver_training),
+        solver_inference=dict(cfg.solver_inference),
+        use_cache=False,
+        **dict(cfg.model_options),
     )
 
 
@@ -56,7 +64,9 @@ class CompressionAutoEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         if input_ids.shape[1] != self.positions.shape[0]:
-            raise ValueError(f"CompressionAutoEncoder: expected sequences of length {self.positions.shape[0]}, got {input_ids.shape[1]}")
+            raise ValueError(
+                f"CompressionAutoEncoder: expected sequences of length {self.positions.shape[0]}, got {input_ids.shape[1]}"
+            )
         pooled = self.encoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, -1]
         return self.out(self.decoder(pooled[:, None, :] + self.positions[None]))
 

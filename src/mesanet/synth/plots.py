@@ -126,8 +126,12 @@ def plot_regbench(best: list[Best], path: Path) -> bool:
 def write_plots(best: list[Best], out: Path) -> list[str]:
     """Every plot that has data; returns the file names written."""
     written = []
-    for name, fn in (("task_accuracy.png", plot_task_accuracy), ("mqar_accuracy.png", plot_mqar), ("regression_mse.png", plot_regression),
-                     ("regbench_accuracy.png", plot_regbench)):
+    for name, fn in (
+        ("task_accuracy.png", plot_task_accuracy),
+        ("mqar_accuracy.png", plot_mqar),
+        ("regression_mse.png", plot_regression),
+        ("regbench_accuracy.png", plot_regbench),
+    ):
         if fn(best, out / name):
             written.append(name)
     return written

@@ -22,9 +22,37 @@ MESA, GDN = "mesa", "gated_deltanet"
 #: Mixer kinds that are softmax attention (the paper's "transformers"); every other kind is recurrent.
 ATTENTION_KINDS = ("attention", "sliding_attention")
 
-RESULT_COLUMNS = ["cell_id", "task", "setting", "mixer", "lr", "weight_decay", "seed", "status", "steps", "batch_size",
-                  "num_train", "num_test", "params", "test_acc", "train_acc", "test_loss", "test_tv", "test_exact_acc", "train_tv", "ngram_acc", "ngram_tv", "test_mse", "test_mse_last",
-                  "ridge_last", "final_train_loss", "seq_len", "num_pairs", "seconds", "cpu_seconds"]
+RESULT_COLUMNS = [
+    "cell_id",
+    "task",
+    "setting",
+    "mixer",
+    "lr",
+    "weight_decay",
+    "seed",
+    "status",
+    "steps",
+    "batch_size",
+    "num_train",
+    "num_test",
+    "params",
+    "test_acc",
+    "train_acc",
+    "test_loss",
+    "test_tv",
+    "test_exact_acc",
+    "train_tv",
+    "ngram_acc",
+    "ngram_tv",
+    "test_mse",
+    "test_mse_last",
+    "ridge_last",
+    "final_train_loss",
+    "seq_len",
+    "num_pairs",
+    "seconds",
+    "cpu_seconds",
+]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -75,8 +103,24 @@ def select_best(records: list[dict]) -> list[Best]:
         scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
         _, lr, wd, mean, std, rs = scored[0]
         mse_last, mse_last_std = _mean_std([_nan(r.get("test_mse_last")) for r in rs])
-        out.append(Best(task, setting, mixer, kind, lr, wd, mean, std, _mean_std([_nan(r.get("train_acc")) for r in rs])[0],
-                        mse_last, mse_last_std, _nan(rs[0].get("ridge_last")), len(rs), rs))
+        out.append(
+            Best(
+                task,
+                setting,
+                mixer,
+                kind,
+                lr,
+                wd,
+                mean,
+                std,
+                _mean_std([_nan(r.get("train_acc")) for r in rs])[0],
+                mse_last,
+                mse_last_std,
+                _nan(rs[0].get("ridge_last")),
+                len(rs),
+                rs,
+            )
+        )
     return out
 
 
@@ -109,8 +153,13 @@ def check_targets(best: list[Best], cfg: SynthConfig) -> list[Target]:
     # 1. MAD average
     if {MESA, GDN} <= mixers and any(b.task in MAD_TASKS for b in best):
         m, g = mad_average(best, MESA), mad_average(best, GDN)
-        out.append(Target("MAD average: MesaNet >= Gated DeltaNet", "PASS" if m >= g else "MISS",
-                          f"MesaNet {m:.4f} vs Gated DeltaNet {g:.4f} (mean over {sum(1 for t in MAD_TASKS if (t, MESA) in task_scores(best))} MAD task(s))"))
+        out.append(
+            Target(
+                "MAD average: MesaNet >= Gated DeltaNet",
+                "PASS" if m >= g else "MISS",
+                f"MesaNet {m:.4f} vs Gated DeltaNet {g:.4f} (mean over {sum(1 for t in MAD_TASKS if (t, MESA) in task_scores(best))} MAD task(s))",
+            )
+        )
     else:
         out.append(Target("MAD average: MesaNet >= Gated DeltaNet", "N/A", "needs both mixers and at least one MAD task"))
     # 2. MQAR at the largest pair count both fit
@@ -119,18 +168,30 @@ def check_targets(best: list[Best], cfg: SynthConfig) -> list[Target]:
     if {MESA, GDN} <= mixers and mq:
         meta = {b.setting: (b.records[0]["num_pairs"], b.records[0]["seq_len"]) for b in mq.values()}
         settings = sorted(meta, key=meta.__getitem__)  # by pair count, then sequence length
-        fit = [s for s in settings if (s, MESA) in mq and (s, GDN) in mq
-               and mq[(s, MESA)].metric >= cfg.mqar_fit_threshold and mq[(s, GDN)].metric >= cfg.mqar_fit_threshold]
-        rule = (f"fit = held-out test accuracy (best lr/wd, seed mean) >= {cfg.mqar_fit_threshold}; train accuracy is not "
-                "used because a model can memorise part of the finite training set")
+        fit = [
+            s
+            for s in settings
+            if (s, MESA) in mq
+            and (s, GDN) in mq
+            and mq[(s, MESA)].metric >= cfg.mqar_fit_threshold
+            and mq[(s, GDN)].metric >= cfg.mqar_fit_threshold
+        ]
+        rule = (
+            f"fit = held-out test accuracy (best lr/wd, seed mean) >= {cfg.mqar_fit_threshold}; train accuracy is not "
+            "used because a model can memorise part of the finite training set"
+        )
         if fit:
             s = fit[-1]
             m, g = mq[(s, MESA)].metric, mq[(s, GDN)].metric
-            out.append(Target(name, "PASS" if m >= g else "MISS",
-                              f"at {s}: test acc MesaNet {m:.4f} vs Gated DeltaNet {g:.4f}; {rule}"))
+            out.append(
+                Target(name, "PASS" if m >= g else "MISS", f"at {s}: test acc MesaNet {m:.4f} vs Gated DeltaNet {g:.4f}; {rule}")
+            )
         else:
-            detail = "; ".join(f"{s}: test acc Mesa {mq[(s, MESA)].metric:.3f} / GDN {mq[(s, GDN)].metric:.3f}"
-                               for s in settings if (s, MESA) in mq and (s, GDN) in mq)
+            detail = "; ".join(
+                f"{s}: test acc Mesa {mq[(s, MESA)].metric:.3f} / GDN {mq[(s, GDN)].metric:.3f}"
+                for s in settings
+                if (s, MESA) in mq and (s, GDN) in mq
+            )
             out.append(Target(name, "MISS", f"no setting fitted by both ({rule}): {detail}"))
     else:
         out.append(Target(name, "N/A", "needs both mixers and the mqar task"))
@@ -140,9 +201,14 @@ def check_targets(best: list[Best], cfg: SynthConfig) -> list[Target]:
     if reg:
         b = reg[0]
         ratio = b.mse_last / b.ridge_last if b.ridge_last > 0 else math.inf
-        out.append(Target(name, "PASS" if ratio <= 1 + cfg.regression_tolerance else "MISS",
-                          f"{b.setting}: MesaNet MSE {b.mse_last:.4f} +- {b.mse_last_std:.4f} vs ridge {b.ridge_last:.4f} "
-                          f"(ratio {ratio:.3f}, best lr {b.lr:g}, wd {b.weight_decay:g})"))
+        out.append(
+            Target(
+                name,
+                "PASS" if ratio <= 1 + cfg.regression_tolerance else "MISS",
+                f"{b.setting}: MesaNet MSE {b.mse_last:.4f} +- {b.mse_last_std:.4f} vs ridge {b.ridge_last:.4f} "
+                f"(ratio {ratio:.3f}, best lr {b.lr:g}, wd {b.weight_decay:g})",
+            )
+        )
     else:
         out.append(Target(name, "N/A", "needs the mesa mixer and the regression task"))
     out.append(_regbench_target(best))
@@ -155,11 +221,21 @@ def regbench_rows(best: list[Best]) -> list[dict]:
     for b in best:
         if b.task != "regbench":
             continue
-        rows.append(dict(num_train=int(b.records[0]["num_train"]), mixer=b.mixer, lr=b.lr, weight_decay=b.weight_decay,
-                         acc=b.metric, acc_std=b.metric_std, train_acc=b.train_acc,
-                         tv=_mean_std([_nan(r.get("test_tv")) for r in b.records])[0],
-                         exact=_mean_std([_nan(r.get("test_exact_acc")) for r in b.records])[0],
-                         ngram_acc=_nan(b.records[0].get("ngram_acc")), ngram_tv=_nan(b.records[0].get("ngram_tv"))))
+        rows.append(
+            dict(
+                num_train=int(b.records[0]["num_train"]),
+                mixer=b.mixer,
+                lr=b.lr,
+                weight_decay=b.weight_decay,
+                acc=b.metric,
+                acc_std=b.metric_std,
+                train_acc=b.train_acc,
+                tv=_mean_std([_nan(r.get("test_tv")) for r in b.records])[0],
+                exact=_mean_std([_nan(r.get("test_exact_acc")) for r in b.records])[0],
+                ngram_acc=_nan(b.records[0].get("ngram_acc")),
+                ngram_tv=_nan(b.records[0].get("ngram_tv")),
+            )
+        )
     return sorted(rows, key=lambda r: r["num_train"])
 
 
@@ -190,18 +266,49 @@ def write_results_csv(records: list[dict], path: Path) -> None:
             w.writerow({k: r.get(k, "") for k in RESULT_COLUMNS})
 
 
-def write_summary(records: list[dict], cfg: SynthConfig, out: Path, *, wall_seconds: float | None = None,
-                  grid_size: int | None = None) -> list[Target]:
+def write_summary(
+    records: list[dict], cfg: SynthConfig, out: Path, *, wall_seconds: float | None = None, grid_size: int | None = None
+) -> list[Target]:
     """``results.csv``, ``summary.csv`` and ``summary.md`` in ``out``; returns the target verdicts."""
     write_results_csv(records, out / "results.csv")
     best = select_best(records)
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "setting", "mixer", "metric", "best_lr", "best_weight_decay", "mean", "std", "train_acc",
-                    "mse_last", "mse_last_std", "ridge_last", "seeds"])
+        w.writerow(
+            [
+                "task",
+                "setting",
+                "mixer",
+                "metric",
+                "best_lr",
+                "best_weight_decay",
+                "mean",
+                "std",
+                "train_acc",
+                "mse_last",
+                "mse_last_std",
+                "ridge_last",
+                "seeds",
+            ]
+        )
         for b in best:
-            w.writerow([b.task, b.setting, b.mixer, "test_mse" if b.kind == "regression" else "test_acc", b.lr, b.weight_decay,
-                        b.metric, b.metric_std, b.train_acc, b.mse_last, b.mse_last_std, b.ridge_last, b.seeds])
+            w.writerow(
+                [
+                    b.task,
+                    b.setting,
+                    b.mixer,
+                    "test_mse" if b.kind == "regression" else "test_acc",
+                    b.lr,
+                    b.weight_decay,
+                    b.metric,
+                    b.metric_std,
+                    b.train_acc,
+                    b.mse_last,
+                    b.mse_last_std,
+                    b.ridge_last,
+                    b.seeds,
+                ]
+            )
     targets = check_targets(best, cfg)
     mixers = list(dict.fromkeys(b.mixer for b in best))
     scores = task_scores(best)
@@ -209,53 +316,93 @@ def write_summary(records: list[dict], cfg: SynthConfig, out: Path, *, wall_seco
     lines = ["# Synthetic in-context-learning suite", ""]
     if grid_size is not None and len(records) < grid_size:
         lines += [f"**PARTIAL: {len(records)} of {grid_size} grid cells finished**; verdicts use the finished cells only.", ""]
-    lines.append(f"{len(records)} cells: tasks {cfg.tasks} x mixers {cfg.mixers} x lr {cfg.lrs} x wd {cfg.weight_decays} x seeds {cfg.seeds}; "
-                 f"model {cfg.num_layers} layers, width {cfg.hidden_size}, {cfg.num_heads} heads x {cfg.head_dim}; "
-                 f"{cfg.steps} steps x batch {cfg.batch_size} unless overridden per task (see config.yaml)."
-                 + (f" Wall time {wall_seconds / 60:.1f} min." if wall_seconds else ""))
+    lines.append(
+        f"{len(records)} cells: tasks {cfg.tasks} x mixers {cfg.mixers} x lr {cfg.lrs} x wd {cfg.weight_decays} x seeds {cfg.seeds}; "
+        f"model {cfg.num_layers} layers, width {cfg.hidden_size}, {cfg.num_heads} heads x {cfg.head_dim}; "
+        f"{cfg.steps} steps x batch {cfg.batch_size} unless overridden per task (see config.yaml)."
+        + (f" Wall time {wall_seconds / 60:.1f} min." if wall_seconds else "")
+    )
     cpu = sum(float(r.get("cpu_seconds") or 0.0) for r in records)
     if cpu > 0:
-        lines += ["", f"Cell CPU time: {cpu / 60:.1f} core-minutes in total (training + evaluation, one thread per cell), "
-                      f"i.e. about {cpu / 60 / max(1, cfg.workers):.1f} min of wall time on {cfg.workers} idle core(s)."]
+        lines += [
+            "",
+            f"Cell CPU time: {cpu / 60:.1f} core-minutes in total (training + evaluation, one thread per cell), "
+            f"i.e. about {cpu / 60 / max(1, cfg.workers):.1f} min of wall time on {cfg.workers} idle core(s).",
+        ]
     lines += ["", "## Targets", "", "| target | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {t.name} | **{t.status}** | {t.detail} |" for t in targets]
-    lines += ["", "## Task scores (best lr/wd per setting, mean over settings; accuracy, regression: mean test MSE)", "",
-              "| task | " + " | ".join(mixers) + " |", "|---|" + "---|" * len(mixers)]
+    lines += [
+        "",
+        "## Task scores (best lr/wd per setting, mean over settings; accuracy, regression: mean test MSE)",
+        "",
+        "| task | " + " | ".join(mixers) + " |",
+        "|---|" + "---|" * len(mixers),
+    ]
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(_fmt(scores.get((t, m), math.nan)) for m in mixers) + " |")
     if any(t in MAD_TASKS for t in tasks):
         lines.append("| **MAD average** | " + " | ".join(_fmt(mad_average(best, m)) for m in mixers) + " |")
-    lines += ["", "## Best cell per setting (mean +- std over seeds)", "",
-              "| task | setting | mixer | best lr | best wd | test metric | train acc | MSE at longest context (ridge) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Best cell per setting (mean +- std over seeds)",
+        "",
+        "| task | setting | mixer | best lr | best wd | test metric | train acc | MSE at longest context (ridge) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for b in best:
         extra = f"{_fmt(b.mse_last)} +- {_fmt(b.mse_last_std)} ({_fmt(b.ridge_last)})" if b.kind == "regression" else ""
-        lines.append(f"| {b.task} | {b.setting} | {b.mixer} | {b.lr:g} | {b.weight_decay:g} | {_fmt(b.metric)} +- {_fmt(b.metric_std)} "
-                     f"| {_fmt(b.train_acc, 3)} | {extra} |")
+        lines.append(
+            f"| {b.task} | {b.setting} | {b.mixer} | {b.lr:g} | {b.weight_decay:g} | {_fmt(b.metric)} +- {_fmt(b.metric_std)} "
+            f"| {_fmt(b.train_acc, 3)} | {extra} |"
+        )
     rb = regbench_rows(best)
     if rb:
-        lines += ["", "## RegBench (in-context language learning; held-out automata)", "",
-                  "| training sequences | mixer | best lr | best wd | accuracy | total variation | exact-match acc | train acc "
-                  "| in-context 3-gram: acc (TV) |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['num_train']} | {r['mixer']} | {r['lr']:g} | {r['weight_decay']:g} | {_fmt(r['acc'])} +- "
-                  f"{_fmt(r['acc_std'])} | {_fmt(r['tv'])} | {_fmt(r['exact'])} | {_fmt(r['train_acc'], 3)} "
-                  f"| {_fmt(r['ngram_acc'])} ({_fmt(r['ngram_tv'])}) |" for r in rb]
-        lines += ["", "Accuracy: the greedy next token is one the sequence's automaton can read from its current state "
-                      "(non-zero true probability); total variation: 0.5 x L1 distance of the model's softmax from the "
-                      "automaton's next-token distribution (uniform over the state's outgoing symbols); both over "
-                      "every target that is not a string end. Exact-match: greedy token == the sampled next token. The "
-                      "in-context 3-gram (no training) predicts from successor counts of the last two tokens earlier in "
-                      "the same sequence, backing off to shorter contexts. "
-                      "Plot: `regbench_accuracy.png`."]
+        lines += [
+            "",
+            "## RegBench (in-context language learning; held-out automata)",
+            "",
+            "| training sequences | mixer | best lr | best wd | accuracy | total variation | exact-match acc | train acc "
+            "| in-context 3-gram: acc (TV) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['num_train']} | {r['mixer']} | {r['lr']:g} | {r['weight_decay']:g} | {_fmt(r['acc'])} +- "
+            f"{_fmt(r['acc_std'])} | {_fmt(r['tv'])} | {_fmt(r['exact'])} | {_fmt(r['train_acc'], 3)} "
+            f"| {_fmt(r['ngram_acc'])} ({_fmt(r['ngram_tv'])}) |"
+            for r in rb
+        ]
+        lines += [
+            "",
+            "Accuracy: the greedy next token is one the sequence's automaton can read from its current state "
+            "(non-zero true probability); total variation: 0.5 x L1 distance of the model's softmax from the "
+            "automaton's next-token distribution (uniform over the state's outgoing symbols); both over "
+            "every target that is not a string end. Exact-match: greedy token == the sampled next token. The "
+            "in-context 3-gram (no training) predicts from successor counts of the last two tokens earlier in "
+            "the same sequence, backing off to shorter contexts. "
+            "Plot: `regbench_accuracy.png`.",
+        ]
     failed = [r["cell_id"] for r in records if r.get("status") != "ok"]
     if failed:
         lines += ["", f"Non-finite runs (count as failed, never selected): {', '.join(failed)}"]
-    lines += ["", "Accuracy (RegBench: see its section): fraction of non-ignored test targets predicted exactly (micro); train acc: the same on the first "
-              f"{cfg.num_train_eval} training sequences with their training targets (MAD recall tasks train on every next "
-              f"token, so theirs is lower). MQAR fit rule: test accuracy >= {cfg.mqar_fit_threshold}. Plots: "
-              "`task_accuracy.png`, `mqar_accuracy.png`, `regression_mse.png`, `regbench_accuracy.png`."]
+    lines += [
+        "",
+        "Accuracy (RegBench: see its section): fraction of non-ignored test targets predicted exactly (micro); train acc: the same on the first "
+        f"{cfg.num_train_eval} training sequences with their training targets (MAD recall tasks train on every next "
+        f"token, so theirs is lower). MQAR fit rule: test accuracy >= {cfg.mqar_fit_threshold}. Plots: "
+        "`task_accuracy.png`, `mqar_accuracy.png`, `regression_mse.png`, `regbench_accuracy.png`.",
+    ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return targets
 
 
-__all__ = ["Best", "Target", "check_targets", "mad_average", "regbench_rows", "select_best", "task_scores", "write_results_csv", "write_summary"]
+__all__ = [
+    "Best",
+    "Target",
+    "check_targets",
+    "mad_average",
+    "regbench_rows",
+    "select_best",
+    "task_scores",
+    "write_results_csv",
+    "write_summary",
+]

@@ -23,8 +23,14 @@ from .settings import build_settings
 
 def grid_cells(cfg: SynthConfig) -> list[Cell]:
     """Every cell of the grid: settings x mixers x lrs x weight decays x seeds."""
-    return [Cell(s, mixer, lr, wd, seed) for s in build_settings(cfg) for mixer in cfg.mixers
-            for lr in cfg.lrs for wd in cfg.weight_decays for seed in cfg.seeds]
+    return [
+        Cell(s, mixer, lr, wd, seed)
+        for s in build_settings(cfg)
+        for mixer in cfg.mixers
+        for lr in cfg.lrs
+        for wd in cfg.weight_decays
+        for seed in cfg.seeds
+    ]
 
 
 def prepare_out_dir(cfg: SynthConfig) -> Path:
@@ -40,7 +46,8 @@ def prepare_out_dir(cfg: SynthConfig) -> Path:
             raise ValueError(
                 f"out_dir {str(out)!r} holds a run with a different config (changed: {changed}); only the grid lists "
                 f"{sorted(k for k in ('tasks', 'mixers', 'lrs', 'weight_decays', 'seeds'))} may change on a re-run. "
-                "Use another --out for a separate run.")
+                "Use another --out for a separate run."
+            )
     (out / "cells").mkdir(parents=True, exist_ok=True)
     saved.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
     return out
@@ -58,6 +65,7 @@ def _write_json(path: Path, record: dict) -> None:
 
 def _worker_init() -> None:
     import torch
+
     torch.set_num_threads(1)
 
 
@@ -80,8 +88,14 @@ def run_grid(cfg: SynthConfig) -> tuple[list[dict], int]:
     out = prepare_out_dir(cfg)
     cells = grid_cells(cfg)
     todo = [c for c in cells if not cell_path(out, c).is_file()]  # grid order: a setting's cells finish together
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="synth cells", unit="cell",
-               disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc="synth cells",
+        unit="cell",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
     if cfg.workers == 1 or len(todo) <= 1:
         for cell in todo:
             bar.set_postfix_str(cell.cell_id[:60], refresh=True)

@@ -110,8 +110,20 @@ def _mad(cfg: SynthConfig, task: str) -> list[Setting]:
         n_train = _num_train(cfg, task, s.num_train)  # a num_train variant keeps its value unless the cap is lower
         steps, batch = _budget(cfg, task, n_train)
         head = "autoencoder" if task == "compression" else "lm"
-        out.append(Setting(task, s.name, "token", head, config, n_train, size.num_test or min(cfg.num_test, MAD_NUM_TEST),
-                           steps, batch, vocab_size=config.vocab_size))
+        out.append(
+            Setting(
+                task,
+                s.name,
+                "token",
+                head,
+                config,
+                n_train,
+                size.num_test or min(cfg.num_test, MAD_NUM_TEST),
+                steps,
+                batch,
+                vocab_size=config.vocab_size,
+            )
+        )
     return out
 
 
@@ -124,11 +136,28 @@ def _mqar(cfg: SynthConfig) -> list[Setting]:
         for pairs in cfg.mqar_num_pairs:
             if 4 * pairs > seq_len:
                 continue
-            config = _replace(MQARConfig(seq_len=seq_len, num_kv_pairs=pairs, vocab_size=cfg.mqar_vocab_size), size.params, None, "mqar")
-            out.append(Setting("mqar", f"L={seq_len},N={pairs}", "token", "lm", config, n_train, size.num_test or cfg.num_test,
-                               steps, batch, vocab_size=config.vocab_size, info=(("seq_len", seq_len), ("num_pairs", pairs))))
+            config = _replace(
+                MQARConfig(seq_len=seq_len, num_kv_pairs=pairs, vocab_size=cfg.mqar_vocab_size), size.params, None, "mqar"
+            )
+            out.append(
+                Setting(
+                    "mqar",
+                    f"L={seq_len},N={pairs}",
+                    "token",
+                    "lm",
+                    config,
+                    n_train,
+                    size.num_test or cfg.num_test,
+                    steps,
+                    batch,
+                    vocab_size=config.vocab_size,
+                    info=(("seq_len", seq_len), ("num_pairs", pairs)),
+                )
+            )
     if not out:
-        raise ValueError(f"mqar: no (seq_len, num_pairs) with 4 * num_pairs <= seq_len in {cfg.mqar_seq_lens} x {cfg.mqar_num_pairs}")
+        raise ValueError(
+            f"mqar: no (seq_len, num_pairs) with 4 * num_pairs <= seq_len in {cfg.mqar_seq_lens} x {cfg.mqar_num_pairs}"
+        )
     return out
 
 
@@ -138,8 +167,21 @@ def _regression(cfg: SynthConfig) -> list[Setting]:
     n_train = _num_train(cfg, "regression", DEFAULT_NUM_TRAIN["regression"])
     steps, batch = _budget(cfg, "regression", n_train)
     name = f"d={config.dim},n={config.num_pairs},noise={config.noise_std:g}"
-    return [Setting("regression", name, "regression", "regression", config, n_train, size.num_test or cfg.num_test,
-                    steps, batch, in_dim=config.dim + 1, info=(("num_pairs", config.num_pairs),))]
+    return [
+        Setting(
+            "regression",
+            name,
+            "regression",
+            "regression",
+            config,
+            n_train,
+            size.num_test or cfg.num_test,
+            steps,
+            batch,
+            in_dim=config.dim + 1,
+            info=(("num_pairs", config.num_pairs),),
+        )
+    ]
 
 
 def _regbench(cfg: SynthConfig) -> list[Setting]:
@@ -149,8 +191,20 @@ def _regbench(cfg: SynthConfig) -> list[Setting]:
     out = []
     for n_train in cfg.regbench_num_train:
         steps, batch = _budget(cfg, "regbench", n_train)
-        out.append(Setting("regbench", f"n_train={n_train}", "token", "lm", config, n_train, size.num_test or cfg.num_test,
-                           steps, batch, vocab_size=VOCAB_SIZE))
+        out.append(
+            Setting(
+                "regbench",
+                f"n_train={n_train}",
+                "token",
+                "lm",
+                config,
+                n_train,
+                size.num_test or cfg.num_test,
+                steps,
+                batch,
+                vocab_size=VOCAB_SIZE,
+            )
+        )
     return out
 
 
@@ -180,8 +234,10 @@ def _token_sets(setting: Setting, data_seed: int) -> tuple[TokenBatch, TokenBatc
         return mqar(setting.num_train, rng, setting.config), mqar(setting.num_test, rng, setting.config)
     gen, has_mode = _MAD_GEN[setting.task]
     if has_mode:
-        return (gen(setting.num_train, rng, setting.config, is_training=True),
-                gen(setting.num_test, rng, setting.config, is_training=False))
+        return (
+            gen(setting.num_train, rng, setting.config, is_training=True),
+            gen(setting.num_test, rng, setting.config, is_training=False),
+        )
     return gen(setting.num_train, rng, setting.config), gen(setting.num_test, rng, setting.config)
 
 
@@ -190,8 +246,10 @@ def load_data(setting: Setting, data_seed: int):
     """``(train, test)`` of ``setting``: ``TokenBatch``, ``RegBenchBatch`` or ``RegressionBatch`` pairs (cached per process)."""
     if setting.kind == "regression":
         rng = np.random.default_rng(data_seed)
-        return (in_context_regression(setting.num_train, rng, setting.config),
-                in_context_regression(setting.num_test, rng, setting.config))
+        return (
+            in_context_regression(setting.num_train, rng, setting.config),
+            in_context_regression(setting.num_test, rng, setting.config),
+        )
     return _token_sets(setting, data_seed)
 
 

@@ -22,10 +22,18 @@ from .trainer import train
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mesanet.train", description=__doc__, epilog=fields_help(TrainConfig),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | PRESET | key=value",
-                        help="a YAML config file or a packaged preset name (optional, first) and overrides")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.train",
+        description=__doc__,
+        epilog=fields_help(TrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="CONFIG.yaml | PRESET | key=value",
+        help="a YAML config file or a packaged preset name (optional, first) and overrides",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     add_debug_flag(parser)
@@ -45,8 +53,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"mesanet train: {e}; resume with: {resume_command(ns.args, cfg.resume)}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     if result.final_train_loss is not None and main_rank:
-        val = f", val loss {result.final_val_loss:.4f} (ppl {result.final_val_ppl:.2f})" if result.final_val_loss is not None else ""
-        print(f"{result.run_dir}: step {result.steps}, train loss {result.final_train_loss:.4f}{val}, {result.tokens_per_s:,.0f} tokens/s")
+        val = (
+            f", val loss {result.final_val_loss:.4f} (ppl {result.final_val_ppl:.2f})"
+            if result.final_val_loss is not None
+            else ""
+        )
+        print(
+            f"{result.run_dir}: step {result.steps}, train loss {result.final_train_loss:.4f}{val}, {result.tokens_per_s:,.0f} tokens/s"
+        )
 
 
 if __name__ == "__main__":

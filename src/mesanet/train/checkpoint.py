@@ -146,7 +146,8 @@ def file_records(directory: Path) -> dict:
     """``{relative path: {"bytes", "sha256"}}`` of every file under ``directory``."""
     return {
         str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(directory.rglob("*")) if p.is_file()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -161,7 +162,13 @@ def write_summary(directory: Path, summary: dict) -> None:
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model: nn.Module, tokenizer: Any | None, state: dict, summary: dict, keep_last: int,
+    root: str | Path,
+    step: int,
+    model: nn.Module,
+    tokenizer: Any | None,
+    state: dict,
+    summary: dict,
+    keep_last: int,
 ) -> Path:
     """Write checkpoint ``root/step_NNNNNN`` atomically, then delete all but the newest ``keep_last``
     complete checkpoints and any leftovers of interrupted writes."""
@@ -276,7 +283,9 @@ def load_model_weights(path: str | Path, model: nn.Module) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or ())
     if unexpected or set(missing) - tied:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit the model (missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not fit the model (missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})"
+        )
 
 
 # ------------------------------------------------------------------------------------------ RNG states
@@ -287,7 +296,12 @@ def capture_rng_state() -> dict:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -305,7 +319,22 @@ def restore_rng_state(state: dict) -> None:
 
 
 __all__ = [
-    "CHECKSUMS_FILE", "CheckpointError", "STATE_FILE", "SUMMARY_FILE", "file_records", "atomic_directory", "atomic_write_text", "capture_rng_state",
-    "check_model_config", "checkpoint_path", "list_checkpoints", "load_checkpoint", "load_model_weights", "load_training_state", "restore_rng_state",
-    "save_checkpoint", "save_pretrained", "verify_checkpoint",
+    "CHECKSUMS_FILE",
+    "CheckpointError",
+    "STATE_FILE",
+    "SUMMARY_FILE",
+    "file_records",
+    "atomic_directory",
+    "atomic_write_text",
+    "capture_rng_state",
+    "check_model_config",
+    "checkpoint_path",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model_weights",
+    "load_training_state",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_pretrained",
+    "verify_checkpoint",
 ]

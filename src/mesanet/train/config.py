@@ -18,10 +18,26 @@ from mesanet.utils.validation import check_int, is_real
 #: ``max_steps`` may grow or shrink (the cosine horizon then moves, with a warning); ``grad_accum`` only
 #: changes how the same global batch is split; ``precision`` / ``device`` are execution options; dotted
 #: names are single fields of a section.
-RESUMABLE_CHANGES = frozenset({
-    "max_steps", "grad_accum", "precision", "device", "log_every", "eval_every", "eval_batches",
-    "checkpoint_every", "keep_last", "resume", "out_dir", "data.cache_dir", "gradient_checkpointing", "compile", "compile_backend", "logging",
-})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps",
+        "grad_accum",
+        "precision",
+        "device",
+        "log_every",
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "keep_last",
+        "resume",
+        "out_dir",
+        "data.cache_dir",
+        "gradient_checkpointing",
+        "compile",
+        "compile_backend",
+        "logging",
+    }
+)
 
 
 def resumable_change(key: str) -> bool:
@@ -123,8 +139,14 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(f"expected a TrainConfig, got {type(cfg).__name__}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name or ""):
         raise ValueError(f"name: expected a directory name of letters, digits, '.', '_', '-', got {cfg.name!r}")
-    positive = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=cfg.max_steps,
-                    log_every=cfg.log_every, eval_batches=cfg.eval_batches, keep_last=cfg.keep_last)
+    positive = dict(
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        max_steps=cfg.max_steps,
+        log_every=cfg.log_every,
+        eval_batches=cfg.eval_batches,
+        keep_last=cfg.keep_last,
+    )
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}: expected an integer >= 1, got {value}")
@@ -157,8 +179,10 @@ def check_optim(o: OptimConfig, where: str = "optim") -> None:
     if not 0 < o.lr <= MAX_LR:
         raise ValueError(f"{where}.lr: expected 0 < lr <= {MAX_LR:g}, got {o.lr}")
     if not 0 <= o.weight_decay * o.lr < 1:
-        raise ValueError(f"{where}.weight_decay: expected >= 0 with lr x weight_decay < 1 (every step multiplies the "
-                         f"decayed weights by 1 - lr x weight_decay), got {o.weight_decay} (lr {o.lr})")
+        raise ValueError(
+            f"{where}.weight_decay: expected >= 0 with lr x weight_decay < 1 (every step multiplies the "
+            f"decayed weights by 1 - lr x weight_decay), got {o.weight_decay} (lr {o.lr})"
+        )
     betas = tuple(o.betas) if isinstance(o.betas, (list, tuple)) else ()
     if len(betas) != 2 or not all(is_real(b) and 0 <= b < 1 for b in betas):
         raise ValueError(f"{where}.betas: expected two finite values in [0, 1), got {o.betas!r}")
@@ -172,7 +196,10 @@ def check_optim(o: OptimConfig, where: str = "optim") -> None:
 
 
 def build_model_config(
-    section: ModelSection, vocab_size: int, eos_token_id: int | None = None, pad_token_id: int | None = None,
+    section: ModelSection,
+    vocab_size: int,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
 ) -> MesaNetConfig:
     """``MesaNetConfig`` of the preset + mixer + overrides, with ``vocab_size`` from the tokenizer and, unless
     overridden, ``eos_token_id`` / ``pad_token_id`` from the data (end-of-document and padding tokens)."""
@@ -195,6 +222,13 @@ def build_model_config(
 
 
 __all__ = [
-    "LoggingConfig", "ModelSection", "OptimConfig", "RESUMABLE_CHANGES", "TrainConfig", "build_model_config", "check_config", "check_optim",
+    "LoggingConfig",
+    "ModelSection",
+    "OptimConfig",
+    "RESUMABLE_CHANGES",
+    "TrainConfig",
+    "build_model_config",
+    "check_config",
+    "check_optim",
     "resumable_change",
 ]

@@ -110,4 +110,13 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-__all__ = ["DistInfo", "all_gather_objects", "all_reduce_mean", "all_reduce_sum", "barrier", "resolve_device", "setup", "teardown"]
+__all__ = [
+    "DistInfo",
+    "all_gather_objects",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "resolve_device",
+    "setup",
+    "teardown",
+]

@@ -31,14 +31,21 @@ class NonFiniteError(RuntimeError):
 
     def __init__(self, step: int, quantity: str, value: float | str, last_good: Optional[Path], *, after_update: bool = False):
         self.step, self.quantity, self.value, self.last_good = step, quantity, value, last_good
-        where = (f"the last checkpoint with verified finite weights is {last_good}" if last_good
-                 else "no checkpoint with verified finite weights exists")
+        where = (
+            f"the last checkpoint with verified finite weights is {last_good}"
+            if last_good
+            else "no checkpoint with verified finite weights exists"
+        )
         if after_update:
-            what = (f"non-finite {quantity} ({value}) after the optimizer step of step {step}: the weights in memory are "
-                    f"unusable and were not saved; {where}")
+            what = (
+                f"non-finite {quantity} ({value}) after the optimizer step of step {step}: the weights in memory are "
+                f"unusable and were not saved; {where}"
+            )
         else:
-            what = (f"non-finite {quantity} ({value}) at step {step}: training stopped before the optimizer step of step "
-                    f"{step}, so the weights are those after step {step - 1}; {where}")
+            what = (
+                f"non-finite {quantity} ({value}) at step {step}: training stopped before the optimizer step of step "
+                f"{step}, so the weights are those after step {step - 1}; {where}"
+            )
         super().__init__(f"{what}. Try a lower optim.lr, a smaller optim.grad_clip, precision: fp32, or check the data")
 
 
@@ -104,13 +111,22 @@ def older_checkpoint_hint(existing: list[Path], expected: MesaNetConfig) -> str:
     for i in range(len(existing) - 2, -1, -1):
         problem = checkpoint_problem(existing[i], expected)
         if problem is None:
-            move = ", ".join(p.name for p in reversed(existing[i + 1:]))
-            return (f"; {existing[i].name} was checked and is intact: to resume from the previous checkpoint "
-                    f"({existing[i].name}) instead, move {move} out of {root}")
+            move = ", ".join(p.name for p in reversed(existing[i + 1 :]))
+            return (
+                f"; {existing[i].name} was checked and is intact: to resume from the previous checkpoint "
+                f"({existing[i].name}) instead, move {move} out of {root}"
+            )
         problems.append(problem)
     if not problems:
         return f"; {newest.name} is the only checkpoint: start a new run (another name) or repair it"
     return f"; no older checkpoint is usable either ({'; '.join(problems)}): start a new run (another name)"
 
 
-__all__ = ["NonFiniteError", "all_finite", "checkpoint_problem", "last_good_checkpoint", "nonfinite_part", "older_checkpoint_hint"]
+__all__ = [
+    "NonFiniteError",
+    "all_finite",
+    "checkpoint_problem",
+    "last_good_checkpoint",
+    "nonfinite_part",
+    "older_checkpoint_hint",
+]

@@ -54,8 +54,17 @@ class MetricsLogger:
     (non-zero ranks). ``start_step``: rows / events after it are dropped (resume). ``extra_columns``: columns after
     :data:`COLUMNS` that :meth:`log` fills from its ``extra`` mapping (TensorBoard tag ``train/<column>``)."""
 
-    def __init__(self, run_dir: str | Path, *, start_step: int = 0, enabled: bool = True, tensorboard: bool = True,
-                 extra_columns: Sequence[str] = (), config: Optional[dict] = None, wandb: Optional[dict] = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        start_step: int = 0,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        extra_columns: Sequence[str] = (),
+        config: Optional[dict] = None,
+        wandb: Optional[dict] = None,
+    ):
         self.enabled = enabled
         self.columns = COLUMNS + tuple(c for c in extra_columns if c not in COLUMNS)
         self.path = Path(run_dir) / "metrics.csv"
@@ -102,12 +111,31 @@ class MetricsLogger:
                     w.writerow([_cell(r.get(c)) for c in self.columns])
         os.replace(tmp, self.path)
 
-    def log(self, step: int, *, lr: float, train_loss: float, grad_norm: float, tokens_per_s: float,
-            elapsed: float, tokens: int, val_loss: Optional[float] = None, extra: Optional[dict] = None) -> None:
+    def log(
+        self,
+        step: int,
+        *,
+        lr: float,
+        train_loss: float,
+        grad_norm: float,
+        tokens_per_s: float,
+        elapsed: float,
+        tokens: int,
+        val_loss: Optional[float] = None,
+        extra: Optional[dict] = None,
+    ) -> None:
         if not self.enabled:
             return
-        values = dict(step=step, lr=lr, train_loss=train_loss, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
-                      val_loss=val_loss, elapsed=elapsed, tokens=tokens)
+        values = dict(
+            step=step,
+            lr=lr,
+            train_loss=train_loss,
+            grad_norm=grad_norm,
+            tokens_per_s=tokens_per_s,
+            val_loss=val_loss,
+            elapsed=elapsed,
+            tokens=tokens,
+        )
         extra = {k: v for k, v in (extra or {}).items() if k in self.columns and k not in COLUMNS}
         values.update(extra)
         self._csv.writerow([_cell(values.get(c)) for c in self.columns])
@@ -126,9 +154,18 @@ class MetricsLogger:
             self._writer.flush()
         if self._wandb is not None:
             ppl = math.exp(min(val_loss, 80.0)) if val_loss is not None else None
-            self._wandb.log(step, {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                   "train/tokens_per_s": tokens_per_s, "val/loss": val_loss, "val/ppl": ppl,
-                                   **{f"train/{k}": v for k, v in extra.items()}})
+            self._wandb.log(
+                step,
+                {
+                    "train/loss": train_loss,
+                    "train/lr": lr,
+                    "train/grad_norm": grad_norm,
+                    "train/tokens_per_s": tokens_per_s,
+                    "val/loss": val_loss,
+                    "val/ppl": ppl,
+                    **{f"train/{k}": v for k, v in extra.items()},
+                },
+            )
 
     def close(self) -> None:
         if not self.enabled:

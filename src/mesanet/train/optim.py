@@ -49,7 +49,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW on :func:`param_groups`; the fused kernel on CUDA."""
     fused = next(model.parameters()).is_cuda
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None,
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=fused or None,
     )
 
 
@@ -77,9 +81,13 @@ def lr_multiplier(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` on :func:`lr_multiplier` (its state is the step count; the horizon comes from the config)."""
     if cfg.warmup_steps >= max_steps:
-        warnings.warn(f"optim.warmup_steps ({cfg.warmup_steps}) >= max_steps ({max_steps}): the run never leaves warm-up", stacklevel=2)
+        warnings.warn(
+            f"optim.warmup_steps ({cfg.warmup_steps}) >= max_steps ({max_steps}): the run never leaves warm-up", stacklevel=2
+        )
+
     def multiplier(step: int) -> float:  # a plain function: LambdaLR does not pickle it into its state
         return lr_multiplier(step, warmup_steps=cfg.warmup_steps, max_steps=max_steps, min_lr_ratio=cfg.min_lr_ratio)
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
 

@@ -42,10 +42,15 @@ def check_resumable(path: Path, summary: dict, state: dict, cfg: TrainConfig, co
             "Restore them, or start a new run (another name)"
         )
     if state["step"] > cfg.max_steps:
-        raise ValueError(f"max_steps ({cfg.max_steps}) is below the step of the checkpoint to resume ({path}, step {state['step']})")
+        raise ValueError(
+            f"max_steps ({cfg.max_steps}) is below the step of the checkpoint to resume ({path}, step {state['step']})"
+        )
     if "max_steps" in changed and state["step"] < cfg.max_steps:
-        warnings.warn(f"max_steps changed from {saved['max_steps']} to {cfg.max_steps} on resume: the cosine schedule "
-                      "now ends at the new horizon", stacklevel=4)
+        warnings.warn(
+            f"max_steps changed from {saved['max_steps']} to {cfg.max_steps} on resume: the cosine schedule "
+            "now ends at the new horizon",
+            stacklevel=4,
+        )
 
 
 __all__ = ["check_resumable", "flatten"]

@@ -43,7 +43,9 @@ class SolverMonitor:
         self.labels = {name: _label(name, i) for i, (name, _) in enumerate(layers)}
         self.columns: tuple[str, ...] = ()
         if self.enabled:
-            self.columns = ("cg_mean", "cg_max") + tuple(f"cg_{kind}_{lab}" for lab in self.labels.values() for kind in ("mean", "max"))
+            self.columns = ("cg_mean", "cg_max") + tuple(
+                f"cg_{kind}_{lab}" for lab in self.labels.values() for kind in ("mean", "max")
+            )
         self.last: list[LayerSolverSummary] = []
         self.last_warning_step: Optional[int] = None
 
@@ -85,10 +87,13 @@ class SolverMonitor:
         self.last_warning_step = step
         parts = [
             f"layer {s.name}: {s.stalled} of {s.systems} solves stopped at max_iter = {s.max_iter} with relative "
-            f"residual up to {s.worst_stalled_residual:.2e} > tol = {s.tol:g}" for s in stalled
+            f"residual up to {s.worst_stalled_residual:.2e} > tol = {s.tol:g}"
+            for s in stalled
         ]
-        message = (f"step {step}: Mesa CG did not converge ({'; '.join(parts)}); gradients are inexact: raise "
-                   f"solver_training.max_iter (next warning at the earliest in {self.warn_every} steps)")
+        message = (
+            f"step {step}: Mesa CG did not converge ({'; '.join(parts)}); gradients are inexact: raise "
+            f"solver_training.max_iter (next warning at the earliest in {self.warn_every} steps)"
+        )
         warnings.warn(message, SolverConvergenceWarning, stacklevel=2)
         return message
 

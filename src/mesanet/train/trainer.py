@@ -146,8 +146,14 @@ class Trainer:
         self.micro_batch = cfg.batch_size // (d.world_size * cfg.grad_accum)
         streams = d.world_size * cfg.grad_accum
         self.batches = [
-            TokenBatches(self.prepared.train, cfg.data.seq_len, self.micro_batch, seed=cfg.seed,
-                         rank=d.rank * cfg.grad_accum + a, world_size=streams)
+            TokenBatches(
+                self.prepared.train,
+                cfg.data.seq_len,
+                self.micro_batch,
+                seed=cfg.seed,
+                rank=d.rank * cfg.grad_accum + a,
+                world_size=streams,
+            )
             for a in range(cfg.grad_accum)
         ]
         self.step, self.elapsed_before = 0, 0.0
@@ -158,12 +164,15 @@ class Trainer:
             bad = guards.nonfinite_part(self.model, self.optimizer)
             if bad is not None:
                 hint = guards.older_checkpoint_hint(existing, self.model_config)
-                raise ckpt.CheckpointError(f"checkpoint {self.resumed_from} holds a non-finite {bad}{hint} (nothing was modified)")
+                raise ckpt.CheckpointError(
+                    f"checkpoint {self.resumed_from} holds a non-finite {bad}{hint} (nothing was modified)"
+                )
 
         self.ddp = None
         if d.distributed:
             self.ddp = DistributedDataParallel(  # buffers (RoPE tables) are constants: no per-step broadcast
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
         step_model = self.ddp if self.ddp is not None else self.model
         self.compiled = torch.compile(step_model, backend=cfg.compile_backend) if cfg.compile else None  # training forward
 
@@ -171,22 +180,35 @@ class Trainer:
         if len(self.prepared.val) >= cfg.data.seq_len:
             windows = eval_windows(self.prepared.val, cfg.data.seq_len, max_windows=cfg.eval_batches * cfg.batch_size)
         else:
-            warnings.warn(f"the validation split has fewer than seq_len = {cfg.data.seq_len} tokens: no validation loss", stacklevel=2)
+            warnings.warn(
+                f"the validation split has fewer than seq_len = {cfg.data.seq_len} tokens: no validation loss", stacklevel=2
+            )
             windows = torch.zeros(0, cfg.data.seq_len, dtype=torch.long)
         self.num_val_windows = int(windows.shape[0])
-        self.val_windows = windows[d.rank::d.world_size]
+        self.val_windows = windows[d.rank :: d.world_size]
 
         # Only now: write the run directory.
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             p = self.prepared
-            stats = {"corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash, "eod_id": p.eod_id, **p.stats,
-                     "cache_dir": str(cfg.data.cache_root.resolve())}  # where evaluation finds the caches
+            stats = {
+                "corpus_hash": p.corpus_hash,
+                "tokenizer_hash": p.tokenizer_hash,
+                "eod_id": p.eod_id,
+                **p.stats,
+                "cache_dir": str(cfg.data.cache_root.resolve()),
+            }  # where evaluation finds the caches
             ckpt.atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2, default=str) + "\n")
         self.solver_monitor = SolverMonitor(self.model, enabled=d.is_main)  # CG steps of the Mesa layers (rank 0's)
-        self.logger = MetricsLogger(self.run_dir, start_step=self.step, enabled=d.is_main, extra_columns=self.solver_monitor.columns,
-                                    config=to_dict(cfg), wandb=dict(project=cfg.logging.wandb_project, name=cfg.name) if cfg.logging.wandb else None)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            start_step=self.step,
+            enabled=d.is_main,
+            extra_columns=self.solver_monitor.columns,
+            config=to_dict(cfg),
+            wandb=dict(project=cfg.logging.wandb_project, name=cfg.name) if cfg.logging.wandb else None,
+        )
 
     def _restore(self, state: dict) -> None:
         d, path = self.dist, self.resumed_from
@@ -305,14 +327,24 @@ class Trainer:
         if self.dist.is_main:
             metrics = {"train_loss": self.last_train_loss, "val_loss": self.last_val_loss, "elapsed": elapsed}
             state = {
-                "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng, "data": data, "config": to_dict(self.cfg), "metrics": metrics,
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "data": data,
+                "config": to_dict(self.cfg),
+                "metrics": metrics,
             }
             p = self.prepared
             summary = {
-                "model_type": self.model_config.model_type, "next_lr": self.scheduler.get_last_lr()[0], **metrics,
-                "tokens_seen": self.step * self.cfg.batch_size * self.cfg.data.seq_len, "world_size": self.dist.world_size,
-                "grad_accum": self.cfg.grad_accum, "corpus_hash": p.corpus_hash, "tokenizer_hash": p.tokenizer_hash,
+                "model_type": self.model_config.model_type,
+                "next_lr": self.scheduler.get_last_lr()[0],
+                **metrics,
+                "tokens_seen": self.step * self.cfg.batch_size * self.cfg.data.seq_len,
+                "world_size": self.dist.world_size,
+                "grad_accum": self.cfg.grad_accum,
+                "corpus_hash": p.corpus_hash,
+                "tokenizer_hash": p.tokenizer_hash,
             }
             ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.tokenizer, state, summary, self.cfg.keep_last)
         self.last_checkpoint = path
@@ -342,8 +374,14 @@ class Trainer:
         losses: list[float] = []
         train_time = window_time = 0.0
         window_tokens = 0
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {cfg.name}", unit="step",
-                   disable=not (self.progress and d.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc=f"train {cfg.name}",
+            unit="step",
+            disable=not (self.progress and d.is_main),
+            dynamic_ncols=True,
+        )
         try:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
@@ -361,9 +399,17 @@ class Trainer:
                     val_loss = self.last_val_loss = self.evaluate()
                 elapsed = self.elapsed_before + time.perf_counter() - start
                 if last or self.step % cfg.log_every == 0 or val_loss is not None:
-                    self.logger.log(self.step, lr=lr, train_loss=loss, grad_norm=grad_norm,
-                                    tokens_per_s=window_tokens / max(window_time, 1e-9), elapsed=elapsed, val_loss=val_loss,
-                                    tokens=self.step * tokens_per_step, extra=self.solver_monitor.metrics())
+                    self.logger.log(
+                        self.step,
+                        lr=lr,
+                        train_loss=loss,
+                        grad_norm=grad_norm,
+                        tokens_per_s=window_tokens / max(window_time, 1e-9),
+                        elapsed=elapsed,
+                        val_loss=val_loss,
+                        tokens=self.step * tokens_per_step,
+                        extra=self.solver_monitor.metrics(),
+                    )
                     window_tokens, window_time = 0, 0.0
                 postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_step / max(dt, 1e-9):,.0f}"}
                 if self.last_val_loss is not None:
@@ -382,13 +428,20 @@ class Trainer:
             bar.close()
         if d.is_main:
             self._require_finite(self.step)
-            ckpt.atomic_directory(self.run_dir / "final", lambda tmp: ckpt.save_pretrained(tmp, self.model, self.tokenizer, checksums=True))
+            ckpt.atomic_directory(
+                self.run_dir / "final", lambda tmp: ckpt.save_pretrained(tmp, self.model, self.tokenizer, checksums=True)
+            )
         val = self.last_val_loss
         return TrainResult(
-            run_dir=self.run_dir, steps=self.step, start_step=start_step, final_train_loss=self.last_train_loss,
-            final_val_loss=val, final_val_ppl=math.exp(min(val, 80.0)) if val is not None else None,
+            run_dir=self.run_dir,
+            steps=self.step,
+            start_step=start_step,
+            final_train_loss=self.last_train_loss,
+            final_val_loss=val,
+            final_val_ppl=math.exp(min(val, 80.0)) if val is not None else None,
             tokens_per_s=(len(losses) * tokens_per_step / train_time) if train_time > 0 else 0.0,
-            losses=losses, checkpoint=self.last_checkpoint,
+            losses=losses,
+            checkpoint=self.last_checkpoint,
         )
 
 

@@ -22,8 +22,8 @@ DEBUG_ENV = "MESANET_DEBUG"
 DEBUG_HELP = f"show the traceback of an error instead of one line (also {DEBUG_ENV}=1)"
 
 EXIT_OK = 0
-EXIT_FAILURE = 1      # the run failed (non-finite loss, out of memory, a failed write)
-EXIT_USAGE = 2        # the command line or the config is wrong
+EXIT_FAILURE = 1  # the run failed (non-finite loss, out of memory, a failed write)
+EXIT_USAGE = 2  # the command line or the config is wrong
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 #: Input-path errors that mean "the user named something that is not there": usage errors, not failures.
@@ -142,11 +142,26 @@ def device_arg(value: str) -> str:
             raise argparse.ArgumentTypeError(f"got {value!r}, but CUDA is not available on this machine (expected cpu or auto)")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"got {value!r}, but this machine has {count} CUDA device(s) (expected cuda:0 .. cuda:{count - 1})")
+            raise argparse.ArgumentTypeError(
+                f"got {value!r}, but this machine has {count} CUDA device(s) (expected cuda:0 .. cuda:{count - 1})"
+            )
     return value
 
 
 __all__ = [
-    "DEBUG_ENV", "DEBUG_FLAG", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "UsageError", "add_debug_flag",
-    "argparse_errors_raise", "debug_from_env", "device_arg", "exit_code", "one_line", "run_cli", "split_debug",
+    "DEBUG_ENV",
+    "DEBUG_FLAG",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "add_debug_flag",
+    "argparse_errors_raise",
+    "debug_from_env",
+    "device_arg",
+    "exit_code",
+    "one_line",
+    "run_cli",
+    "split_debug",
 ]

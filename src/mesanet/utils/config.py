@@ -152,6 +152,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
 
 def to_dict(config: Any) -> dict:
     """Plain nested dict of a dataclass config (tuples as lists), for YAML / JSON."""
+
     def plain(v):
         if isinstance(v, tuple):
             return [plain(x) for x in v]
@@ -160,6 +161,7 @@ def to_dict(config: Any) -> dict:
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(config))
 
 

@@ -33,8 +33,16 @@ def _fail(error: type[Exception], name: str, expected: str, value: object) -> No
     raise error(f"{name}: expected {expected}, got {value!r}")
 
 
-def check_int(name: str, value: object, *, minimum: Optional[int] = None, maximum: Optional[int] = None,
-              optional: bool = False, what: str = "", error: type[Exception] = ValueError) -> Optional[int]:
+def check_int(
+    name: str,
+    value: object,
+    *,
+    minimum: Optional[int] = None,
+    maximum: Optional[int] = None,
+    optional: bool = False,
+    what: str = "",
+    error: type[Exception] = ValueError,
+) -> Optional[int]:
     """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (``None`` too when ``optional``);
     otherwise ``error("<name>: expected an integer >= <minimum> (<what>), got <value>")``."""
     if optional and value is None:
@@ -56,9 +64,19 @@ def check_int(name: str, value: object, *, minimum: Optional[int] = None, maximu
     return int(value)
 
 
-def check_float(name: str, value: object, *, minimum: Optional[float] = None, maximum: Optional[float] = None,
-                min_inclusive: bool = True, max_inclusive: bool = True, finite: bool = True, optional: bool = False,
-                what: str = "", error: type[Exception] = ValueError) -> Optional[float]:
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+    finite: bool = True,
+    optional: bool = False,
+    what: str = "",
+    error: type[Exception] = ValueError,
+) -> Optional[float]:
     """``value`` as a ``float`` if it is a real number (finite unless ``finite=False``) within the bounds;
     otherwise ``error("<name>: expected a finite number >= 0, got <value>")`` and the like."""
     if optional and value is None:
@@ -101,8 +119,9 @@ def check_list(name: str, value: object, *, nonempty: bool = True, error: type[E
     return list(value)
 
 
-def check_int_list(name: str, value: object, *, minimum: Optional[int] = None, nonempty: bool = True,
-                   error: type[Exception] = ValueError) -> list[int]:
+def check_int_list(
+    name: str, value: object, *, minimum: Optional[int] = None, nonempty: bool = True, error: type[Exception] = ValueError
+) -> list[int]:
     """``value`` as a list of ``int`` if it is a list / tuple of integers, each at least ``minimum``."""
     values = check_list(name, value, nonempty=nonempty, error=error)
     if not all(is_int(v, minimum) for v in values):

@@ -58,7 +58,9 @@ class NeedleConfig:
         self.depths = _floats(f"{where}.depths", self.depths)
         bad = [d for d in self.depths if not (0.0 <= d <= 1.0)]
         if bad:
-            raise ValueError(f"{where}.depths: expected depth fractions in [0, 1] (0: start of the haystack, 1: its end), got {bad}")
+            raise ValueError(
+                f"{where}.depths: expected depth fractions in [0, 1] (0: start of the haystack, 1: its end), got {bad}"
+            )
         if len(set(self.depths)) != len(self.depths):
             raise ValueError(f"{where}.depths: expected distinct depths, got {self.depths}")
         self.haystacks = list(check_list(f"{where}.haystacks", self.haystacks))
@@ -71,7 +73,12 @@ class NeedleConfig:
         if not isinstance(self.key, str) or not self.key.isidentifier():
             raise ValueError(f"{where}.key: expected a Python identifier (the needle's variable name), got {self.key!r}")
         check_int(f"{where}.min_digits", self.min_digits, minimum=1, what="the fewest digits of a value")
-        check_int(f"{where}.max_digits", self.max_digits, minimum=self.min_digits, what=f"the most digits of a value (>= min_digits = {self.min_digits})")
+        check_int(
+            f"{where}.max_digits",
+            self.max_digits,
+            minimum=self.min_digits,
+            what=f"the most digits of a value (>= min_digits = {self.min_digits})",
+        )
         if self.max_digits > 18:
             raise ValueError(f"{where}.max_digits: expected at most 18 digits, got {self.max_digits}")
         check_int(f"{where}.seed", self.seed, minimum=0, what="a non-negative seed")
@@ -83,8 +90,6 @@ class NeedleConfig:
     def lengths(self) -> list[tuple[float, int]]:
         """``(factor, length in tokens)`` in the order given."""
         return [(f, self._length(f)) for f in self.factors]
-
-
 
 
 def _floats(name: str, value) -> list[float]:

@@ -77,11 +77,21 @@ def noise_lines(rng: np.random.Generator, count: int) -> str:
         a, b, c = pick(_NAMES), pick(_NAMES), pick(_NAMES)
         f, n, w = pick(_FUNCS), int(rng.integers(0, 100)), pick(_WORDS)
         form = int(rng.integers(11))
-        out.append([
-            f"{a} = {b}.{f}({c})", f"{a} = {f}({b}, {n})", f"{a} = {b} + {n}", f"{a} = [{b}, {c}, {n}]",
-            f"{a}.{f}({b})", f"{a} = {{'{w}': {b}}}", f"{a} = '{w}'", f"import {pick(_MODULES)}",
-            f"{a} = {b} if {c} else None", f"assert {a} is not None", f"{a}, {b} = {c}, {n}",
-        ][form])
+        out.append(
+            [
+                f"{a} = {b}.{f}({c})",
+                f"{a} = {f}({b}, {n})",
+                f"{a} = {b} + {n}",
+                f"{a} = [{b}, {c}, {n}]",
+                f"{a}.{f}({b})",
+                f"{a} = {{'{w}': {b}}}",
+                f"{a} = '{w}'",
+                f"import {pick(_MODULES)}",
+                f"{a} = {b} if {c} else None",
+                f"assert {a} is not None",
+                f"{a}, {b} = {c}, {n}",
+            ][form]
+        )
     return "\n".join(out) + "\n"
 
 
@@ -90,7 +100,7 @@ def _text_stream(rng: np.random.Generator, documents: Sequence[str], chars: int)
     index = int(rng.integers(len(documents)))
     doc = documents[index]
     starts = [0] + [m.end() for m in re.finditer("\n", doc) if m.end() < len(doc)]
-    parts = [doc[starts[int(rng.integers(len(starts)))]:]]
+    parts = [doc[starts[int(rng.integers(len(starts)))] :]]
     total = len(parts[0])
     while total < chars:
         index = (index + 1) % len(documents)
@@ -99,8 +109,9 @@ def _text_stream(rng: np.random.Generator, documents: Sequence[str], chars: int)
     return DOC_SEPARATOR.join(parts)
 
 
-def haystack(kind: str, pieces: _Pieces, h: int, rng: np.random.Generator,
-             documents: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+def haystack(
+    kind: str, pieces: _Pieces, h: int, rng: np.random.Generator, documents: Optional[Sequence[str]] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens [h], boundaries)``: ``h`` haystack tokens that end right before a line break, and the
     insertion points (0, ``h`` and every token that starts with a line break), ascending."""
     if kind not in HAYSTACKS:
@@ -136,13 +147,27 @@ def build_prompt(pieces: _Pieces, hay: np.ndarray, boundaries: np.ndarray, value
     bos = [] if pieces.bos is None else [pieces.bos]
     ids = np.concatenate([bos, hay[:position], needle, hay[position:], pieces.head]).astype(np.int64)
     return NeedlePrompt(
-        ids=ids, target=np.asarray(value_ids + pieces.quote, dtype=np.int64), value_tokens=len(value_ids), value=value,
-        needle_start=len(bos) + position, needle_len=len(needle), haystack_len=h, position=position, depth=float(depth),
+        ids=ids,
+        target=np.asarray(value_ids + pieces.quote, dtype=np.int64),
+        value_tokens=len(value_ids),
+        value=value,
+        needle_start=len(bos) + position,
+        needle_len=len(needle),
+        haystack_len=h,
+        position=position,
+        depth=float(depth),
     )
 
 
-def make_prompts(tokenizer, config: NeedleConfig, kind: str, length: int, trial: int,
-                 documents: Optional[Sequence[str]] = None, pieces: Optional[_Pieces] = None) -> list[NeedlePrompt]:
+def make_prompts(
+    tokenizer,
+    config: NeedleConfig,
+    kind: str,
+    length: int,
+    trial: int,
+    documents: Optional[Sequence[str]] = None,
+    pieces: Optional[_Pieces] = None,
+) -> list[NeedlePrompt]:
     """The prompts of one trial at every depth of ``config`` (same haystack and value), ``length`` tokens each."""
     pieces = pieces or _Pieces(tokenizer, config.key)
     rng = _rng(config.seed, kind, length, trial)
@@ -156,8 +181,6 @@ def make_prompts(tokenizer, config: NeedleConfig, kind: str, length: int, trial:
         )
     hay, boundaries = haystack(kind, pieces, h, rng, documents)
     return [build_prompt(pieces, hay, boundaries, value, d) for d in config.depths]
-
-
 
 
 def corpus_documents(data=None, split: str = "val") -> tuple[list[str], str]:

@@ -30,8 +30,9 @@ def plot_needle(result: NeedleResult, path: str | Path, *, title: str = "Needle 
     cfg = result.config
     lengths, depths = cfg.lengths(), cfg.depths
     metrics = (("exact_match", "exact match (greedy)"), ("token_acc", "answer-token accuracy"))
-    fig = Figure(figsize=(1.2 + 0.9 * len(lengths) * len(cfg.haystacks) + 1.0, 1.0 + 0.45 * len(depths) * 2 + 1.0),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(1.2 + 0.9 * len(lengths) * len(cfg.haystacks) + 1.0, 1.0 + 0.45 * len(depths) * 2 + 1.0), layout="constrained"
+    )
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(metrics), len(cfg.haystacks), squeeze=False)
     image = None
@@ -42,8 +43,15 @@ def plot_needle(result: NeedleResult, path: str | Path, *, title: str = "Needle 
             image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
             for i in range(len(depths)):
                 for j in range(len(lengths)):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if grid[i, j] < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if grid[i, j] < 0.6 else "black",
+                    )
             inside = [j for j, (f, _) in enumerate(lengths) if f <= 1.0]
             if inside and len(inside) < len(lengths):
                 ax.axvline(max(inside) + 0.5, color="red", linestyle="--", linewidth=1)

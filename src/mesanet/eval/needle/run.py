@@ -45,8 +45,16 @@ def run_needle(
         if run_config is None:
             raise ValueError(f"{str(run_dir)!r} is a model directory outside a run: pass train_len=")
         train_len = train_seq_len(run_config, str(Path(run) / "config.yaml"))
-    config = NeedleConfig(train_len=train_len, factors=list(factors), depths=list(depths), haystacks=list(haystacks),
-                          trials=trials, key=key, seed=seed, batch_size=batch_size)
+    config = NeedleConfig(
+        train_len=train_len,
+        factors=list(factors),
+        depths=list(depths),
+        haystacks=list(haystacks),
+        trials=trials,
+        key=key,
+        seed=seed,
+        batch_size=batch_size,
+    )
     loaded = load_checkpoint(model_dir, device=device)
     documents = source = None
     if "text" in config.haystacks:
@@ -56,8 +64,9 @@ def run_needle(
     result = needle_in_a_haystack(loaded.model, loaded.tokenizer, config, documents=documents, progress=progress)
     result.text_source = source
     name = (Path(run) if run is not None else Path(model_dir)).resolve().name
-    write_needle(result, out_dir if out_dir is not None else (run if run is not None else model_dir),
-                 title=f"Needle in a haystack: {name}")
+    write_needle(
+        result, out_dir if out_dir is not None else (run if run is not None else model_dir), title=f"Needle in a haystack: {name}"
+    )
     return result
 
 
@@ -65,10 +74,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m mesanet.eval.needle RUN_DIR [options]``; prints the markdown report."""
     parser = argparse.ArgumentParser(prog="mesanet needle", description="Single-needle needle-in-a-haystack on a trained run.")
     parser.add_argument("run_dir", help="run directory (runs/<name>) or model directory")
-    parser.add_argument("--lengths", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
-                        help="context lengths as multiples of the training length (default: 0.5 1 2 4)")
-    parser.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                        help="needle depths in [0, 1] (0: start, 1: right before the query)")
+    parser.add_argument(
+        "--lengths",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0, 2.0, 4.0],
+        help="context lengths as multiples of the training length (default: 0.5 1 2 4)",
+    )
+    parser.add_argument(
+        "--depths",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        help="needle depths in [0, 1] (0: start, 1: right before the query)",
+    )
     parser.add_argument("--trials", type=int, default=8, help="trials per cell (default 8)")
     parser.add_argument("--haystack", nargs="+", default=list(HAYSTACKS), help="haystacks: noise and/or text")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,8 +100,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run_needle(
-            args.run_dir, args.out, factors=args.lengths, depths=args.depths, trials=args.trials, haystacks=args.haystack,
-            seed=args.seed, key=args.key, batch_size=args.batch_size, train_len=args.train_len, device=args.device,
+            args.run_dir,
+            args.out,
+            factors=args.lengths,
+            depths=args.depths,
+            trials=args.trials,
+            haystacks=args.haystack,
+            seed=args.seed,
+            key=args.key,
+            batch_size=args.batch_size,
+            train_len=args.train_len,
+            device=args.device,
             progress=not args.no_progress,
         )
     except ValueError as e:

@@ -63,8 +63,11 @@ def score_prompts(model: nn.Module, prompts: Sequence[NeedlePrompt], pad_id: int
         step = out.logits[:, -1].argmax(-1)
     answers = torch.stack(generated, 1).cpu()
     return [
-        dict(answer=answers[i].tolist(), logprobs=token_logp[i, : len(p.target)].double().cpu().numpy(),
-             correct=correct[i, : len(p.target)].cpu().numpy())
+        dict(
+            answer=answers[i].tolist(),
+            logprobs=token_logp[i, : len(p.target)].double().cpu().numpy(),
+            correct=correct[i, : len(p.target)].cpu().numpy(),
+        )
         for i, p in enumerate(prompts)
     ]
 
@@ -74,9 +77,18 @@ def _trial_record(prompt: NeedlePrompt, scored: dict, pieces: _Pieces, kind: str
     answer = re.match(r'[^"\n]*"?', text).group(0)
     value_lp = float(scored["logprobs"][: prompt.value_tokens].sum())
     return NeedleTrial(
-        haystack=kind, factor=factor, length=len(prompt.ids), depth=prompt.depth, trial=trial, value=prompt.value,
-        answer=answer, exact=text.startswith(prompt.value + '"'), token_acc=float(scored["correct"].mean()),
-        value_logprob=value_lp, logprob_per_digit=value_lp / len(prompt.value), actual_depth=prompt.actual_depth,
+        haystack=kind,
+        factor=factor,
+        length=len(prompt.ids),
+        depth=prompt.depth,
+        trial=trial,
+        value=prompt.value,
+        answer=answer,
+        exact=text.startswith(prompt.value + '"'),
+        token_acc=float(scored["correct"].mean()),
+        value_logprob=value_lp,
+        logprob_per_digit=value_lp / len(prompt.value),
+        actual_depth=prompt.actual_depth,
         needle_start=prompt.needle_start,
     )
 
@@ -88,16 +100,31 @@ def _aggregate(trials: list[NeedleTrial], config: NeedleConfig) -> list[NeedleCe
             for depth in config.depths:
                 group = [t for t in trials if t.haystack == kind and t.length == length and t.depth == depth]
                 mean = lambda name: float(np.mean([getattr(t, name) for t in group]))  # noqa: E731
-                cells.append(NeedleCell(
-                    haystack=kind, factor=factor, length=length, depth=depth, trials=len(group),
-                    exact_match=mean("exact"), token_acc=mean("token_acc"), value_logprob=mean("value_logprob"),
-                    logprob_per_digit=mean("logprob_per_digit"), actual_depth=mean("actual_depth"),
-                ))
+                cells.append(
+                    NeedleCell(
+                        haystack=kind,
+                        factor=factor,
+                        length=length,
+                        depth=depth,
+                        trials=len(group),
+                        exact_match=mean("exact"),
+                        token_acc=mean("token_acc"),
+                        value_logprob=mean("value_logprob"),
+                        logprob_per_digit=mean("logprob_per_digit"),
+                        actual_depth=mean("actual_depth"),
+                    )
+                )
     return cells
 
 
-def needle_in_a_haystack(model: nn.Module, tokenizer, config: Optional[NeedleConfig] = None, *,
-                         documents: Optional[Sequence[str]] = None, progress: bool = True) -> NeedleResult:
+def needle_in_a_haystack(
+    model: nn.Module,
+    tokenizer,
+    config: Optional[NeedleConfig] = None,
+    *,
+    documents: Optional[Sequence[str]] = None,
+    progress: bool = True,
+) -> NeedleResult:
     """Run the needle test of ``config`` on ``model`` (any causal LM whose forward returns ``.logits``).
 
     ``documents``: the text haystack's source texts (default: :func:`corpus_documents`, the held-out
@@ -148,5 +175,10 @@ def needle_in_a_haystack(model: nn.Module, tokenizer, config: Optional[NeedleCon
     finally:
         model.train(was_training)
         bar.close()
-    return NeedleResult(config=config, cells=_aggregate(trials, config), trials=trials, text_source=text_source,
-                        seconds=time.perf_counter() - started)
+    return NeedleResult(
+        config=config,
+        cells=_aggregate(trials, config),
+        trials=trials,
+        text_source=text_source,
+        seconds=time.perf_counter() - started,
+    )

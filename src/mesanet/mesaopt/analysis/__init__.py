@@ -14,9 +14,22 @@ from .seq_training import SeqTrainConfig, lds_batch_fn, next_token_mse, per_posi
 from .zoo import ZOO, load_or_train
 
 __all__ = [
-    "GDConstruction", "linear_self_attention", "one_step_gd_prediction", "optimal_eta",
-    "BlockScalarCompression", "compress_block_scalar", "reconstruct_block_scalar", "compress_head",
-    "chebyshev_solve", "ridge_prediction", "compressed_alg_prediction",
-    "SeqTrainConfig", "lds_batch_fn", "next_token_mse", "per_position_loss", "train_sequence_model",
-    "ZOO", "load_or_train",
+    "GDConstruction",
+    "linear_self_attention",
+    "one_step_gd_prediction",
+    "optimal_eta",
+    "BlockScalarCompression",
+    "compress_block_scalar",
+    "reconstruct_block_scalar",
+    "compress_head",
+    "chebyshev_solve",
+    "ridge_prediction",
+    "compressed_alg_prediction",
+    "SeqTrainConfig",
+    "lds_batch_fn",
+    "next_token_mse",
+    "per_position_loss",
+    "train_sequence_model",
+    "ZOO",
+    "load_or_train",
 ]

@@ -32,9 +32,17 @@ from torch import Tensor
 from mesanet.utils.validation import check_choice, check_int
 
 __all__ = [
-    "prefix_gram_cross", "second_order_richardson", "chebyshev_coefficients", "chebyshev_solve",
-    "ridge_prediction", "compressed_alg_prediction", "compressed_alg_k",
-    "BlockScalarCompression", "compress_block_scalar", "reconstruct_block_scalar", "compress_head",
+    "prefix_gram_cross",
+    "second_order_richardson",
+    "chebyshev_coefficients",
+    "chebyshev_solve",
+    "ridge_prediction",
+    "compressed_alg_prediction",
+    "compressed_alg_k",
+    "BlockScalarCompression",
+    "compress_block_scalar",
+    "reconstruct_block_scalar",
+    "compress_head",
     "block_scalar_energy",
 ]
 
@@ -99,8 +107,10 @@ def _spectrum_bounds(lam_min, lam_max) -> tuple[Tensor, Tensor]:
     b = torch.as_tensor(lam_max, dtype=a.dtype, device=a.device) if not torch.is_tensor(lam_max) else lam_max
     a, b = torch.broadcast_tensors(a, b.to(a.dtype))
     if bool((a <= 0).any()) or bool((b < a).any()):
-        raise ValueError(f"spectrum bounds: expected 0 < lam_min <= lam_max, got lam_min in [{a.min().item()}, "
-                         f"{a.max().item()}], lam_max - lam_min min {(b - a).min().item()}")
+        raise ValueError(
+            f"spectrum bounds: expected 0 < lam_min <= lam_max, got lam_min in [{a.min().item()}, "
+            f"{a.max().item()}], lam_max - lam_min min {(b - a).min().item()}"
+        )
     return a, b
 
 
@@ -151,9 +161,7 @@ def chebyshev_solve(
     check_choice("method", method, _METHODS)
     check_int("steps", steps, minimum=0)
     if matrix.dim() < 2 or matrix.shape[-1] != matrix.shape[-2] or rhs.shape != matrix.shape[:-1]:
-        raise ValueError(
-            f"matrix/rhs: expected [..., n, n] and [..., n], got {tuple(matrix.shape)} and {tuple(rhs.shape)}"
-        )
+        raise ValueError(f"matrix/rhs: expected [..., n, n] and [..., n], got {tuple(matrix.shape)} and {tuple(rhs.shape)}")
     if lam_min is None or lam_max is None:
         eig = torch.linalg.eigvalsh(matrix)
         lam_min = eig[..., 0] if lam_min is None else lam_min
@@ -199,8 +207,7 @@ def _check_blocks(matrix: torch.Tensor, block_size: int) -> int:
         raise ValueError(f"block_size: expected an int >= 1, got {block_size!r}")
     if matrix.dim() < 2 or matrix.shape[-1] != matrix.shape[-2] or matrix.shape[-1] % block_size != 0:
         raise ValueError(
-            f"matrix: expected square [..., d, d] with d a multiple of block_size={block_size}, "
-            f"got {tuple(matrix.shape)}"
+            f"matrix: expected square [..., d, d] with d a multiple of block_size={block_size}, got {tuple(matrix.shape)}"
         )
     return matrix.shape[-1] // block_size
 
@@ -246,11 +253,10 @@ class BlockScalarCompression:
 def compress_head(kq_product: torch.Tensor, pv_product: torch.Tensor, block_size: int) -> BlockScalarCompression:
     """Compress both per-head products of one linear-attention head."""
     if kq_product.shape != pv_product.shape:
-        raise ValueError(
-            f"products: expected equal shapes, got kq {tuple(kq_product.shape)} and pv {tuple(pv_product.shape)}"
-        )
+        raise ValueError(f"products: expected equal shapes, got kq {tuple(kq_product.shape)} and pv {tuple(pv_product.shape)}")
     return BlockScalarCompression(
-        kq=compress_block_scalar(kq_product, block_size), pv=compress_block_scalar(pv_product, block_size),
+        kq=compress_block_scalar(kq_product, block_size),
+        pv=compress_block_scalar(pv_product, block_size),
         block_size=block_size,
     )
 

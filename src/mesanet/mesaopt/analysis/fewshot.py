@@ -40,8 +40,18 @@ from .fewshot_report import LSQ_NAMES, VARIANTS, FewShotResult, TuneInfo, plot_f
 from .reporting import write_csv
 
 __all__ = [
-    "VARIANTS", "FewShotRepurposeConfig", "PromptTokens", "fewshot_config_for", "predict_with_prompt",
-    "tune_prompt", "evaluate_variant", "lsq_references", "FewShotResult", "TuneInfo", "run_fewshot", "main",
+    "VARIANTS",
+    "FewShotRepurposeConfig",
+    "PromptTokens",
+    "fewshot_config_for",
+    "predict_with_prompt",
+    "tune_prompt",
+    "evaluate_variant",
+    "lsq_references",
+    "FewShotResult",
+    "TuneInfo",
+    "run_fewshot",
+    "main",
 ]
 
 DEFAULT_OUT = Path("runs/mesaopt/fewshot")
@@ -78,8 +88,14 @@ class FewShotRepurposeConfig:
             raise ValueError(f"models: expected unconstructed-token zoo recipes from {ok}, got {bad}")
         if not isinstance(self.variants, list) or not self.variants or any(v not in VARIANTS for v in self.variants):
             raise ValueError(f"variants: expected a non-empty list from {VARIANTS}, got {self.variants!r}")
-        for name, minimum in (("prefix_len", 1), ("tune_steps", 0), ("tune_batch", 1), ("eval_batch", 2),
-                              ("seed", 0), ("long_train_len", 0)):
+        for name, minimum in (
+            ("prefix_len", 1),
+            ("tune_steps", 0),
+            ("tune_batch", 1),
+            ("eval_batch", 2),
+            ("seed", 0),
+            ("long_train_len", 0),
+        ):
             v = getattr(self, name)
             if not is_int(v) or v < minimum:
                 raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
@@ -93,8 +109,16 @@ class FewShotRepurposeConfig:
         FewShotConfig(x_dist=self.x_dist, x_range=float(self.x_range), noise_std=float(self.noise_std))
 
 
-def fewshot_config_for(variant: str, dim: int, max_len: int, prefix_len: int, *, x_dist: str = "uniform",
-                       x_range: float = 1.0, noise_std: float = 0.0) -> FewShotConfig:
+def fewshot_config_for(
+    variant: str,
+    dim: int,
+    max_len: int,
+    prefix_len: int,
+    *,
+    x_dist: str = "uniform",
+    x_range: float = 1.0,
+    noise_std: float = 0.0,
+) -> FewShotConfig:
     """The prompt layout of ``variant`` with the most pairs that fit ``max_len`` tokens."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
@@ -103,8 +127,9 @@ def fewshot_config_for(variant: str, dim: int, max_len: int, prefix_len: int, *,
     pairs = (max_len - p) // (3 if eos else 2)
     if pairs < 1:
         raise ValueError(f"max_len = {max_len}: expected room for at least one pair of variant {variant!r}")
-    return FewShotConfig(dim=dim, num_pairs=pairs, x_dist=x_dist, x_range=float(x_range), noise_std=float(noise_std),
-                         eos=eos, prefix_len=p)
+    return FewShotConfig(
+        dim=dim, num_pairs=pairs, x_dist=x_dist, x_range=float(x_range), noise_std=float(noise_std), eos=eos, prefix_len=p
+    )
 
 
 class PromptTokens(nn.Module):
@@ -136,8 +161,7 @@ class PromptTokens(nn.Module):
         return tokens
 
 
-def predict_with_prompt(model: Callable[[Tensor], Tensor], batch: FewShotBatch,
-                        prompt: PromptTokens | None = None) -> Tensor:
+def predict_with_prompt(model: Callable[[Tensor], Tensor], batch: FewShotBatch, prompt: PromptTokens | None = None) -> Tensor:
     """Model output ``[B, T, n]`` on the batch tokens (EOS / prefix slots filled by ``prompt`` if given)."""
     tokens = batch.tokens if prompt is None else prompt(batch)
     return model(tokens)
@@ -159,8 +183,18 @@ def _frozen(model: nn.Module):
     return _Ctx()
 
 
-def tune_prompt(model: nn.Module, fs_cfg: FewShotConfig, prompt: PromptTokens, *, steps: int, batch_size: int,
-                lr: float, seed: int = 0, progress: bool = False, desc: str = "tune") -> list[float]:
+def tune_prompt(
+    model: nn.Module,
+    fs_cfg: FewShotConfig,
+    prompt: PromptTokens,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "tune",
+) -> list[float]:
     """Adam on ``prompt``'s vectors only (the model is frozen and left bit-identical) minimising the mean
     pair loss ``L_i`` over fresh batches of ``fs_cfg`` prompts (seeds ``10**6 * (1 + seed) + step``).
     Returns the per-step training losses."""
@@ -185,13 +219,14 @@ def tune_prompt(model: nn.Module, fs_cfg: FewShotConfig, prompt: PromptTokens, *
 
 
 @torch.no_grad()
-def evaluate_variant(model: Callable[[Tensor], Tensor], batch: FewShotBatch, prompt: PromptTokens | None = None,
-                     chunk: int = 256) -> Tensor:
+def evaluate_variant(
+    model: Callable[[Tensor], Tensor], batch: FewShotBatch, prompt: PromptTokens | None = None, chunk: int = 256
+) -> Tensor:
     """``[B, N]`` per-example pair losses ``1/2 ||y_i - f(x_i)||^2`` (float64), ``chunk`` prompts at a time."""
     per_example = ("x", "y", "w_star", "tokens", "targets", "loss_mask", "eos_mask", "prefix_mask")
     out = []
     for s in range(0, batch.tokens.shape[0], chunk):
-        sub = replace(batch, **{f: getattr(batch, f)[s: s + chunk] for f in per_example})
+        sub = replace(batch, **{f: getattr(batch, f)[s : s + chunk] for f in per_example})
         out.append(sub.pair_losses(predict_with_prompt(model, sub, prompt)).double())
     return torch.cat(out, dim=0)
 
@@ -230,8 +265,13 @@ def _load_models(cfg: FewShotRepurposeConfig, progress: bool) -> dict[str, tuple
     return models
 
 
-def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
-                models: dict[str, tuple[nn.Module, int]] | None = None) -> dict:
+def run_fewshot(
+    config: FewShotRepurposeConfig,
+    out_dir: Path | str = DEFAULT_OUT,
+    *,
+    progress: bool = True,
+    models: dict[str, tuple[nn.Module, int]] | None = None,
+) -> dict:
     """Run the analysis; writes ``fewshot.csv``, ``fewshot_summary.md``, ``fewshot_loss.png``,
     ``fewshot_tuning.png`` and the resolved ``config.yaml`` to ``out_dir``. ``models`` (name -> (model,
     training length)) replaces the zoo models (tests). Returns the metrics and the file paths."""
@@ -257,38 +297,69 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
     for mname, (model, length) in models.items():
         model.eval()
         for variant in config.variants:
-            fs_cfg = fewshot_config_for(variant, dim, length, config.prefix_len, x_dist=config.x_dist,
-                                        x_range=config.x_range, noise_std=config.noise_std)
+            fs_cfg = fewshot_config_for(
+                variant, dim, length, config.prefix_len, x_dist=config.x_dist, x_range=config.x_range, noise_std=config.noise_std
+            )
             prompt = None
             if variant != "plain":
                 prompt = PromptTokens(dim, fs_cfg.prefix_len, seed=config.seed)
                 t0 = time.perf_counter()
-                losses = tune_prompt(model, fs_cfg, prompt, steps=config.tune_steps, batch_size=config.tune_batch,
-                                     lr=config.tune_lr, seed=config.seed, progress=progress, desc=f"{mname}/{variant}")
+                losses = tune_prompt(
+                    model,
+                    fs_cfg,
+                    prompt,
+                    steps=config.tune_steps,
+                    batch_size=config.tune_batch,
+                    lr=config.tune_lr,
+                    seed=config.seed,
+                    progress=progress,
+                    desc=f"{mname}/{variant}",
+                )
                 if losses:
                     tuning[f"{mname}/{variant}"] = TuneInfo(
-                        losses=losses, start=sum(losses[:20]) / len(losses[:20]),
-                        end=sum(losses[-20:]) / len(losses[-20:]), seconds=time.perf_counter() - t0)
+                        losses=losses,
+                        start=sum(losses[:20]) / len(losses[:20]),
+                        end=sum(losses[-20:]) / len(losses[-20:]),
+                        seconds=time.perf_counter() - t0,
+                    )
             batch = generate_fewshot(fs_cfg, config.eval_batch, seed=config.seed)
             per_ex = evaluate_variant(model, batch, prompt)
             mean, median, sem = _stats(per_ex)
             curves[(mname, variant)] = mean
-            rows += [{"model": mname, "variant": variant, "i": i + 1, "loss_mean": float(mean[i]),
-                      "loss_median": float(median[i]), "loss_sem": float(sem[i])} for i in range(mean.numel())]
+            rows += [
+                {
+                    "model": mname,
+                    "variant": variant,
+                    "i": i + 1,
+                    "loss_mean": float(mean[i]),
+                    "loss_median": float(median[i]),
+                    "loss_sem": float(sem[i]),
+                }
+                for i in range(mean.numel())
+            ]
     # LSQ controls on plain prompts with as many pairs as the longest plain prompt
-    ref_cfg = FewShotConfig(dim=dim, num_pairs=plain_pairs, x_dist=config.x_dist, x_range=float(config.x_range),
-                            noise_std=float(config.noise_std))
+    ref_cfg = FewShotConfig(
+        dim=dim, num_pairs=plain_pairs, x_dist=config.x_dist, x_range=float(config.x_range), noise_std=float(config.noise_std)
+    )
     ref = generate_fewshot(ref_cfg, config.eval_batch, seed=config.seed, dtype=torch.float64)
     lsq = {}
     for name, per_ex in lsq_references(ref.flat_x, ref.flat_y, float(config.ridge)).items():
         mean, median, sem = _stats(per_ex)
         lsq[name] = mean
-        rows += [{"model": "lsq", "variant": name, "i": i + 1, "loss_mean": float(mean[i]),
-                  "loss_median": float(median[i]), "loss_sem": float(sem[i])} for i in range(mean.numel())]
+        rows += [
+            {
+                "model": "lsq",
+                "variant": name,
+                "i": i + 1,
+                "loss_mean": float(mean[i]),
+                "loss_median": float(median[i]),
+                "loss_sem": float(sem[i]),
+            }
+            for i in range(mean.numel())
+        ]
     zero_loss = float(0.5 * ref.flat_y.pow(2).sum(-1).mean())
 
-    result = FewShotResult(dim=dim, lengths=lengths, rows=rows, curves=curves, lsq=lsq, zero_loss=zero_loss,
-                           tuning=tuning)
+    result = FewShotResult(dim=dim, lengths=lengths, rows=rows, curves=curves, lsq=lsq, zero_loss=zero_loss, tuning=tuning)
     csv_path = out_dir / "fewshot.csv"
     write_csv(csv_path, rows)
     figures = plot_fewshot(result, out_dir)
@@ -296,15 +367,21 @@ def run_fewshot(config: FewShotRepurposeConfig, out_dir: Path | str = DEFAULT_OU
     text, metrics = summarise_fewshot(config, result)
     md_path = out_dir / "fewshot_summary.md"
     md_path.write_text(text)
-    return {"metrics": metrics, "csv": csv_path, "summary": md_path, "figures": figures,
-            "curves": {f"{m}/{v}": c.tolist() for (m, v), c in curves.items()},
-            "lsq": {k: v.tolist() for k, v in lsq.items()}}
+    return {
+        "metrics": metrics,
+        "csv": csv_path,
+        "summary": md_path,
+        "figures": figures,
+        "curves": {f"{m}/{v}": c.tolist() for (m, v), c in curves.items()},
+        "lsq": {k: v.tolist() for k, v in lsq.items()},
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesanet.mesaopt fewshot [--out DIR] [--quick] [--models ...] [--tune-steps N] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt fewshot",
-                                     description="Few-shot regression repurposing of LDS-trained models (B.4).")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.mesaopt fewshot", description="Few-shot regression repurposing of LDS-trained models (B.4)."
+    )
     d = FewShotRepurposeConfig()
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (untrained tiny models)")
@@ -325,9 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
     cfg = FewShotRepurposeConfig(
-        models=list(args.models), variants=list(args.variants), zoo_root=str(args.zoo_root), x_dist=args.x_dist,
-        prefix_len=args.prefix_len, tune_steps=args.tune_steps, tune_batch=args.tune_batch, tune_lr=args.tune_lr,
-        eval_batch=args.eval_batch, ridge=args.ridge, seed=args.seed, long_train_len=args.long_train_len)
+        models=list(args.models),
+        variants=list(args.variants),
+        zoo_root=str(args.zoo_root),
+        x_dist=args.x_dist,
+        prefix_len=args.prefix_len,
+        tune_steps=args.tune_steps,
+        tune_batch=args.tune_batch,
+        tune_lr=args.tune_lr,
+        eval_batch=args.eval_batch,
+        ridge=args.ridge,
+        seed=args.seed,
+        long_train_len=args.long_train_len,
+    )
     models = None
     if args.quick:
         cfg = replace(cfg, tune_steps=min(cfg.tune_steps, 5), tune_batch=8, eval_batch=32, long_train_len=0)

@@ -58,11 +58,20 @@ def plot_fewshot(result: FewShotResult, out_dir: Path) -> list[Path]:
     styles = {"plain": "-", "eos": "-", "prefix": "-", "lsq_plain": ":", "lsq_autoregressive": "--"}
     for ax, mname in zip(axes[0], model_names):
         for variant in (*VARIANTS, *LSQ_NAMES):
-            pts = [(r["i"], r["loss_mean"]) for r in rows if r["variant"] == variant
-                   and (r["model"] == mname or (r["model"] == "lsq" and variant in LSQ_NAMES))]
+            pts = [
+                (r["i"], r["loss_mean"])
+                for r in rows
+                if r["variant"] == variant and (r["model"] == mname or (r["model"] == "lsq" and variant in LSQ_NAMES))
+            ]
             if pts:
-                ax.plot(*zip(*pts), styles[variant], marker="o" if variant in VARIANTS else None, ms=3,
-                        label=variant, color="gray" if variant in LSQ_NAMES else None)
+                ax.plot(
+                    *zip(*pts),
+                    styles[variant],
+                    marker="o" if variant in VARIANTS else None,
+                    ms=3,
+                    label=variant,
+                    color="gray" if variant in LSQ_NAMES else None,
+                )
         ax.axhline(zero_loss, color="k", lw=0.7, alpha=0.5, label="zero predictor")
         ax.set_title(mname)
         ax.set_xlabel("in-context pair i")
@@ -95,26 +104,39 @@ def summarise_fewshot(cfg: FewShotRepurposeConfig, result: FewShotResult) -> tup
     """The markdown of ``fewshot_summary.md`` (table, checks, tuning) and the metrics of the checks."""
     dim, curves, lsq, zero_loss, lengths = result.dim, result.curves, result.lsq, result.zero_loss, result.lengths
     tune_info, seconds = result.tuning, result.seconds
-    lines = ["# Few-shot regression with LDS-trained models", "",
-             f"Prompts: W* Haar-orthogonal (n = {dim}), x ~ "
-             + (f"U(-{cfg.x_range}, {cfg.x_range})" if cfg.x_dist == "uniform" else "N(0, I)")
-             + f", label noise {cfg.noise_std}; {cfg.eval_batch} test prompts per variant (seed {cfg.seed}). "
-             f"EOS / prefix tuning: Adam lr {cfg.tune_lr}, {cfg.tune_steps} steps x batch {cfg.tune_batch} "
-             f"(paper: 5000 x 256), model frozen; prefix length {cfg.prefix_len} (paper: 20). "
-             f"LSQ controls with ridge {cfg.ridge}. Zero predictor: {zero_loss:.3f}.",
-             f"Training lengths: {lengths}. The zoo has no recipe with a longer training length"
-             + (f"; a softmax-2 copy trained at T = {cfg.long_train_len} was added." if cfg.long_train_len else
-                " (run with --long-train-len to add one)."), ""]
+    lines = [
+        "# Few-shot regression with LDS-trained models",
+        "",
+        f"Prompts: W* Haar-orthogonal (n = {dim}), x ~ "
+        + (f"U(-{cfg.x_range}, {cfg.x_range})" if cfg.x_dist == "uniform" else "N(0, I)")
+        + f", label noise {cfg.noise_std}; {cfg.eval_batch} test prompts per variant (seed {cfg.seed}). "
+        f"EOS / prefix tuning: Adam lr {cfg.tune_lr}, {cfg.tune_steps} steps x batch {cfg.tune_batch} "
+        f"(paper: 5000 x 256), model frozen; prefix length {cfg.prefix_len} (paper: 20). "
+        f"LSQ controls with ridge {cfg.ridge}. Zero predictor: {zero_loss:.3f}.",
+        f"Training lengths: {lengths}. The zoo has no recipe with a longer training length"
+        + (
+            f"; a softmax-2 copy trained at T = {cfg.long_train_len} was added."
+            if cfg.long_train_len
+            else " (run with --long-train-len to add one)."
+        ),
+        "",
+    ]
     metrics: dict = {"zero_loss": zero_loss}
-    lines += ["| model | variant | pairs | L_1 | min L_i (i) | L_last | mean L | early ascent max_{i<=8} L_i |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| model | variant | pairs | L_1 | min L_i (i) | L_last | mean L | early ascent max_{i<=8} L_i |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (mname, variant), mean in curves.items():
         i_min = int(mean.argmin())
-        lines.append(f"| {mname} | {variant} | {mean.numel()} | {mean[0]:.3f} | {mean[i_min]:.3f} ({i_min + 1}) | "
-                     f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |")
+        lines.append(
+            f"| {mname} | {variant} | {mean.numel()} | {mean[0]:.3f} | {mean[i_min]:.3f} ({i_min + 1}) | "
+            f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |"
+        )
     for name, mean in lsq.items():
-        lines.append(f"| lsq | {name} | {mean.numel()} | {mean[0]:.3f} | {mean.min():.3f} ({int(mean.argmin()) + 1}) | "
-                     f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |")
+        lines.append(
+            f"| lsq | {name} | {mean.numel()} | {mean[0]:.3f} | {mean.min():.3f} ({int(mean.argmin()) + 1}) | "
+            f"{mean[-1]:.3f} | {mean.mean():.3f} | {mean[:8].max():.3f} |"
+        )
     lines += ["", "## Checks", ""]
     for mname in {m for m, _ in curves}:
         plain = curves.get((mname, "plain"))
@@ -122,33 +144,44 @@ def summarise_fewshot(cfg: FewShotRepurposeConfig, result: FewShotResult) -> tup
             late = float(plain[-5:].mean())
             ok = late < 0.9 * float(plain[0])
             metrics[f"{mname}/icl_ratio"] = late / float(plain[0])
-            lines.append(f"- {_verdict(ok)} ICL emerges ({mname}, plain): mean L over the last 5 pairs {late:.3f} "
-                         f"< 0.9 x L_1 = {0.9 * float(plain[0]):.3f}.")
+            lines.append(
+                f"- {_verdict(ok)} ICL emerges ({mname}, plain): mean L over the last 5 pairs {late:.3f} "
+                f"< 0.9 x L_1 = {0.9 * float(plain[0]):.3f}."
+            )
             lsq_last = float(lsq["lsq_plain"][plain.numel() - 1])
-            lines.append(f"- {_verdict(late > lsq_last)} sub-optimal vs plain LSQ ({mname}): L_last {float(plain[-1]):.3f} vs "
-                         f"LSQ {lsq_last:.3f} at i = {plain.numel()}.")
+            lines.append(
+                f"- {_verdict(late > lsq_last)} sub-optimal vs plain LSQ ({mname}): L_last {float(plain[-1]):.3f} vs "
+                f"LSQ {lsq_last:.3f} at i = {plain.numel()}."
+            )
             asc = float(plain[1:8].max())
-            lines.append(f"- {_verdict(asc > float(plain[0]))} early ascent ({mname}, plain): max_(2<=i<=8) L_i = "
-                         f"{asc:.3f} vs L_1 = {float(plain[0]):.3f} (token-binding LSQ: "
-                         f"{float(lsq['lsq_autoregressive'][1:8].max()):.3f} vs {float(lsq['lsq_autoregressive'][0]):.3f}).")
+            lines.append(
+                f"- {_verdict(asc > float(plain[0]))} early ascent ({mname}, plain): max_(2<=i<=8) L_i = "
+                f"{asc:.3f} vs L_1 = {float(plain[0]):.3f} (token-binding LSQ: "
+                f"{float(lsq['lsq_autoregressive'][1:8].max()):.3f} vs {float(lsq['lsq_autoregressive'][0]):.3f})."
+            )
         eos = curves.get((mname, "eos"))
         if plain is not None and eos is not None:
             m = min(plain.numel(), eos.numel())
             a, b = float(plain[:m].mean()), float(eos[:m].mean())
             metrics[f"{mname}/eos_gain"] = a - b
-            lines.append(f"- {_verdict(b < a)} EOS tuning helps ({mname}): mean L over pairs 1..{m} {b:.3f} (EOS) vs "
-                         f"{a:.3f} (plain).")
+            lines.append(
+                f"- {_verdict(b < a)} EOS tuning helps ({mname}): mean L over pairs 1..{m} {b:.3f} (EOS) vs {a:.3f} (plain)."
+            )
         prefix = curves.get((mname, "prefix"))
         if eos is not None and prefix is not None:
             a, b = float(eos[:5].mean()), float(prefix[:5].mean())
             metrics[f"{mname}/prefix_gain_early"] = a - b
             m = min(eos.numel(), prefix.numel())
-            lines.append(f"- {_verdict(b < a)} prefix tuning improves the early pairs ({mname}): mean L over pairs 1..5 "
-                         f"{b:.3f} (prefix+EOS) vs {a:.3f} (EOS); over pairs 1..{m}: {float(prefix[:m].mean()):.3f} vs "
-                         f"{float(eos[:m].mean()):.3f}.")
+            lines.append(
+                f"- {_verdict(b < a)} prefix tuning improves the early pairs ({mname}): mean L over pairs 1..5 "
+                f"{b:.3f} (prefix+EOS) vs {a:.3f} (EOS); over pairs 1..{m}: {float(prefix[:m].mean()):.3f} vs "
+                f"{float(eos[:m].mean()):.3f}."
+            )
     if tune_info:
-        lines += ["", "Tuning (first -> last 20-step mean of the training loss, seconds): "
-                  + "; ".join(f"{k}: {v.start:.3f} -> {v.end:.3f} ({v.seconds:.0f} s)"
-                              for k, v in tune_info.items())]
+        lines += [
+            "",
+            "Tuning (first -> last 20-step mean of the training loss, seconds): "
+            + "; ".join(f"{k}: {v.start:.3f} -> {v.end:.3f} ({v.seconds:.0f} s)" for k, v in tune_info.items()),
+        ]
     lines += ["", f"Total wall time {seconds:.0f} s on {torch.get_num_threads()} thread(s).", ""]
     return "\n".join(lines), metrics

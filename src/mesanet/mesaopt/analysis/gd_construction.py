@@ -48,8 +48,16 @@ from .seq_training import per_position_loss, training_states
 from .zoo import load_for_analysis, recipe
 
 __all__ = [
-    "GDConstructionConfig", "tune_construction", "construction_as_layer", "balance_heads", "effective_tensor",
-    "block_mass_fraction", "product_similarity", "GDConstructionResult", "run_gd_construction", "main",
+    "GDConstructionConfig",
+    "tune_construction",
+    "construction_as_layer",
+    "balance_heads",
+    "effective_tensor",
+    "block_mass_fraction",
+    "product_similarity",
+    "GDConstructionResult",
+    "run_gd_construction",
+    "main",
 ]
 
 DEFAULT_OUT = Path("runs/mesaopt/gd-construction")
@@ -104,8 +112,7 @@ def _gd_loss(tokens: Tensor, targets: Tensor, eta: float, phi0: Tensor | None) -
     return float(0.5 * (pred - targets).square().sum(-1).mean())
 
 
-def tune_construction(states: Tensor, *, tune_phi0: bool = True, phi0_range: float = 1.0,
-                      iters: int = 40) -> dict:
+def tune_construction(states: Tensor, *, tune_phi0: bool = True, phi0_range: float = 1.0, iters: int = 40) -> dict:
     """Tune Proposition 1 on ``states [B, T, n]`` (float64 inside): closed-form ``eta`` with ``Phi0 = 0`` and,
     with ``tune_phi0``, ``(eta, c)`` for ``Phi0 = c I`` (golden section on ``c`` in ``[-phi0_range, phi0_range]``).
 
@@ -241,12 +248,26 @@ def product_similarity(kq: Tensor, pv: Tensor, construction: GDConstruction) -> 
 
     rows = []
     for h in range(kq.shape[0]):
-        cos, implied = compare(kq[h: h + 1], pv[h: h + 1])
-        rows.append({"head": str(h), "cosine": cos, "implied_eta": implied,
-                     "kq_mass": block_mass_fraction(kq[h], kq_mask), "pv_mass": block_mass_fraction(pv[h], pv_mask)})
+        cos, implied = compare(kq[h : h + 1], pv[h : h + 1])
+        rows.append(
+            {
+                "head": str(h),
+                "cosine": cos,
+                "implied_eta": implied,
+                "kq_mass": block_mass_fraction(kq[h], kq_mask),
+                "pv_mass": block_mass_fraction(pv[h], pv_mask),
+            }
+        )
     cos, implied = compare(kq, pv)
-    rows.append({"head": "sum", "cosine": cos, "implied_eta": implied,
-                 "kq_mass": block_mass_fraction(kq_b.sum(0), kq_mask), "pv_mass": block_mass_fraction(pv_b.sum(0), pv_mask)})
+    rows.append(
+        {
+            "head": "sum",
+            "cosine": cos,
+            "implied_eta": implied,
+            "kq_mass": block_mass_fraction(kq_b.sum(0), kq_mask),
+            "pv_mass": block_mass_fraction(pv_b.sum(0), pv_mask),
+        }
+    )
     return {"rows": rows, "construction_eta": eta}
 
 
@@ -261,8 +282,9 @@ def _tuning_states(cfg: GDConstructionConfig) -> Tensor:
     return training_states(recipe(cfg.model)[1], cfg.tune_sequences)
 
 
-def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OUT, *,
-                        progress: bool = True) -> GDConstructionResult:
+def run_gd_construction(
+    config: GDConstructionConfig, out_dir: Path = DEFAULT_OUT, *, progress: bool = True
+) -> GDConstructionResult:
     """Run the analysis (see the module docstring), write its files; returns the typed result (``.summary``: the
     numbers of ``summary.csv``)."""
     if not isinstance(config, GDConstructionConfig):
@@ -283,16 +305,19 @@ def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OU
     reference = gdc if use_c else gd0
 
     def evaluate(predict) -> Tensor:
-        return per_position_loss(predict, task, num_sequences=config.test_sequences, seed=config.test_seed,
-                             tokens="constructed")
+        return per_position_loss(predict, task, num_sequences=config.test_sequences, seed=config.test_seed, tokens="constructed")
 
     with torch.no_grad():
-        curves = {"trained " + config.model: evaluate(model),
-                  f"GD, Phi0 = 0 (eta = {tuned['eta0']:.4g})": evaluate(
-                      lambda tok: one_step_gd_prediction(tok.double(), tuned["eta0"]))}
+        curves = {
+            "trained " + config.model: evaluate(model),
+            f"GD, Phi0 = 0 (eta = {tuned['eta0']:.4g})": evaluate(
+                lambda tok: one_step_gd_prediction(tok.double(), tuned["eta0"])
+            ),
+        }
         if config.tune_phi0:
             curves[f"GD, Phi0 = cI (c = {tuned['c']:+.3g}, eta = {tuned['eta_c']:.4g})"] = evaluate(
-                lambda tok: one_step_gd_prediction(tok.double(), tuned["eta_c"], phi_c))
+                lambda tok: one_step_gd_prediction(tok.double(), tuned["eta_c"], phi_c)
+            )
     mixer = model.blocks[0].mixer
     kq, pv = mixer.kq_products().detach().double(), mixer.pv_products().detach().double()
     sim = product_similarity(kq, pv, reference)  # block masses: the support of the reference's products
@@ -301,17 +326,31 @@ def run_gd_construction(config: GDConstructionConfig, out_dir: Path = DEFAULT_OU
     kq_b, pv_b = balance_heads(kq, pv, ckq)
     ckq_b, cpv_b = balance_heads(ckq[None], cpv[None])
     result = GDConstructionResult(
-        config=config, model_cfg=model_cfg, train_cfg=train_cfg, tuned=tuned, use_c=use_c, reference=reference,
-        curves=curves, kq=kq, pv=pv, similarity=sim, kq_balanced=kq_b, pv_balanced=pv_b,
-        construction_kq_balanced=ckq_b, construction_pv_balanced=cpv_b)
+        config=config,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        tuned=tuned,
+        use_c=use_c,
+        reference=reference,
+        curves=curves,
+        kq=kq,
+        pv=pv,
+        similarity=sim,
+        kq_balanced=kq_b,
+        pv_balanced=pv_b,
+        construction_kq_balanced=ckq_b,
+        construction_pv_balanced=cpv_b,
+    )
     write_gd_construction(out_dir, result)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesanet.mesaopt gd-construction [--out DIR] [--quick] [--model NAME] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt gd-construction",
-                                     description="Trained 1-layer linear SA vs the tuned one-step-GD construction.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.mesaopt gd-construction",
+        description="Trained 1-layer linear SA vs the tuned one-step-GD construction.",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (briefly trained model)")
     parser.add_argument("--model", default="linear-1")
@@ -331,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tune_sequences is not None:
         fields["tune_sequences"] = args.tune_sequences
     summary = run_gd_construction(GDConstructionConfig(**fields), args.out, progress=not args.no_progress).summary
-    print(f"trained {summary['test_loss_trained']:.6g} vs construction ({summary['reference']}) "
-          f"{summary['test_loss_reference']:.6g}: ratio {summary['ratio_trained_over_reference']:.4f} -> "
-          f"{'PASS' if summary['target_pass'] else 'MISS'}; cosine {summary['cosine_sum']:.4f}; wrote {args.out}")
+    print(
+        f"trained {summary['test_loss_trained']:.6g} vs construction ({summary['reference']}) "
+        f"{summary['test_loss_reference']:.6g}: ratio {summary['ratio_trained_over_reference']:.4f} -> "
+        f"{'PASS' if summary['target_pass'] else 'MISS'}; cosine {summary['cosine_sum']:.4f}; wrote {args.out}"
+    )
     return 0

@@ -70,15 +70,25 @@ class GDConstructionResult:
         """The numbers of ``summary.csv`` (metric -> value)."""
         config, tuned, sim = self.config, self.tuned, self.similarity
         return {
-            "model": config.model, "eta_phi0_zero": tuned["eta0"], "tune_loss_phi0_zero": tuned["loss0"],
-            "phi0_c": tuned["c"], "eta_phi0_cI": tuned["eta_c"], "tune_loss_phi0_cI": tuned["loss_c"],
+            "model": config.model,
+            "eta_phi0_zero": tuned["eta0"],
+            "tune_loss_phi0_zero": tuned["loss0"],
+            "phi0_c": tuned["c"],
+            "eta_phi0_cI": tuned["eta_c"],
+            "tune_loss_phi0_cI": tuned["loss_c"],
             "reference": "Phi0 = cI" if self.use_c else "Phi0 = 0",
-            "test_loss_trained": float(self.trained_curve.mean()), "test_loss_gd_phi0_zero": float(self.gd0_curve.mean()),
-            "test_loss_reference": float(self.ref_curve.mean()), "ratio_trained_over_reference": self.ratio,
-            "test_loss_last_trained": float(self.trained_curve[-1]), "test_loss_last_reference": float(self.ref_curve[-1]),
-            "cosine_sum": sim["rows"][-1]["cosine"], "implied_eta_sum": sim["rows"][-1]["implied_eta"],
-            "kq_mass_sum": sim["rows"][-1]["kq_mass"], "pv_mass_sum": sim["rows"][-1]["pv_mass"],
-            "target": f"|ratio - 1| <= {config.target_ratio}", "target_pass": self.passed,
+            "test_loss_trained": float(self.trained_curve.mean()),
+            "test_loss_gd_phi0_zero": float(self.gd0_curve.mean()),
+            "test_loss_reference": float(self.ref_curve.mean()),
+            "ratio_trained_over_reference": self.ratio,
+            "test_loss_last_trained": float(self.trained_curve[-1]),
+            "test_loss_last_reference": float(self.ref_curve[-1]),
+            "cosine_sum": sim["rows"][-1]["cosine"],
+            "implied_eta_sum": sim["rows"][-1]["implied_eta"],
+            "kq_mass_sum": sim["rows"][-1]["kq_mass"],
+            "pv_mass_sum": sim["rows"][-1]["pv_mass"],
+            "target": f"|ratio - 1| <= {config.target_ratio}",
+            "target_pass": self.passed,
         }
 
 
@@ -108,8 +118,12 @@ def _plot_products(path: Path, result: GDConstructionResult, n: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kq_b, pv_b, ckq_b, cpv_b = (result.kq_balanced, result.pv_balanced, result.construction_kq_balanced,
-                                result.construction_pv_balanced)
+    kq_b, pv_b, ckq_b, cpv_b = (
+        result.kq_balanced,
+        result.pv_balanced,
+        result.construction_kq_balanced,
+        result.construction_pv_balanced,
+    )
     heads = kq_b.shape[0]
     columns = [f"head {h}" for h in range(heads)] + ["sum over heads", "construction"]
     mats = {"W_k^T W_q": list(kq_b) + [kq_b.sum(0), ckq_b[0]], "P W_v": list(pv_b) + [pv_b.sum(0), cpv_b[0]]}
@@ -126,8 +140,7 @@ def _plot_products(path: Path, result: GDConstructionResult, n: int) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    fig.suptitle("per-head products (balanced gauge, sign-aligned to the construction); blocks [0, s_t, s_{t-1}]",
-                 fontsize=9)
+    fig.suptitle("per-head products (balanced gauge, sign-aligned to the construction); blocks [0, s_t, s_{t-1}]", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -152,13 +165,23 @@ def write_gd_construction(out_dir: Path, result: GDConstructionResult) -> None:
     trained_curve, gd0_curve, ref_curve = result.trained_curve, result.gd0_curve, result.ref_curve
     trained_loss, ratio, passed = float(trained_curve.mean()), result.ratio, result.passed
     summary = result.summary
-    floor = 0.5 * n * task.noise_std ** 2
-    write_csv(out_dir / "per_step_loss.csv", [
-        {"t": t + 1, "trained": f"{float(trained_curve[t]):.6g}", "gd_phi0_zero": f"{float(gd0_curve[t]):.6g}",
-         **({"gd_phi0_cI": f"{float(curves[names[2]][t]):.6g}"} if config.tune_phi0 else {})}
-        for t in range(len(trained_curve))])
-    write_csv(out_dir / "similarity.csv", [
-        {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in sim["rows"]])
+    floor = 0.5 * n * task.noise_std**2
+    write_csv(
+        out_dir / "per_step_loss.csv",
+        [
+            {
+                "t": t + 1,
+                "trained": f"{float(trained_curve[t]):.6g}",
+                "gd_phi0_zero": f"{float(gd0_curve[t]):.6g}",
+                **({"gd_phi0_cI": f"{float(curves[names[2]][t]):.6g}"} if config.tune_phi0 else {}),
+            }
+            for t in range(len(trained_curve))
+        ],
+    )
+    write_csv(
+        out_dir / "similarity.csv",
+        [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in sim["rows"]],
+    )
     _plot_losses(out_dir / "per_step_loss.png", curves)
     _plot_products(out_dir / "products.png", result, n)
 
@@ -166,7 +189,8 @@ def write_gd_construction(out_dir: Path, result: GDConstructionResult) -> None:
     kq_b, pv_b = result.kq_balanced, result.pv_balanced
     head_rows = "\n".join(
         f"| {r['head']} | {r['cosine']:.4f} | {r['implied_eta']:.5g} | {r['kq_mass']:.4f} | {r['pv_mass']:.4f} |"
-        for r in sim["rows"])
+        for r in sim["rows"]
+    )
     md = f"""# gd-construction: trained 1-layer linear SA vs Proposition 1
 
 Model `{config.model}` (zoo recipe: {model_cfg.num_heads} heads x key {model_cfg.key_size}, {train_cfg.steps} steps,
@@ -174,9 +198,9 @@ tokens `[0, s_t, s_{{t-1}}]`, LDS n_s = {n}, T = {task.seq_len}, noise {task.noi
 {config.tune_sequences} training sequences (the recipe's own batches); losses on {config.test_sequences} fresh
 test sequences (seed {config.test_seed}), eq. 1 per position averaged over the {task.seq_len - 1} scored positions.
 
-Tuned: `eta` in closed form with `Phi0 = 0` -> eta = {tuned['eta0']:.5g} (tuning loss {tuned['loss0']:.5g});
-{"with `Phi0 = c I` (golden section on c, closed-form eta): c = %+.4g, eta = %.5g (tuning loss %.5g)." % (tuned['c'], tuned['eta_c'], tuned['loss_c']) if config.tune_phi0 else "Phi0 not tuned."}
-Reference construction: **{summary['reference']}** (Phi0 = cI only where it lowers the tuning loss by more than
+Tuned: `eta` in closed form with `Phi0 = 0` -> eta = {tuned["eta0"]:.5g} (tuning loss {tuned["loss0"]:.5g});
+{"with `Phi0 = c I` (golden section on c, closed-form eta): c = %+.4g, eta = %.5g (tuning loss %.5g)." % (tuned["c"], tuned["eta_c"], tuned["loss_c"]) if config.tune_phi0 else "Phi0 not tuned."}
+Reference construction: **{summary["reference"]}** (Phi0 = cI only where it lowers the tuning loss by more than
 {100 * config.phi0_min_gain:g} %).
 
 | | mean test loss | loss at last position (t = {task.seq_len - 1}, predicting s_T) |

@@ -40,8 +40,17 @@ from .seq_training import per_position_loss, tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
-    "LinearizeConfig", "ZeroMixer", "record_mixer_io", "distil_linear", "distillation_error", "swap_mixers", "test_loss",
-    "LinearizeResult", "SwapVariant", "run_linearize", "main",
+    "LinearizeConfig",
+    "ZeroMixer",
+    "record_mixer_io",
+    "distil_linear",
+    "distillation_error",
+    "swap_mixers",
+    "test_loss",
+    "LinearizeResult",
+    "SwapVariant",
+    "run_linearize",
+    "main",
 ]
 
 DEFAULT_OUT = Path("runs/mesaopt/linearize")
@@ -101,7 +110,9 @@ def _check_model(model) -> None:
 
 
 @torch.no_grad()
-def record_mixer_io(model: SequenceModel, tokens: Tensor, layers: Sequence[int], chunk: int = 512) -> dict[int, tuple[Tensor, Tensor]]:
+def record_mixer_io(
+    model: SequenceModel, tokens: Tensor, layers: Sequence[int], chunk: int = 512
+) -> dict[int, tuple[Tensor, Tensor]]:
     """``{l: (x [N, T, E], delta [N, T, E])}``: the input and output of block ``l``'s mixer (0-based ``l``)
     on ``tokens [N, T, input_dim]``, recorded with forward hooks, ``chunk`` sequences at a time."""
     _check_model(model)
@@ -111,13 +122,15 @@ def record_mixer_io(model: SequenceModel, tokens: Tensor, layers: Sequence[int],
     store: dict[int, tuple[list, list]] = {l: ([], []) for l in layers}
     handles = []
     for l in layers:
+
         def hook(module, args, output, l=l):
             store[l][0].append(args[0].detach())
             store[l][1].append(output.detach())
+
         handles.append(model.blocks[l].mixer.register_forward_hook(hook))
     try:
         for start in range(0, tokens.shape[0], chunk):
-            model(tokens[start: start + chunk])
+            model(tokens[start : start + chunk])
     finally:
         for h in handles:
             h.remove()
@@ -128,18 +141,30 @@ def record_mixer_io(model: SequenceModel, tokens: Tensor, layers: Sequence[int],
 def distillation_error(layer: nn.Module, x: Tensor, y: Tensor, chunk: int = 512) -> float:
     """``sum ||y - layer(x)||^2 / sum ||y||^2`` over ``x, y [N, T, E]`` (0 = exact)."""
     if x.shape != y.shape or x.dim() != 3:
-        raise ValueError(f"distillation_error: expected x and y [N, T, E] of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"distillation_error: expected x and y [N, T, E] of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     num = den = 0.0
     for start in range(0, x.shape[0], chunk):
-        yy = y[start: start + chunk].double()
-        num += float((layer(x[start: start + chunk]).double() - yy).square().sum())
+        yy = y[start : start + chunk].double()
+        num += float((layer(x[start : start + chunk]).double() - yy).square().sum())
         den += float(yy.square().sum())
     return num / max(den, 1e-300)
 
 
 def distil_linear(
-    x: Tensor, y: Tensor, num_heads: int, key_size: int, *, steps: int = 500, batch_size: int = 64, lr: float = 3e-3,
-    init_std: float = 0.05, seed: int = 0, progress: bool = False, desc: str = "distil",
+    x: Tensor,
+    y: Tensor,
+    num_heads: int,
+    key_size: int,
+    *,
+    steps: int = 500,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    init_std: float = 0.05,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "distil",
 ) -> tuple[LinearSelfAttention, list[float]]:
     """Fit a fresh :class:`LinearSelfAttention` (``num_heads`` x ``key_size``) to ``y ~ LSA(x)`` on recorded
     ``x, y [N, T, E]`` with Adam (minibatches of ``batch_size`` sequences, cosine-decayed ``lr``, no weight
@@ -196,8 +221,9 @@ def _softmax_layers(model: SequenceModel) -> list[int]:
     return [l for l, b in enumerate(model.blocks) if isinstance(b.mixer, SoftmaxSelfAttention)]
 
 
-def run_linearize(config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
-                  recipes: dict | None = None) -> LinearizeResult:
+def run_linearize(
+    config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True, recipes: dict | None = None
+) -> LinearizeResult:
     """Distil and swap every softmax layer of ``config.model``; writes ``linearize.csv``,
     ``linearize_curves.csv``, ``linearize_summary.md``, ``linearize_ratios.png``, ``linearize_curves.png``, ``config.yaml``.
 
@@ -228,9 +254,17 @@ def run_linearize(config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *,
     students, train_err, held_err = {}, {}, {}
     for l in layers:
         student, _ = distil_linear(
-            *rec[l], model_cfg.num_heads, model_cfg.key_size, steps=config.steps, batch_size=config.batch_size,
-            lr=config.lr, init_std=config.init_std, seed=config.distil_seed + l, progress=progress,
-            desc=f"distil layer {l + 1}")
+            *rec[l],
+            model_cfg.num_heads,
+            model_cfg.key_size,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            init_std=config.init_std,
+            seed=config.distil_seed + l,
+            progress=progress,
+            desc=f"distil layer {l + 1}",
+        )
         students[l] = student
         train_err[l] = distillation_error(student, *rec[l])
         held_err[l] = distillation_error(student, *held[l])
@@ -241,14 +275,22 @@ def run_linearize(config: LinearizeConfig, out_dir: Path | str = DEFAULT_OUT, *,
         variants["all but first"] = layers[1:]
         variants["all"] = list(layers)
     base_curve = test_loss(model, task, tok, config.test_sequences, config.test_seed)
-    result = LinearizeResult(config=config, model_layers=list(model.config.layers), tokens=tok,
-                             num_heads=model_cfg.num_heads, key_size=model_cfg.key_size, layers=layers,
-                             original_curve=base_curve, distil_error_train=train_err, distil_error_heldout=held_err)
+    result = LinearizeResult(
+        config=config,
+        model_layers=list(model.config.layers),
+        tokens=tok,
+        num_heads=model_cfg.num_heads,
+        key_size=model_cfg.key_size,
+        layers=layers,
+        original_curve=base_curve,
+        distil_error_train=train_err,
+        distil_error_heldout=held_err,
+    )
     for name, swap in variants.items():
-        curve = test_loss(swap_mixers(model, {l: students[l] for l in swap}), task, tok, config.test_sequences,
-                          config.test_seed)
-        ablated = test_loss(swap_mixers(model, {l: ZeroMixer() for l in swap}), task, tok, config.test_sequences,
-                            config.test_seed)
+        curve = test_loss(swap_mixers(model, {l: students[l] for l in swap}), task, tok, config.test_sequences, config.test_seed)
+        ablated = test_loss(
+            swap_mixers(model, {l: ZeroMixer() for l in swap}), task, tok, config.test_sequences, config.test_seed
+        )
         result.variants.append(SwapVariant(name, swap, curve, float(ablated.mean()) / result.original_loss))
     write_linearize(out, result, start)
     return result
@@ -274,8 +316,10 @@ def quick_recipe():
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesanet.mesaopt linearize [--out DIR] [--quick] [--model NAME] [--steps N] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt linearize",
-                                     description="Distil softmax layers into linear self-attention and swap them in.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.mesaopt linearize",
+        description="Distil softmax layers into linear self-attention and swap them in.",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run on a tiny model")
     parser.add_argument("--model", default=None, help="zoo name (default softmax-2)")
@@ -290,17 +334,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg, recipes = LinearizeConfig(), None
     if args.quick:
-        cfg = LinearizeConfig(model=_QUICK_NAME, zoo_root=str(args.out / "zoo"), record_sequences=64,
-                              heldout_sequences=32, test_sequences=64, steps=20, batch_size=16)
+        cfg = LinearizeConfig(
+            model=_QUICK_NAME,
+            zoo_root=str(args.out / "zoo"),
+            record_sequences=64,
+            heldout_sequences=32,
+            test_sequences=64,
+            steps=20,
+            batch_size=16,
+        )
         recipes = {_QUICK_NAME: quick_recipe()}
-    overrides = {"model": args.model, "zoo_root": args.zoo_root, "steps": args.steps, "lr": args.lr,
-                 "record_sequences": args.record_sequences, "test_sequences": args.test_sequences}
+    overrides = {
+        "model": args.model,
+        "zoo_root": args.zoo_root,
+        "steps": args.steps,
+        "lr": args.lr,
+        "record_sequences": args.record_sequences,
+        "test_sequences": args.test_sequences,
+    }
     cfg = LinearizeConfig(**{**to_dict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     res = run_linearize(cfg, args.out, progress=not args.no_progress, recipes=recipes)
     for name, ratio in res.ratios.items():
         print(f"{cfg.model} {name}: loss ratio {ratio:.4f}")
-    print("distillation error (held-out): "
-          + ", ".join(f"layer {l + 1}: {e:.4g}" for l, e in res.distil_error_heldout.items()))
+    print("distillation error (held-out): " + ", ".join(f"layer {l + 1}: {e:.4g}" for l, e in res.distil_error_heldout.items()))
     print(f"check (all layers but the first behave linearly): {'PASS' if res.passed else 'MISS'}; wrote {args.out}")
     return 0
 

@@ -65,8 +65,10 @@ class LinearizeResult:
             return False, False
         ratios = self.ratios
         single = {l: ratios[f"layer {l + 1}"] for l in self.layers}
-        return (all(single[self.layers[0]] > single[l] for l in self.layers[1:]),
-                ratios["all but first"] <= self.config.max_ratio)
+        return (
+            all(single[self.layers[0]] > single[l] for l in self.layers[1:]),
+            ratios["all but first"] <= self.config.max_ratio,
+        )
 
     @property
     def passed(self) -> bool:
@@ -74,19 +76,30 @@ class LinearizeResult:
 
     def rows(self) -> list[dict]:
         """The rows of ``linearize.csv``."""
-        config, base, train_err, held_err, ratios = (self.config, self.original_loss, self.distil_error_train,
-                                                     self.distil_error_heldout, self.ratios)
+        config, base, train_err, held_err, ratios = (
+            self.config,
+            self.original_loss,
+            self.distil_error_train,
+            self.distil_error_heldout,
+            self.ratios,
+        )
         rows = []
         for v in self.variants:
             name, swap, curve, ablated = v.name, v.swapped, v.curve, v.ablation_ratio
-            rows.append({
-                "model": config.model, "variant": name, "swapped_layers": "+".join(str(l + 1) for l in swap),
-                "test_loss": f"{float(curve.mean()):.6g}", "original_loss": f"{base:.6g}",
-                "loss_ratio": f"{ratios[name]:.6g}", "ablation_ratio": f"{ablated:.6g}",
-                "recovered": f"{(ablated - ratios[name]) / (ablated - 1):.4g}" if abs(ablated - 1) > 1e-9 else "",
-                "distil_error_train": f"{train_err[swap[0]]:.6g}" if len(swap) == 1 else "",
-                "distil_error_heldout": f"{held_err[swap[0]]:.6g}" if len(swap) == 1 else "",
-            })
+            rows.append(
+                {
+                    "model": config.model,
+                    "variant": name,
+                    "swapped_layers": "+".join(str(l + 1) for l in swap),
+                    "test_loss": f"{float(curve.mean()):.6g}",
+                    "original_loss": f"{base:.6g}",
+                    "loss_ratio": f"{ratios[name]:.6g}",
+                    "ablation_ratio": f"{ablated:.6g}",
+                    "recovered": f"{(ablated - ratios[name]) / (ablated - 1):.4g}" if abs(ablated - 1) > 1e-9 else "",
+                    "distil_error_train": f"{train_err[swap[0]]:.6g}" if len(swap) == 1 else "",
+                    "distil_error_heldout": f"{held_err[swap[0]]:.6g}" if len(swap) == 1 else "",
+                }
+            )
         return rows
 
 
@@ -104,8 +117,7 @@ def _plots(result: LinearizeResult, out: Path) -> list[str]:
     names = list(variants)
     pos = torch.arange(len(names), dtype=torch.float64)
     ax.bar(pos - 0.2, [ratios[n] for n in names], width=0.4, color="C0", label="linearised (distilled linear SA)")
-    ax.bar(pos + 0.2, [ablations[n] for n in names], width=0.4, color="0.75", hatch="//",
-           label="control: layer(s) removed")
+    ax.bar(pos + 0.2, [ablations[n] for n in names], width=0.4, color="0.75", hatch="//", label="control: layer(s) removed")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xticks(pos.tolist())
     ax.set_xticklabels(names, fontsize=8)
@@ -156,7 +168,8 @@ def write_linearize(out: Path, result: LinearizeResult, start: float) -> None:
     seconds = result.seconds = time.perf_counter() - start
 
     lines = [
-        "# Linearisation of softmax attention layers (paper B, B.3 / SI F.2)", "",
+        "# Linearisation of softmax attention layers (paper B, B.3 / SI F.2)",
+        "",
         f"Model `{config.model}` ({'+'.join(result.model_layers)}, {tok} tokens, zoo root `{config.zoo_root}`). "
         f"Each softmax layer's mixer input/output was recorded on {config.record_sequences} sequences and distilled "
         f"into a linear self-attention layer ({result.num_heads} heads x key {result.key_size}) with Adam "
@@ -165,23 +178,38 @@ def write_linearize(out: Path, result: LinearizeResult, start: float) -> None:
         f"test loss (eq. 1, mean over positions, {config.test_sequences} sequences) of the swapped model / "
         f"original ({base:.5g}). Control: the ablation ratio, the same layers' mixers replaced by zero; "
         "recovered = (ablation ratio - loss ratio) / (ablation ratio - 1), the share of the layers' contribution "
-        "to the loss that the linear layers reproduce (1 = all of it).", "",
+        "to the loss that the linear layers reproduce (1 = all of it).",
+        "",
         "| variant | swapped layers | test loss | loss ratio | ablation ratio | recovered | distil err (train) | distil err (held-out) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['swapped_layers']} | {r['test_loss']} | {float(r['loss_ratio']):.4f} | "
-                     f"{float(r['ablation_ratio']):.4f} | {r['recovered']} | {r['distil_error_train']} | {r['distil_error_heldout']} |")
-    lines += ["", "## Check: every layer but the first behaves linearly (paper, SI F.2)", "",
-              f"Criterion (no number in the issue): the first layer's single-swap ratio is the largest, and swapping "
-              f"all layers but the first at once gives a ratio <= {config.max_ratio:g}.", ""]
+        lines.append(
+            f"| {r['variant']} | {r['swapped_layers']} | {r['test_loss']} | {float(r['loss_ratio']):.4f} | "
+            f"{float(r['ablation_ratio']):.4f} | {r['recovered']} | {r['distil_error_train']} | {r['distil_error_heldout']} |"
+        )
+    lines += [
+        "",
+        "## Check: every layer but the first behaves linearly (paper, SI F.2)",
+        "",
+        f"Criterion (no number in the issue): the first layer's single-swap ratio is the largest, and swapping "
+        f"all layers but the first at once gives a ratio <= {config.max_ratio:g}.",
+        "",
+    ]
     if len(layers) > 1:
-        lines.append(f"- first layer ratio largest: {'yes' if first_largest else 'no'} ("
-                     + ", ".join(f"layer {l + 1}: {single[l]:.4f}" for l in layers) + ")")
+        lines.append(
+            f"- first layer ratio largest: {'yes' if first_largest else 'no'} ("
+            + ", ".join(f"layer {l + 1}: {single[l]:.4f}" for l in layers)
+            + ")"
+        )
         lines.append(f"- all but first: {ratios['all but first']:.4f} <= {config.max_ratio:g}: {'yes' if rest_ok else 'no'}")
         lines.append(f"- {'PASS' if passed else 'MISS'}")
     else:
         lines.append("- not applicable (the model has a single softmax layer)")
-    lines += ["", f"Figures: {', '.join(f'`{f}`' for f in files)}. CSV: `linearize.csv`, `linearize_curves.csv`. "
-              f"Wall time {seconds:.1f} s.", ""]
+    lines += [
+        "",
+        f"Figures: {', '.join(f'`{f}`' for f in files)}. CSV: `linearize.csv`, `linearize_curves.csv`. "
+        f"Wall time {seconds:.1f} s.",
+        "",
+    ]
     (out / "linearize_summary.md").write_text("\n".join(lines))

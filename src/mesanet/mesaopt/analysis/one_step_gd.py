@@ -28,11 +28,9 @@ __all__ = ["GDConstruction", "linear_self_attention", "one_step_gd_prediction", 
 
 def _split_tokens(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if tokens.dim() != 3 or tokens.shape[-1] % 3 != 0 or tokens.shape[-1] == 0:
-        raise ValueError(
-            f"tokens: expected constructed tokens of shape [B, T, 3n] (n >= 1), got {tuple(tokens.shape)}"
-        )
+        raise ValueError(f"tokens: expected constructed tokens of shape [B, T, 3n] (n >= 1), got {tuple(tokens.shape)}")
     n = tokens.shape[-1] // 3
-    return tokens[..., :n], tokens[..., n:2 * n], tokens[..., 2 * n:]
+    return tokens[..., :n], tokens[..., n : 2 * n], tokens[..., 2 * n :]
 
 
 def _check_eta(eta: float) -> float:
@@ -63,9 +61,7 @@ def linear_self_attention(
     if w_q.dim() != 2 or w_k.shape != w_q.shape or w_q.shape[1] != d:
         raise ValueError(f"w_q/w_k: expected equal shapes [d_k, {d}], got {tuple(w_q.shape)} and {tuple(w_k.shape)}")
     if w_v.dim() != 2 or w_v.shape[1] != d or proj.shape != (d, w_v.shape[0]):
-        raise ValueError(
-            f"w_v/proj: expected [d_v, {d}] and [{d}, d_v], got {tuple(w_v.shape)} and {tuple(proj.shape)}"
-        )
+        raise ValueError(f"w_v/proj: expected [d_v, {d}] and [{d}, d_v], got {tuple(w_v.shape)} and {tuple(proj.shape)}")
     q, k, v = tokens @ w_q.T, tokens @ w_k.T, tokens @ w_v.T
     scores = q @ k.transpose(-1, -2)  # [B, T(query), T(key)]
     t_len = tokens.shape[1]
@@ -148,11 +144,14 @@ def optimal_eta(tokens: torch.Tensor, targets: torch.Tensor, phi0: torch.Tensor 
     typically ``states[:, 1:]`` with ``T' = T - 1``).
     """
     base, step = _gd_terms(tokens, phi0)
-    if targets.dim() != 3 or targets.shape[0] != base.shape[0] or targets.shape[2] != base.shape[2] \
-            or not 1 <= targets.shape[1] <= base.shape[1]:
+    if (
+        targets.dim() != 3
+        or targets.shape[0] != base.shape[0]
+        or targets.shape[2] != base.shape[2]
+        or not 1 <= targets.shape[1] <= base.shape[1]
+    ):
         raise ValueError(
-            f"targets: expected shape [{base.shape[0]}, T' <= {base.shape[1]}, {base.shape[2]}], "
-            f"got {tuple(targets.shape)}"
+            f"targets: expected shape [{base.shape[0]}, T' <= {base.shape[1]}, {base.shape[2]}], got {tuple(targets.shape)}"
         )
     t_len = targets.shape[1]
     base, step = base[:, :t_len], step[:, :t_len]

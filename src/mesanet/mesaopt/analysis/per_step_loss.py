@@ -37,13 +37,28 @@ from .seq_training import per_position_loss, training_states
 from .zoo import ZOO, load_for_analysis, recipe
 
 __all__ = [
-    "PerStepLossConfig", "DEFAULT_MODELS", "ridge_loss", "tune_ridge_lambda", "oracle_per_step_loss",
-    "run_per_step_loss", "main",
+    "PerStepLossConfig",
+    "DEFAULT_MODELS",
+    "ridge_loss",
+    "tune_ridge_lambda",
+    "oracle_per_step_loss",
+    "run_per_step_loss",
+    "main",
 ]
 
 DEFAULT_OUT = Path("runs/mesaopt/per-step-loss")
-DEFAULT_MODELS = ["linear-1", "linear-2", "linear-4", "softmax-2", "hybrid-softmax-linear", "hybrid-softmax-mesa",
-                  "mesa-1", "mesa-forget-1", "sm-mesa-1", "full-mesa-2"]
+DEFAULT_MODELS = [
+    "linear-1",
+    "linear-2",
+    "linear-4",
+    "softmax-2",
+    "hybrid-softmax-linear",
+    "hybrid-softmax-mesa",
+    "mesa-1",
+    "mesa-forget-1",
+    "sm-mesa-1",
+    "full-mesa-2",
+]
 
 
 @dataclass
@@ -84,10 +99,13 @@ class PerStepLossConfig:
             v = getattr(self, name)
             check_int(f"PerStepLossConfig.{name}", v, minimum=1)
         check_int("PerStepLossConfig.test_seed", self.test_seed, minimum=0)
-        if not (math.isfinite(self.lam_log10_min) and math.isfinite(self.lam_log10_max)
-                and self.lam_log10_min < self.lam_log10_max):
-            raise ValueError(f"PerStepLossConfig.lam_log10_min/max: expected finite min < max, "
-                             f"got {self.lam_log10_min!r}, {self.lam_log10_max!r}")
+        if not (
+            math.isfinite(self.lam_log10_min) and math.isfinite(self.lam_log10_max) and self.lam_log10_min < self.lam_log10_max
+        ):
+            raise ValueError(
+                f"PerStepLossConfig.lam_log10_min/max: expected finite min < max, "
+                f"got {self.lam_log10_min!r}, {self.lam_log10_max!r}"
+            )
         if not (math.isfinite(self.target_tol) and self.target_tol > 0):
             raise ValueError(f"PerStepLossConfig.target_tol: expected a float > 0, got {self.target_tol!r}")
         check_int("PerStepLossConfig.train_steps", self.train_steps, minimum=1, optional=True)
@@ -110,8 +128,9 @@ def ridge_loss(states: Tensor, lam: float) -> Tensor:
     return 0.5 * (pred - s[:, 1:]).square().sum(-1).mean(0)
 
 
-def tune_ridge_lambda(states: Tensor, log10_min: float = -2.0, log10_max: float = 5.0, grid: int = 15,
-                      iters: int = 25) -> tuple[float, float]:
+def tune_ridge_lambda(
+    states: Tensor, log10_min: float = -2.0, log10_max: float = 5.0, grid: int = 15, iters: int = 25
+) -> tuple[float, float]:
     """``(lam, loss)``: the ``lam`` minimising the position-averaged ridge loss on ``states [B, T, n]``, from a
     log-spaced grid of ``grid`` points refined by golden section in ``log10 lam`` between the best point's
     neighbours."""
@@ -122,7 +141,7 @@ def tune_ridge_lambda(states: Tensor, log10_min: float = -2.0, log10_max: float 
     s = states.double()
 
     def f(x: float) -> float:
-        return float(ridge_loss(s, 10.0 ** x).mean())
+        return float(ridge_loss(s, 10.0**x).mean())
 
     xs = [log10_min + (log10_max - log10_min) * i / (grid - 1) for i in range(grid)]
     fs = [f(x) for x in xs]
@@ -143,7 +162,7 @@ def tune_ridge_lambda(states: Tensor, log10_min: float = -2.0, log10_max: float 
     x = (lo + hi) / 2.0
     candidates = [(f(x), x), (fs[best], xs[best])]
     loss, x = min(candidates)
-    return 10.0 ** x, loss
+    return 10.0**x, loss
 
 
 def oracle_per_step_loss(task: LDSConfig, num_sequences: int, seed: int) -> Tensor:
@@ -213,49 +232,82 @@ def run_per_step_loss(config: PerStepLossConfig, out_dir: Path = DEFAULT_OUT, *,
         model = _model(name, config, out_dir, progress)
         _, train_cfg = recipe(name)
         with torch.no_grad():
-            curves[name] = per_position_loss(model, task, num_sequences=config.test_sequences, seed=config.test_seed,
-                                         tokens=train_cfg.tokens)
+            curves[name] = per_position_loss(
+                model, task, num_sequences=config.test_sequences, seed=config.test_seed, tokens=train_cfg.tokens
+            )
         layers[name] = list(model.config.layers)
 
     rows = []
     for name, curve in curves.items():
-        rows.append({"model": name, "layers": "+".join(layers[name]), "tokens": recipe(name)[1].tokens,
-                     "loss_last": float(curve[-1]), "loss_mean": float(curve.mean()),
-                     "ratio_ridge_last": float(curve[-1] / ridge[-1]), "ratio_ridge_mean": float(curve.mean() / ridge.mean())})
+        rows.append(
+            {
+                "model": name,
+                "layers": "+".join(layers[name]),
+                "tokens": recipe(name)[1].tokens,
+                "loss_last": float(curve[-1]),
+                "loss_mean": float(curve.mean()),
+                "ratio_ridge_last": float(curve[-1] / ridge[-1]),
+                "ratio_ridge_mean": float(curve.mean() / ridge.mean()),
+            }
+        )
     for name, curve in (("ridge (tuned lam)", ridge), ("oracle W*", oracle)):
-        rows.append({"model": name, "layers": "-", "tokens": "-", "loss_last": float(curve[-1]),
-                     "loss_mean": float(curve.mean()), "ratio_ridge_last": float(curve[-1] / ridge[-1]),
-                     "ratio_ridge_mean": float(curve.mean() / ridge.mean())})
+        rows.append(
+            {
+                "model": name,
+                "layers": "-",
+                "tokens": "-",
+                "loss_last": float(curve[-1]),
+                "loss_mean": float(curve.mean()),
+                "ratio_ridge_last": float(curve[-1] / ridge[-1]),
+                "ratio_ridge_mean": float(curve.mean() / ridge.mean()),
+            }
+        )
 
     # target 1: a single mesa layer within target_tol of ridge at the last position
     checks = {}
     if config.mesa_model in curves:
         r = float(curves[config.mesa_model][-1] / ridge[-1])
         checks["mesa_within_tol_of_ridge_last"] = {
-            "pass": r <= 1.0 + config.target_tol, "value": r,
-            "text": f"`{config.mesa_model}` loss at the last position / ridge = {r:.4f} (target <= {1 + config.target_tol:g})"}
+            "pass": r <= 1.0 + config.target_tol,
+            "value": r,
+            "text": f"`{config.mesa_model}` loss at the last position / ridge = {r:.4f} (target <= {1 + config.target_tol:g})",
+        }
     two_layer = [n for n in curves if len(layers[n]) == 2]
     if config.hybrid_model in two_layer and len(two_layer) > 1:
         rank_mean = sorted(two_layer, key=lambda n: float(curves[n].mean()))
         rank_last = sorted(two_layer, key=lambda n: float(curves[n][-1]))
         checks["hybrid_best_two_layer"] = {
-            "pass": rank_mean[0] == config.hybrid_model, "value": rank_mean,
-            "text": "2-layer models by mean loss: " + " < ".join(f"`{n}` ({float(curves[n].mean()):.4g})" for n in rank_mean)
-                    + "; by loss at the last position: " + " < ".join(f"`{n}` ({float(curves[n][-1]):.4g})" for n in rank_last)}
+            "pass": rank_mean[0] == config.hybrid_model,
+            "value": rank_mean,
+            "text": "2-layer models by mean loss: "
+            + " < ".join(f"`{n}` ({float(curves[n].mean()):.4g})" for n in rank_mean)
+            + "; by loss at the last position: "
+            + " < ".join(f"`{n}` ({float(curves[n][-1]):.4g})" for n in rank_last),
+        }
 
     t_len = len(ridge)
-    table = [{"t": t + 1, **{n: f"{float(c[t]):.6g}" for n, c in curves.items()},
-              "ridge": f"{float(ridge[t]):.6g}", "oracle": f"{float(oracle[t]):.6g}"} for t in range(t_len)]
+    table = [
+        {
+            "t": t + 1,
+            **{n: f"{float(c[t]):.6g}" for n, c in curves.items()},
+            "ridge": f"{float(ridge[t]):.6g}",
+            "oracle": f"{float(oracle[t]):.6g}",
+        }
+        for t in range(t_len)
+    ]
     write_csv(out_dir / "per_step_loss.csv", table)
-    write_csv(out_dir / "summary.csv", [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
-                                         for r in rows])
+    write_csv(out_dir / "summary.csv", [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     _plot(out_dir / "per_step_loss.png", curves, {f"ridge (lam = {lam:.3g})": ridge, "oracle W* (noise floor)": oracle})
 
     lines = "\n".join(
         f"| {r['model']} | {r['layers']} | {r['tokens']} | {r['loss_last']:.5g} | {r['loss_mean']:.5g} | "
-        f"{r['ratio_ridge_last']:.4f} | {r['ratio_ridge_mean']:.4f} |" for r in rows)
-    check_lines = "\n".join(f"- **{'PASS' if c['pass'] else 'MISS'}** {c['text']}" for c in checks.values()) \
+        f"{r['ratio_ridge_last']:.4f} | {r['ratio_ridge_mean']:.4f} |"
+        for r in rows
+    )
+    check_lines = (
+        "\n".join(f"- **{'PASS' if c['pass'] else 'MISS'}** {c['text']}" for c in checks.values())
         or "- (no target applies to the selected models)"
+    )
     md = f"""# per-step-loss: zoo models vs optimal ridge least squares
 
 Task: fully observed LDS, n_s = {task.state_dim}, T = {task.seq_len}, noise {task.noise_std}; {config.test_sequences}
@@ -280,8 +332,10 @@ Figure: `per_step_loss.png`; all curves: `per_step_loss.csv`.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesanet.mesaopt per-step-loss [--out DIR] [--quick] [--models A B ...] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt per-step-loss",
-                                     description="Per-position test loss of zoo models vs tuned ridge least squares.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.mesaopt per-step-loss",
+        description="Per-position test loss of zoo models vs tuned ridge least squares.",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (briefly trained models)")
     parser.add_argument("--models", nargs="+", default=None, help=f"zoo entries (default: {' '.join(DEFAULT_MODELS)})")
@@ -294,8 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     fields: dict = {"zoo_root": args.zoo_root}
     if args.quick:
-        fields.update(models=["linear-1", "mesa-1", "softmax-2", "hybrid-softmax-mesa"], train_steps=3,
-                      test_sequences=64, tune_sequences=64)
+        fields.update(
+            models=["linear-1", "mesa-1", "softmax-2", "hybrid-softmax-mesa"], train_steps=3, test_sequences=64, tune_sequences=64
+        )
     if args.models is not None:
         fields["models"] = args.models
     if args.test_sequences is not None:

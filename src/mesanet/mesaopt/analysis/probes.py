@@ -41,8 +41,16 @@ from .seq_training import tokens_of
 from .zoo import DEFAULT_ROOT, load_or_train, recipe
 
 __all__ = [
-    "PROBE_KINDS", "ProbeConfig", "preconditioned_inputs", "fit_ridge_probe", "probe_predict",
-    "normalised_probe_error", "probe_errors", "ProbeResult", "run_probes", "main",
+    "PROBE_KINDS",
+    "ProbeConfig",
+    "preconditioned_inputs",
+    "fit_ridge_probe",
+    "probe_predict",
+    "normalised_probe_error",
+    "probe_errors",
+    "ProbeResult",
+    "run_probes",
+    "main",
 ]
 
 _PRECOND_METHODS = ("solve", "chebyshev")
@@ -91,8 +99,7 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.precond_method: expected one of {_PRECOND_METHODS}, got {self.precond_method!r}")
         if isinstance(self.curve_times, tuple):
             self.curve_times = list(self.curve_times)
-        if not isinstance(self.curve_times, list) or not all(
-                is_int(t, 1) for t in self.curve_times):
+        if not isinstance(self.curve_times, list) or not all(is_int(t, 1) for t in self.curve_times):
             raise ValueError(f"ProbeConfig.curve_times: expected a list of ints >= 1, got {self.curve_times!r}")
 
 
@@ -124,8 +131,10 @@ def preconditioned_inputs(states: Tensor, lam: float = 1.0, method: str = "solve
 
 def _check_xy(x: Tensor, y: Tensor, name: str) -> None:
     if x.dim() != 3 or y.dim() != 3 or x.shape[:2] != y.shape[:2]:
-        raise ValueError(f"{name}: expected features [P, N, E] and targets [P, N, n] with equal P, N, "
-                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"{name}: expected features [P, N, E] and targets [P, N, n] with equal P, N, "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
 
 
 def fit_ridge_probe(x: Tensor, y: Tensor, ridge: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -180,7 +189,7 @@ def _record(model, task, tokens: str, num: int, seed: int, cfg: ProbeConfig) -> 
     states = generate_lds(task, num, seed=seed).states.double()
     hidden = []
     for start in range(0, num, cfg.chunk):
-        s = states[start: start + cfg.chunk]
+        s = states[start : start + cfg.chunk]
         _, hs = model(tokens_of(s.float(), tokens), return_hidden=True)
         hidden.append(torch.stack(hs).double())  # [L+1, b, T, E]
     h = torch.cat(hidden, 1).transpose(1, 2)  # [L+1, T, N, E]
@@ -198,8 +207,7 @@ def _model_errors(name: str, cfg: ProbeConfig, progress: bool, configs) -> dict[
     hte, yte = _record(model, train_cfg.task, train_cfg.tokens, cfg.test_sequences, cfg.test_seed, cfg)
     out = {}
     for kind in PROBE_KINDS:
-        out[kind] = torch.stack([probe_errors(htr[l], ytr[kind], hte[l], yte[kind], cfg.ridge)
-                                 for l in range(htr.shape[0])])
+        out[kind] = torch.stack([probe_errors(htr[l], ytr[kind], hte[l], yte[kind], cfg.ridge) for l in range(htr.shape[0])])
     return out
 
 
@@ -211,8 +219,9 @@ def _chebyshev_gap(cfg: ProbeConfig, task) -> float:
     return float((approx - exact).norm() / exact.norm())
 
 
-def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True,
-               recipes: dict | None = None) -> ProbeResult:
+def run_probes(
+    config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progress: bool = True, recipes: dict | None = None
+) -> ProbeResult:
     """Run the probe analysis; writes ``probes.csv``, ``probes_summary.md``, two PNGs and ``config.yaml``.
 
     Models come from :func:`~mesanet.mesaopt.analysis.zoo.load_or_train` (trained on first use); ``recipes`` maps
@@ -244,11 +253,13 @@ def run_probes(config: ProbeConfig, out_dir: Path | str = DEFAULT_OUT, *, progre
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesanet.mesaopt probes [--out DIR] [--quick] [--models ...] [--zoo-root DIR] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt probes",
-                                     description="Linear target / preconditioning probes per layer and time step.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.mesaopt probes", description="Linear target / preconditioning probes per layer and time step."
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quick", action="store_true",
-                        help="seconds-scale smoke run: a tiny untrained-ish 2-layer model and few sequences")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-scale smoke run: a tiny untrained-ish 2-layer model and few sequences"
+    )
     parser.add_argument("--models", nargs="+", default=None, help="zoo names (default: linear-4 softmax-2)")
     parser.add_argument("--zoo-root", default=None)
     parser.add_argument("--train-sequences", type=int, default=None)
@@ -262,12 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg, recipes = ProbeConfig(), None
     if args.quick:
-        cfg = ProbeConfig(models=[_QUICK_NAME], zoo_root=str(args.out / "zoo"), train_sequences=256,
-                          test_sequences=128, curve_times=[2, 10])
+        cfg = ProbeConfig(
+            models=[_QUICK_NAME], zoo_root=str(args.out / "zoo"), train_sequences=256, test_sequences=128, curve_times=[2, 10]
+        )
         recipes = {_QUICK_NAME: quick_recipe()}
-    overrides = {"models": args.models, "zoo_root": args.zoo_root, "train_sequences": args.train_sequences,
-                 "test_sequences": args.test_sequences, "lam": args.lam, "ridge": args.ridge,
-                 "precond_method": args.precond_method}
+    overrides = {
+        "models": args.models,
+        "zoo_root": args.zoo_root,
+        "train_sequences": args.train_sequences,
+        "test_sequences": args.test_sequences,
+        "lam": args.lam,
+        "ridge": args.ridge,
+        "precond_method": args.precond_method,
+    }
     cfg = ProbeConfig(**{**to_dict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     res = run_probes(cfg, args.out, progress=not args.no_progress, recipes=recipes)
     for name, per_kind in res.late_mean.items():

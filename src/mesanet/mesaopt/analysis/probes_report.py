@@ -23,7 +23,7 @@ PROBE_KINDS = ("target", "precond")
 
 def _mean_late(err: Tensor, min_t: int) -> Tensor:
     """``[L+1]``: mean over 1-based ``t >= min_t`` of ``err [L+1, T-1]``."""
-    return err[:, min_t - 1:].mean(1)
+    return err[:, min_t - 1 :].mean(1)
 
 
 @dataclass
@@ -39,8 +39,10 @@ class ProbeResult:
     @property
     def late_mean(self) -> dict[str, dict[str, list[float]]]:
         """model -> kind -> mean error over ``t >= min_t`` per layer ``[L+1]``."""
-        return {name: {kind: [float(v) for v in _mean_late(err, self.config.min_t)] for kind, err in per_kind.items()}
-                for name, per_kind in self.errors.items()}
+        return {
+            name: {kind: [float(v) for v in _mean_late(err, self.config.min_t)] for kind, err in per_kind.items()}
+            for name, per_kind in self.errors.items()
+        }
 
     @property
     def checks(self) -> dict[str, dict[str, bool]]:
@@ -72,8 +74,14 @@ def _plots(results: dict[str, dict[str, Tensor]], cfg: ProbeConfig, out: Path) -
         for j, kind in enumerate(PROBE_KINDS):
             err = results[name][kind].clamp_min(1e-4).numpy()
             ax = axes[i, j]
-            im = ax.imshow(err, aspect="auto", origin="lower", cmap="viridis", norm=LogNorm(vmin=1e-3, vmax=1.5),
-                           extent=(0.5, err.shape[1] + 0.5, -0.5, err.shape[0] - 0.5))
+            im = ax.imshow(
+                err,
+                aspect="auto",
+                origin="lower",
+                cmap="viridis",
+                norm=LogNorm(vmin=1e-3, vmax=1.5),
+                extent=(0.5, err.shape[1] + 0.5, -0.5, err.shape[0] - 0.5),
+            )
             ax.set_title(f"{name}: {kind} probe", fontsize=9)
             ax.set_xlabel("time step t")
             ax.set_ylabel("layer (0 = input)")
@@ -116,8 +124,15 @@ def write_probes(out: Path, result: ProbeResult, start: float) -> None:
         for kind, err in per_kind.items():
             for layer in range(err.shape[0]):
                 for p in range(err.shape[1]):
-                    rows.append({"model": name, "probe": kind, "layer": layer, "t": p + 1,
-                                 "normalised_mse": f"{float(err[layer, p]):.6g}"})
+                    rows.append(
+                        {
+                            "model": name,
+                            "probe": kind,
+                            "layer": layer,
+                            "t": p + 1,
+                            "normalised_mse": f"{float(err[layer, p]):.6g}",
+                        }
+                    )
     write_csv(out / "probes.csv", rows)
 
     late, checks, passed = result.late_mean, result.checks, result.passed
@@ -126,16 +141,20 @@ def write_probes(out: Path, result: ProbeResult, start: float) -> None:
 
     width = max(len(v["target"]) for v in late.values())
     lines = [
-        "# Linear probes per layer and time step (paper B, B.3)", "",
+        "# Linear probes per layer and time step (paper B, B.3)",
+        "",
         f"Models: {', '.join(config.models)} (zoo root `{config.zoo_root}`). Probes: closed-form ridge "
         f"(relative ridge {config.ridge:g}, intercept) per (layer, t), fit on {config.train_sequences} sequences "
         f"(seed {config.train_seed}), scored on {config.test_sequences} held-out sequences (seed {config.test_seed}). "
         "Error = held-out MSE / target variance (1 = no linear information). Layer 0 = input/embedding, layer l = "
-        "residual stream after block l.", "",
+        "residual stream after block l.",
+        "",
         f"Preconditioned target `(S_(t-1) S_(t-1)^T + I/lam)^-1 s_t`, lam = {config.lam:g}, computed by "
         f"`{config.precond_method}`. The paper used a {config.chebyshev_steps}-step Chebyshev approximation; on "
-        f"held-out data it differs from the exact solve by {gap:.3g} (relative norm, t >= 2).", "",
-        f"## Mean normalised error over t >= {config.min_t}", "",
+        f"held-out data it differs from the exact solve by {gap:.3g} (relative norm, t >= 2).",
+        "",
+        f"## Mean normalised error over t >= {config.min_t}",
+        "",
         "| model | probe | " + " | ".join(f"layer {l}" for l in range(width)) + " |",
         "|---|---|" + "---|" * width,
     ]
@@ -144,15 +163,27 @@ def write_probes(out: Path, result: ProbeResult, start: float) -> None:
             cells = [f"{v:.4f}" for v in late[name][kind]]
             cells += [""] * (width - len(cells))
             lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "## Target check: probe errors fall with depth", "",
-              f"Criterion: for each model and probe, mean normalised error over t >= {config.min_t} at the last "
-              f"layer < (1 - {config.depth_margin:g}) x that at layer 1 (output of the first block).", ""]
+    lines += [
+        "",
+        "## Target check: probe errors fall with depth",
+        "",
+        f"Criterion: for each model and probe, mean normalised error over t >= {config.min_t} at the last "
+        f"layer < (1 - {config.depth_margin:g}) x that at layer 1 (output of the first block).",
+        "",
+    ]
     for name in late:
         for kind in PROBE_KINDS:
             v = late[name][kind]
             mono = all(b <= a for a, b in zip(v[1:], v[2:]))
-            lines.append(f"- {'PASS' if checks[name][kind] else 'MISS'} {name} / {kind}: layer 1 {v[1]:.4f} -> "
-                         f"layer {len(v) - 1} {v[-1]:.4f} (monotone over layers 1..L: {'yes' if mono else 'no'})")
-    lines += ["", f"Overall: {'PASS' if passed else 'MISS'}", "",
-              f"Figures: {', '.join(f'`{f}`' for f in files)}. CSV: `probes.csv`. Wall time {seconds:.1f} s.", ""]
+            lines.append(
+                f"- {'PASS' if checks[name][kind] else 'MISS'} {name} / {kind}: layer 1 {v[1]:.4f} -> "
+                f"layer {len(v) - 1} {v[-1]:.4f} (monotone over layers 1..L: {'yes' if mono else 'no'})"
+            )
+    lines += [
+        "",
+        f"Overall: {'PASS' if passed else 'MISS'}",
+        "",
+        f"Figures: {', '.join(f'`{f}`' for f in files)}. CSV: `probes.csv`. Wall time {seconds:.1f} s.",
+        "",
+    ]
     (out / "probes_summary.md").write_text("\n".join(lines))

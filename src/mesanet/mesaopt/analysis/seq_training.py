@@ -23,8 +23,15 @@ from ..data.dynamics import LDSConfig, generate_lds
 from ..models import SeqModelConfig, SequenceModel
 
 __all__ = [
-    "TOKEN_FORMATS", "SeqTrainConfig", "lds_batch_fn", "training_states", "tokens_of", "next_token_mse", "per_position_loss",
-    "train_sequence_model", "build_model",
+    "TOKEN_FORMATS",
+    "SeqTrainConfig",
+    "lds_batch_fn",
+    "training_states",
+    "tokens_of",
+    "next_token_mse",
+    "per_position_loss",
+    "train_sequence_model",
+    "build_model",
 ]
 
 TOKEN_FORMATS = ("constructed", "unconstructed")
@@ -72,8 +79,14 @@ class SeqTrainConfig:
             raise ValueError(f"SeqTrainConfig.betas: expected two floats in [0, 1), got {self.betas!r}")
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, warmup_steps=self.warmup_steps,
-                           min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip)
+        return OptimConfig(
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            betas=self.betas,
+            warmup_steps=self.warmup_steps,
+            min_lr_ratio=self.min_lr_ratio,
+            grad_clip=self.grad_clip,
+        )
 
 
 def tokens_of(states: Tensor, tokens: str) -> Tensor:
@@ -120,8 +133,13 @@ def next_token_mse(pred: Tensor, targets: Tensor) -> Tensor:
     ``targets [B, T', n]``; ``pred [B, T, n]`` with ``T >= T'`` (only its first ``T'`` positions are scored:
     the last position of a sequence has no target).
     """
-    if pred.dim() != 3 or targets.dim() != 3 or pred.shape[0] != targets.shape[0] \
-            or pred.shape[2] != targets.shape[2] or pred.shape[1] < targets.shape[1]:
+    if (
+        pred.dim() != 3
+        or targets.dim() != 3
+        or pred.shape[0] != targets.shape[0]
+        or pred.shape[2] != targets.shape[2]
+        or pred.shape[1] < targets.shape[1]
+    ):
         raise ValueError(
             f"next_token_mse: expected pred [B, T, n] and targets [B, T' <= T, n], got {tuple(pred.shape)} and {tuple(targets.shape)}"
         )
@@ -168,8 +186,13 @@ def train_sequence_model(
 
 @torch.no_grad()
 def per_position_loss(
-    predict: Callable[[Tensor], Tensor], lds_cfg: LDSConfig, *, num_sequences: int = 1024, seed: int = 1,
-    tokens: str = "constructed", chunk: int = 512,
+    predict: Callable[[Tensor], Tensor],
+    lds_cfg: LDSConfig,
+    *,
+    num_sequences: int = 1024,
+    seed: int = 1,
+    tokens: str = "constructed",
+    chunk: int = 512,
 ) -> Tensor:
     """Test loss per position, ``[T - 1]``: ``1/2 ||predict(tokens)_t - s_{t+1}||^2`` averaged over
     ``num_sequences`` fresh sequences (seeded by ``seed``), evaluated ``chunk`` sequences at a time.
@@ -179,12 +202,18 @@ def per_position_loss(
     states = generate_lds(lds_cfg, num_sequences, seed=seed).states
     total = torch.zeros(lds_cfg.seq_len - 1, dtype=torch.float64)
     for start in range(0, num_sequences, chunk):
-        s = states[start: start + chunk]
+        s = states[start : start + chunk]
         pred = predict(tokens_of(s, tokens))
         targets = s[:, 1:]
-        if pred.dim() != 3 or pred.shape[0] != s.shape[0] or pred.shape[2] != targets.shape[2] \
-                or pred.shape[1] < targets.shape[1]:
-            raise ValueError(f"per_position_loss: predict returned {tuple(pred.shape)}, expected [b, >= {targets.shape[1]}, {targets.shape[2]}]")
+        if (
+            pred.dim() != 3
+            or pred.shape[0] != s.shape[0]
+            or pred.shape[2] != targets.shape[2]
+            or pred.shape[1] < targets.shape[1]
+        ):
+            raise ValueError(
+                f"per_position_loss: predict returned {tuple(pred.shape)}, expected [b, >= {targets.shape[1]}, {targets.shape[2]}]"
+            )
         err = 0.5 * (pred[:, : targets.shape[1]].double() - targets.double()).square().sum(-1)
         total += err.sum(0)
     return total / num_sequences

@@ -29,12 +29,17 @@ def _summary_row(name: str, root: Path, num_sequences: int) -> dict:
     with torch.no_grad():
         curve = per_position_loss(model, train_cfg.task, num_sequences=num_sequences, seed=1, tokens=train_cfg.tokens)
     return {
-        "model": name, "layers": "+".join(model.config.layers), "tokens": train_cfg.tokens,
-        "params": sum(p.numel() for p in model.parameters()), "steps": train_cfg.steps,
-        "batch": train_cfg.batch_size, "train_seconds": info["train_seconds"],
+        "model": name,
+        "layers": "+".join(model.config.layers),
+        "tokens": train_cfg.tokens,
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": train_cfg.steps,
+        "batch": train_cfg.batch_size,
+        "train_seconds": info["train_seconds"],
         "cpu_seconds": info.get("cpu_seconds", float("nan")),
         "final_train_loss": round(float(info["final_loss"]), 5),
-        "test_loss_mean": round(float(curve.mean()), 5), "test_loss_last": round(float(curve[-1]), 6),
+        "test_loss_mean": round(float(curve.mean()), 5),
+        "test_loss_last": round(float(curve[-1]), 6),
     }
 
 
@@ -53,8 +58,9 @@ def _write_summary(rows: list[dict], root: Path) -> None:
         with open(root / r["model"] / "losses.csv") as f:
             losses = [float(row["loss"]) for row in csv.DictReader(f)]
         window = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                  for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))
+        ]
         ax.plot(smooth, label=r["model"])
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -65,8 +71,9 @@ def _write_summary(rows: list[dict], root: Path) -> None:
     plt.close(fig)
 
 
-def run_train(names: Sequence[str], root: Path = DEFAULT_ROOT, *, overwrite: bool = False, eval_sequences: int = 2048,
-              progress: bool = True) -> list[dict]:
+def run_train(
+    names: Sequence[str], root: Path = DEFAULT_ROOT, *, overwrite: bool = False, eval_sequences: int = 2048, progress: bool = True
+) -> list[dict]:
     """Train (or reload) the zoo entries ``names`` under ``root``, then write ``zoo_summary.{csv,md}`` and
     ``zoo_losses.png`` there; returns the summary rows.
 
@@ -86,8 +93,10 @@ def run_train(names: Sequence[str], root: Path = DEFAULT_ROOT, *, overwrite: boo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesanet.mesaopt train [NAMES...] [--all] [--root DIR] [--overwrite] [--threads N]``."""
-    parser = argparse.ArgumentParser(prog="python -m mesanet.mesaopt train",
-                                     description="Train (or reload) zoo models; writes zoo_summary.{csv,md} and zoo_losses.png.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mesanet.mesaopt train",
+        description="Train (or reload) zoo models; writes zoo_summary.{csv,md} and zoo_losses.png.",
+    )
     parser.add_argument("names", nargs="*", help=f"zoo entries: {', '.join(ZOO)}")
     parser.add_argument("--all", action="store_true", help="every zoo entry")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -101,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not names or unknown:
         parser.error(f"expected zoo names from {list(ZOO)} or --all, got {names}")
     torch.set_num_threads(args.threads)
-    run_train(names, args.root, overwrite=args.overwrite, eval_sequences=args.eval_sequences,
-              progress=not args.no_progress)
+    run_train(names, args.root, overwrite=args.overwrite, eval_sequences=args.eval_sequences, progress=not args.no_progress)
     print(f"wrote {args.root / 'zoo_summary.md'}")
     return 0

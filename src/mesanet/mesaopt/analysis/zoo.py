@@ -51,23 +51,51 @@ _N = _TASK.state_dim
 
 
 def _constructed(layers: list[str], *, heads: int, init_std: float) -> SeqModelConfig:
-    return SeqModelConfig(layers=layers, input_dim=3 * _N, output_dim=_N, embed_dim=None, num_heads=heads,
-                          key_size=20, activation_clip=4.0, init_std=init_std)
+    return SeqModelConfig(
+        layers=layers,
+        input_dim=3 * _N,
+        output_dim=_N,
+        embed_dim=None,
+        num_heads=heads,
+        key_size=20,
+        activation_clip=4.0,
+        init_std=init_std,
+    )
 
 
 def _unconstructed(layers: list[str]) -> SeqModelConfig:
-    return SeqModelConfig(layers=layers, input_dim=_N, output_dim=_N, embed_dim=40, num_heads=4, key_size=20,
-                          mlp=True, layer_norm=True, positional="sinusoidal", max_len=_TASK.seq_len, init_std=0.05)
+    return SeqModelConfig(
+        layers=layers,
+        input_dim=_N,
+        output_dim=_N,
+        embed_dim=40,
+        num_heads=4,
+        key_size=20,
+        mlp=True,
+        layer_norm=True,
+        positional="sinusoidal",
+        max_len=_TASK.seq_len,
+        init_std=0.05,
+    )
 
 
 def _train_constructed(steps: int, lr: float) -> SeqTrainConfig:
-    return SeqTrainConfig(steps=steps, batch_size=64, lr=lr, weight_decay=0.1, warmup_steps=100, min_lr_ratio=0.01,
-                          tokens="constructed", task=_TASK)
+    return SeqTrainConfig(
+        steps=steps, batch_size=64, lr=lr, weight_decay=0.1, warmup_steps=100, min_lr_ratio=0.01, tokens="constructed", task=_TASK
+    )
 
 
 def _train_unconstructed(steps: int, lr: float = 2e-3) -> SeqTrainConfig:
-    return SeqTrainConfig(steps=steps, batch_size=64, lr=lr, weight_decay=0.05, warmup_steps=100, min_lr_ratio=0.01,
-                          tokens="unconstructed", task=_TASK)
+    return SeqTrainConfig(
+        steps=steps,
+        batch_size=64,
+        lr=lr,
+        weight_decay=0.05,
+        warmup_steps=100,
+        min_lr_ratio=0.01,
+        tokens="unconstructed",
+        task=_TASK,
+    )
 
 
 ZOO: dict[str, tuple[SeqModelConfig, SeqTrainConfig]] = {
@@ -146,14 +174,20 @@ def _save(run_dir: Path, model: SequenceModel, model_cfg, train_cfg, result, tim
         writer.writerows(zip(range(len(result.losses)), result.losses, result.grad_norms))
     # cpu_seconds (process time) is the budget figure on a shared machine; with one thread it equals the wall
     # time of an idle machine, while train_seconds (wall) also counts waiting for the CPU.
-    _dump(tmp / "train_info.yaml", {"train_seconds": round(times[0], 2), "cpu_seconds": round(times[1], 2),
-                                    "final_loss": float(result.final_loss), "torch_threads": torch.get_num_threads()})
+    _dump(
+        tmp / "train_info.yaml",
+        {
+            "train_seconds": round(times[0], 2),
+            "cpu_seconds": round(times[1], 2),
+            "final_loss": float(result.final_loss),
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
     return tmp
 
 
 def _check_saved(run_dir: Path, model_cfg: SeqModelConfig, train_cfg: SeqTrainConfig) -> None:
-    for cls, fname, cfg in ((SeqModelConfig, "model_config.yaml", model_cfg),
-                            (SeqTrainConfig, "train_config.yaml", train_cfg)):
+    for cls, fname, cfg in ((SeqModelConfig, "model_config.yaml", model_cfg), (SeqTrainConfig, "train_config.yaml", train_cfg)):
         if not (run_dir / fname).is_file():
             raise ValueError(f"{run_dir}: exists but holds no {fname}; remove it or pass overwrite=True")
         same, why = _same_config(cls, run_dir / fname, cfg)
@@ -162,7 +196,11 @@ def _check_saved(run_dir: Path, model_cfg: SeqModelConfig, train_cfg: SeqTrainCo
 
 
 def load_or_train(
-    name: str, root: Path = DEFAULT_ROOT, *, progress: bool = True, overwrite: bool = False,
+    name: str,
+    root: Path = DEFAULT_ROOT,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
     configs: tuple[SeqModelConfig, SeqTrainConfig] | None = None,
 ) -> SequenceModel:
     """The trained model ``name`` from ``root/name`` (trained and saved first if absent), in ``eval()`` mode.
@@ -191,8 +229,9 @@ def load_or_train(
     return model
 
 
-def load_for_analysis(name: str, zoo_root: str | None, train_steps: int | None, out_dir: Path, *,
-                      progress: bool = True) -> SequenceModel:
+def load_for_analysis(
+    name: str, zoo_root: str | None, train_steps: int | None, out_dir: Path, *, progress: bool = True
+) -> SequenceModel:
     """The model an analysis runs on: the zoo's ``name`` (under ``zoo_root`` or :data:`DEFAULT_ROOT`), or, with
     ``train_steps`` set (quick runs), the same recipe cut to that many steps, cached as ``<name>-steps<N>``
     under ``zoo_root`` or ``out_dir/models``."""
@@ -200,5 +239,6 @@ def load_for_analysis(name: str, zoo_root: str | None, train_steps: int | None, 
         return load_or_train(name, Path(zoo_root) if zoo_root is not None else DEFAULT_ROOT, progress=progress)
     model_cfg, train_cfg = recipe(name)
     root = Path(zoo_root) if zoo_root is not None else Path(out_dir) / "models"
-    return load_or_train(f"{name}-steps{train_steps}", root, progress=progress,
-                         configs=(model_cfg, replace(train_cfg, steps=train_steps)))
+    return load_or_train(
+        f"{name}-steps{train_steps}", root, progress=progress, configs=(model_cfg, replace(train_cfg, steps=train_steps))
+    )

@@ -27,7 +27,20 @@ from .fewshot import (
 )
 
 __all__ = [
-    "LDS_KINDS", "LDSConfig", "LDSBatch", "lds_preset", "generate_lds", "random_orthogonal", "constructed_tokens",
-    "constructed_tokens_4slot", "kshift_tokens", "unconstructed_tokens",
-    "FewShotConfig", "FewShotBatch", "generate_fewshot", "LSQ_MODES", "fewshot_lsq_predictions", "fewshot_lsq_loss",
+    "LDS_KINDS",
+    "LDSConfig",
+    "LDSBatch",
+    "lds_preset",
+    "generate_lds",
+    "random_orthogonal",
+    "constructed_tokens",
+    "constructed_tokens_4slot",
+    "kshift_tokens",
+    "unconstructed_tokens",
+    "FewShotConfig",
+    "FewShotBatch",
+    "generate_fewshot",
+    "LSQ_MODES",
+    "fewshot_lsq_predictions",
+    "fewshot_lsq_loss",
 ]

@@ -55,18 +55,22 @@ import torch.nn.functional as F
 from mesanet.utils.validation import is_int, is_real
 
 __all__ = [
-    "LDS_KINDS", "LDSConfig", "LDSBatch", "lds_preset", "random_orthogonal", "generate_lds",
-    "constructed_tokens", "constructed_tokens_4slot", "kshift_tokens", "unconstructed_tokens",
+    "LDS_KINDS",
+    "LDSConfig",
+    "LDSBatch",
+    "lds_preset",
+    "random_orthogonal",
+    "generate_lds",
+    "constructed_tokens",
+    "constructed_tokens_4slot",
+    "kshift_tokens",
+    "unconstructed_tokens",
 ]
 
 _INITS = ("uniform", "normal")
 #: Task families of ``LDSConfig.kind``.
 LDS_KINDS = ("linear", "partial", "nonlinear", "contracting", "fixed")
 _BASES = ("orthogonal", "gaussian")
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -256,9 +260,7 @@ def _mlp_feature(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return f / f.norm(dim=-1, keepdim=True).clamp_min(1e-300)
 
 
-def generate_lds(
-    config: LDSConfig, batch_size: int, seed: int, dtype: torch.dtype = torch.float32
-) -> LDSBatch:
+def generate_lds(config: LDSConfig, batch_size: int, seed: int, dtype: torch.dtype = torch.float32) -> LDSBatch:
     """Seeded batch of ``batch_size`` sequences; identical ``(config, batch_size, seed)`` give identical data.
 
     Everything is computed in float64 and cast to ``dtype`` at the end. For ``kind="linear"`` the random

@@ -37,16 +37,17 @@ from mesanet.utils.validation import is_int, is_real
 from .dynamics import random_orthogonal
 
 __all__ = [
-    "FewShotConfig", "FewShotBatch", "generate_fewshot", "LSQ_MODES", "fewshot_lsq_predictions", "fewshot_lsq_loss",
+    "FewShotConfig",
+    "FewShotBatch",
+    "generate_fewshot",
+    "LSQ_MODES",
+    "fewshot_lsq_predictions",
+    "fewshot_lsq_loss",
 ]
 
 _X_DISTS = ("normal", "uniform")
 #: Least-squares controls of ``fewshot_lsq_predictions``.
 LSQ_MODES = ("plain", "autoregressive")
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,7 @@ class FewShotBatch:
         return self.pair_losses(predictions).mean(0)
 
 
-def generate_fewshot(
-    config: FewShotConfig, batch_size: int, seed: int, dtype: torch.dtype = torch.float32
-) -> FewShotBatch:
+def generate_fewshot(config: FewShotConfig, batch_size: int, seed: int, dtype: torch.dtype = torch.float32) -> FewShotBatch:
     """Seeded batch of few-shot prompts; identical ``(config, batch_size, seed)`` give identical data.
     Computed in float64 (``y = W* x`` exactly there), cast to ``dtype``."""
     if not isinstance(config, FewShotConfig):
@@ -168,8 +167,16 @@ def generate_fewshot(
     prefix_mask = torch.zeros(b, t_len, dtype=torch.bool)
     prefix_mask[:, :p] = True
     return FewShotBatch(
-        x=x.to(dtype), y=y.to(dtype), w_star=w.to(dtype), tokens=tokens.to(dtype), targets=targets.to(dtype),
-        loss_mask=loss_mask, eos_mask=eos_mask, prefix_mask=prefix_mask, x_positions=x_pos, y_positions=y_pos,
+        x=x.to(dtype),
+        y=y.to(dtype),
+        w_star=w.to(dtype),
+        tokens=tokens.to(dtype),
+        targets=targets.to(dtype),
+        loss_mask=loss_mask,
+        eos_mask=eos_mask,
+        prefix_mask=prefix_mask,
+        x_positions=x_pos,
+        y_positions=y_pos,
     )
 
 
@@ -191,9 +198,7 @@ def _lsq_fit(inputs: torch.Tensor, targets: torch.Tensor, ridge: float) -> torch
     return torch.linalg.pinv(inputs) @ targets
 
 
-def fewshot_lsq_predictions(
-    x: torch.Tensor, y: torch.Tensor, mode: str = "autoregressive", ridge: float = 0.0
-) -> torch.Tensor:
+def fewshot_lsq_predictions(x: torch.Tensor, y: torch.Tensor, mode: str = "autoregressive", ridge: float = 0.0) -> torch.Tensor:
     """``x, y [B, M, n]`` -> ``[B, M, n]`` float64 least-squares predictions of ``y_i`` from the pairs before it
     (``mode`` in ``LSQ_MODES``, see the module docstring); entry 0 is 0."""
     _check_pairs(x, y, mode, ridge)
@@ -203,9 +208,9 @@ def fewshot_lsq_predictions(
         inputs, targets = x[:, :i], y[:, :i]
         if mode == "autoregressive":
             inputs = torch.cat([inputs, y[:, :i]], dim=1)
-            targets = torch.cat([targets, x[:, 1: i + 1]], dim=1)
+            targets = torch.cat([targets, x[:, 1 : i + 1]], dim=1)
         phi_t = _lsq_fit(inputs, targets, float(ridge))
-        preds[:, i] = (x[:, i: i + 1] @ phi_t)[:, 0]
+        preds[:, i] = (x[:, i : i + 1] @ phi_t)[:, 0]
     return preds
 
 

@@ -47,14 +47,29 @@ class RegressionMesa(nn.Module):
     length of the ``ops.mesa`` variants (16 was the fastest on CPU at T = 50, Dk = 20)."""
 
     def __init__(
-        self, dim: int, num_heads: int, key_size: int, value_size: Optional[int] = None, *,
-        variant: str = "mesa", qk_norm: bool = False, lam_init: float = 1.0, init_std: float = 0.05,
-        forget_init: float = 0.99, solver: SolverSettings | Mapping[str, Any] | None = None, chunk_size: int = 16,
+        self,
+        dim: int,
+        num_heads: int,
+        key_size: int,
+        value_size: Optional[int] = None,
+        *,
+        variant: str = "mesa",
+        qk_norm: bool = False,
+        lam_init: float = 1.0,
+        init_std: float = 0.05,
+        forget_init: float = 0.99,
+        solver: SolverSettings | Mapping[str, Any] | None = None,
+        chunk_size: int = 16,
     ) -> None:
         super().__init__()
         value_size = key_size if value_size is None else value_size
-        for name, val in (("dim", dim), ("num_heads", num_heads), ("key_size", key_size), ("value_size", value_size),
-                          ("chunk_size", chunk_size)):
+        for name, val in (
+            ("dim", dim),
+            ("num_heads", num_heads),
+            ("key_size", key_size),
+            ("value_size", value_size),
+            ("chunk_size", chunk_size),
+        ):
             if not is_int(val, 1):
                 raise ValueError(f"RegressionMesa: {name} expected an int >= 1, got {val!r}")
         if variant not in REGRESSION_MESA_VARIANTS:
@@ -126,5 +141,7 @@ class RegressionMesa(nn.Module):
         return torch.einsum("hdv,bthv->btd", self.proj, out)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, key_size={self.key_size}, value_size={self.value_size}, "
-                f"variant={self.variant!r}, qk_norm={self.qk_norm}")
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, key_size={self.key_size}, value_size={self.value_size}, "
+            f"variant={self.variant!r}, qk_norm={self.qk_norm}"
+        )

@@ -24,8 +24,7 @@ class SoftmaxSelfAttention(HeadProjections):
     """``SoftmaxSelfAttention(dim, num_heads, key_size, value_size=None, init_std=0.05)`` (weights:
     :class:`HeadProjections`)."""
 
-    def __init__(self, dim: int, num_heads: int, key_size: int, value_size: Optional[int] = None,
-                 init_std: float = 0.05) -> None:
+    def __init__(self, dim: int, num_heads: int, key_size: int, value_size: Optional[int] = None, init_std: float = 0.05) -> None:
         super().__init__(dim, num_heads, key_size, value_size, init_std)
         self.record_attention = False
         self.last_attention: Optional[Tensor] = None

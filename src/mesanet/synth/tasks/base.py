@@ -38,8 +38,6 @@ def make_rng(seed: int | np.random.Generator) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
-
-
 def check_even(name: str, value: int) -> None:
     if value % 2:
         raise ValueError(f"{name}: expected an even number, got {value}")

@@ -33,7 +33,9 @@ class CompressionConfig:
 
 
 def compression(
-    num_sequences: int, seed: int | np.random.Generator, config: CompressionConfig | None = None,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: CompressionConfig | None = None,
 ) -> TokenBatch:
     """``num_sequences`` C sequences -> ``TokenBatch`` of shape ``[N, L]`` with targets == inputs."""
     cfg = config or CompressionConfig()

@@ -35,11 +35,13 @@ class FuzzyRecallConfig:
         if self.num_key_tokens < self.k_motif_size:
             raise ValueError(
                 f"vocab_size: expected (V-1)//2 >= k_motif_size={self.k_motif_size} key tokens, "
-                f"got {self.num_key_tokens} (V={self.vocab_size})")
+                f"got {self.num_key_tokens} (V={self.vocab_size})"
+            )
         if self.num_value_tokens < self.v_motif_size:
             raise ValueError(
                 f"vocab_size: expected (V-1) - (V-1)//2 >= v_motif_size={self.v_motif_size} value tokens, "
-                f"got {self.num_value_tokens} (V={self.vocab_size})")
+                f"got {self.num_value_tokens} (V={self.vocab_size})"
+            )
         min_len = 3 * (self.k_motif_size + self.v_motif_size)
         check_int("seq_len", self.seq_len, minimum=min_len)
 
@@ -104,8 +106,11 @@ def _one_sequence(cfg: FuzzyRecallConfig, rng: np.random.Generator, is_training:
 
 
 def fuzzy_recall(
-    num_sequences: int, seed: int | np.random.Generator, config: FuzzyRecallConfig | None = None,
-    *, is_training: bool = False,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: FuzzyRecallConfig | None = None,
+    *,
+    is_training: bool = False,
 ) -> TokenBatch:
     """``num_sequences`` FR sequences -> ``TokenBatch`` of shape ``[N, L]``."""
     cfg = config or FuzzyRecallConfig()

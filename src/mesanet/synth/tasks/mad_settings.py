@@ -34,18 +34,27 @@ class MadSetting:
 
 _N_TRAIN = (6400, 3200, 1600, 800)
 _GRID: dict[str, tuple[MadConfig, int, dict[str, tuple]]] = {
-    "in_context_recall": (InContextRecallConfig(), 12800, {
-        "vocab_size": (32, 64, 128), "seq_len": (256, 512, 1024), "num_train": _N_TRAIN}),
-    "noisy_recall": (NoisyRecallConfig(), 12800, {
-        "vocab_size": (48, 80, 144), "seq_len": (256, 512, 1024), "num_train": _N_TRAIN,
-        "frac_noise": (0.4, 0.6, 0.8)}),
-    "fuzzy_recall": (FuzzyRecallConfig(), 12800, {
-        "vocab_size": (32, 64, 128), "seq_len": (256, 512, 1024), "num_train": _N_TRAIN}),
-    "selective_copying": (SelectiveCopyingConfig(), 12800, {
-        "vocab_size": (32, 64, 128), "seq_len": (512, 1024), "num_train": _N_TRAIN,
-        "num_tokens_to_copy": (32, 64, 96)}),
-    "compression": (CompressionConfig(), 12800, {
-        "vocab_size": (32, 64, 128), "seq_len": (64, 128, 256), "num_train": _N_TRAIN}),
+    "in_context_recall": (
+        InContextRecallConfig(),
+        12800,
+        {"vocab_size": (32, 64, 128), "seq_len": (256, 512, 1024), "num_train": _N_TRAIN},
+    ),
+    "noisy_recall": (
+        NoisyRecallConfig(),
+        12800,
+        {"vocab_size": (48, 80, 144), "seq_len": (256, 512, 1024), "num_train": _N_TRAIN, "frac_noise": (0.4, 0.6, 0.8)},
+    ),
+    "fuzzy_recall": (
+        FuzzyRecallConfig(),
+        12800,
+        {"vocab_size": (32, 64, 128), "seq_len": (256, 512, 1024), "num_train": _N_TRAIN},
+    ),
+    "selective_copying": (
+        SelectiveCopyingConfig(),
+        12800,
+        {"vocab_size": (32, 64, 128), "seq_len": (512, 1024), "num_train": _N_TRAIN, "num_tokens_to_copy": (32, 64, 96)},
+    ),
+    "compression": (CompressionConfig(), 12800, {"vocab_size": (32, 64, 128), "seq_len": (64, 128, 256), "num_train": _N_TRAIN}),
     "memorization": (MemorizationConfig(), 256, {"vocab_size": (512, 1024, 2048, 4096, 8192)}),
 }
 

@@ -53,7 +53,9 @@ def memorization_map(config: MemorizationConfig | None = None) -> dict[int, int]
 
 
 def memorization(
-    num_sequences: int, seed: int | np.random.Generator, config: MemorizationConfig | None = None,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: MemorizationConfig | None = None,
 ) -> TokenBatch:
     """``num_sequences`` M sequences -> ``TokenBatch`` of shape ``[N, L]``."""
     cfg = config or MemorizationConfig()

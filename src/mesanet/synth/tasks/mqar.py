@@ -37,8 +37,7 @@ class MQARConfig:
         if self.vocab_size <= self.seq_len:
             raise ValueError(f"vocab_size: expected > seq_len = {self.seq_len}, got {self.vocab_size}")
         if self.vocab_size // 2 - 1 < n:
-            raise ValueError(
-                f"vocab_size: expected V//2 - 1 >= num_kv_pairs = {n} distinct keys, got V={self.vocab_size}")
+            raise ValueError(f"vocab_size: expected V//2 - 1 >= num_kv_pairs = {n} distinct keys, got V={self.vocab_size}")
         if not is_real(self.power_a, finite=False) or not 0 < self.power_a <= 1:
             raise ValueError(f"power_a: expected a float in (0, 1], got {self.power_a!r}")
 

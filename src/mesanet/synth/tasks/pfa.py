@@ -89,8 +89,9 @@ def canonical_key(table: np.ndarray) -> bytes:
     return np.asarray(table, dtype=np.int64).tobytes()
 
 
-def sample_automaton(rng: np.random.Generator, *, min_states: int, max_states: int, min_alphabet: int, max_alphabet: int,
-                     max_out_degree: int) -> np.ndarray:
+def sample_automaton(
+    rng: np.random.Generator, *, min_states: int, max_states: int, min_alphabet: int, max_alphabet: int, max_out_degree: int
+) -> np.ndarray:
     """One minimised automaton (§3.1 steps 1-5): n ~ U{min..max_states}, |Σ| ~ U{min..max_alphabet} letters."""
     n = int(rng.integers(min_states, max_states + 1))
     k = int(rng.integers(min_alphabet, max_alphabet + 1))
@@ -123,5 +124,17 @@ def walks(rng: np.random.Generator, table: np.ndarray, lengths) -> list[tuple[li
     return out
 
 
-__all__ = ["LETTER_IDS", "PAD_ID", "SEP_ID", "VOCAB", "VOCAB_SIZE", "canonical_key", "minimize", "next_symbol_probs",
-           "reachable", "sample_automaton", "sample_raw_automaton", "walks"]
+__all__ = [
+    "LETTER_IDS",
+    "PAD_ID",
+    "SEP_ID",
+    "VOCAB",
+    "VOCAB_SIZE",
+    "canonical_key",
+    "minimize",
+    "next_symbol_probs",
+    "reachable",
+    "sample_automaton",
+    "sample_raw_automaton",
+    "walks",
+]

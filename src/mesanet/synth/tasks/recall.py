@@ -36,8 +36,7 @@ class InContextRecallConfig:
         check_fraction("frac_noise", self.frac_noise)
         ns = self.vocab_size - self.noise_vocab_size
         if ns < 2:
-            raise ValueError(
-                f"vocab_size - noise_vocab_size: expected >= 2 (one key and one value), got {ns}")
+            raise ValueError(f"vocab_size - noise_vocab_size: expected >= 2 (one key and one value), got {ns}")
         if self.frac_noise > 0 and self.noise_vocab_size == 0:
             raise ValueError(f"noise_vocab_size: expected >= 1 when frac_noise > 0, got {self.noise_vocab_size}")
 
@@ -90,7 +89,11 @@ def _one_sequence(cfg: InContextRecallConfig, rng: np.random.Generator) -> tuple
 
 
 def generate_recall(
-    config: InContextRecallConfig, num_sequences: int, seed: int | np.random.Generator, *, is_training: bool = False,
+    config: InContextRecallConfig,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    *,
+    is_training: bool = False,
 ) -> TokenBatch:
     """``num_sequences`` CR/NR sequences -> ``TokenBatch`` of shape ``[N, L - 1]``."""
     if not isinstance(config, InContextRecallConfig):
@@ -112,16 +115,22 @@ def generate_recall(
 
 
 def in_context_recall(
-    num_sequences: int, seed: int | np.random.Generator, config: InContextRecallConfig | None = None,
-    *, is_training: bool = False,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: InContextRecallConfig | None = None,
+    *,
+    is_training: bool = False,
 ) -> TokenBatch:
     """CR at ``config`` (default: the MAD baseline)."""
     return generate_recall(config or InContextRecallConfig(), num_sequences, seed, is_training=is_training)
 
 
 def noisy_recall(
-    num_sequences: int, seed: int | np.random.Generator, config: NoisyRecallConfig | None = None,
-    *, is_training: bool = False,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: NoisyRecallConfig | None = None,
+    *,
+    is_training: bool = False,
 ) -> TokenBatch:
     """NR at ``config`` (default: the MAD baseline)."""
     return generate_recall(config or NoisyRecallConfig(), num_sequences, seed, is_training=is_training)

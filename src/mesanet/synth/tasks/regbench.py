@@ -56,7 +56,9 @@ class RegBenchConfig:
         check_int("min_states", self.min_states, minimum=deg + 1, what="max_out_degree + 1: edges go to distinct other states")
         check_int("max_states", self.max_states, minimum=self.min_states, what="min_states")
         check_int("min_alphabet", self.min_alphabet, minimum=deg, maximum=len(LETTER_IDS), what="max_out_degree .. 18 letters")
-        check_int("max_alphabet", self.max_alphabet, minimum=self.min_alphabet, maximum=len(LETTER_IDS), what="min_alphabet .. 18")
+        check_int(
+            "max_alphabet", self.max_alphabet, minimum=self.min_alphabet, maximum=len(LETTER_IDS), what="min_alphabet .. 18"
+        )
         check_int("min_strings", self.min_strings, minimum=1)
         check_int("max_strings", self.max_strings, minimum=self.min_strings, what="min_strings")
         check_int("min_len", self.min_len, minimum=1)
@@ -88,7 +90,7 @@ class RegBenchBatch(NamedTuple):
 
 def automaton_keys(batch: RegBenchBatch) -> set[bytes]:
     """Canonical keys of the batch's automata (to exclude them from another draw)."""
-    return {canonical_key(batch.tables[i, :int(batch.num_states[i])].numpy()) for i in range(batch.tables.shape[0])}
+    return {canonical_key(batch.tables[i, : int(batch.num_states[i])].numpy()) for i in range(batch.tables.shape[0])}
 
 
 def _sample_unique(count: int, rng: np.random.Generator, cfg: RegBenchConfig, exclude: set[bytes]) -> list[np.ndarray]:
@@ -97,11 +99,19 @@ def _sample_unique(count: int, rng: np.random.Generator, cfg: RegBenchConfig, ex
     attempts = 0
     while len(found) < count:
         if attempts >= cfg.max_attempts_factor * count:
-            raise ValueError(f"regbench: expected {count} distinct automata within {attempts} draws, found {len(found)}; "
-                             "widen the state / alphabet ranges or ask for fewer sequences")
+            raise ValueError(
+                f"regbench: expected {count} distinct automata within {attempts} draws, found {len(found)}; "
+                "widen the state / alphabet ranges or ask for fewer sequences"
+            )
         attempts += 1
-        table = sample_automaton(rng, min_states=cfg.min_states, max_states=cfg.max_states, min_alphabet=cfg.min_alphabet,
-                                 max_alphabet=cfg.max_alphabet, max_out_degree=cfg.max_out_degree)
+        table = sample_automaton(
+            rng,
+            min_states=cfg.min_states,
+            max_states=cfg.max_states,
+            min_alphabet=cfg.min_alphabet,
+            max_alphabet=cfg.max_alphabet,
+            max_out_degree=cfg.max_out_degree,
+        )
         key = canonical_key(table)
         if key not in seen:
             seen.add(key)
@@ -124,8 +134,9 @@ def _sequence(rng: np.random.Generator, table: np.ndarray, cfg: RegBenchConfig) 
     return tokens, emit
 
 
-def regbench(num_sequences: int, seed: int | np.random.Generator, config: RegBenchConfig | None = None,
-             exclude: Iterable[bytes] = ()) -> RegBenchBatch:
+def regbench(
+    num_sequences: int, seed: int | np.random.Generator, config: RegBenchConfig | None = None, exclude: Iterable[bytes] = ()
+) -> RegBenchBatch:
     """``num_sequences`` RegBench sequences with distinct automata, none of whose key is in ``exclude``."""
     cfg = config or RegBenchConfig()
     if not isinstance(cfg, RegBenchConfig):
@@ -151,9 +162,14 @@ def regbench(num_sequences: int, seed: int | np.random.Generator, config: RegBen
     s_max = max(t.shape[0] for t in tables)
     padded = np.full((count, s_max, VOCAB_SIZE), -1, dtype=np.int64)
     for n, t in enumerate(tables):
-        padded[n, :t.shape[0]] = t
-    return RegBenchBatch(torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(states),
-                         torch.from_numpy(padded), torch.tensor([t.shape[0] for t in tables], dtype=torch.int64))
+        padded[n, : t.shape[0]] = t
+    return RegBenchBatch(
+        torch.from_numpy(inputs),
+        torch.from_numpy(targets),
+        torch.from_numpy(states),
+        torch.from_numpy(padded),
+        torch.tensor([t.shape[0] for t in tables], dtype=torch.int64),
+    )
 
 
 def true_next_probs(tables: Tensor, states: Tensor) -> Tensor:
@@ -175,8 +191,12 @@ def pfa_scores(logits: Tensor, targets: Tensor, states: Tensor, tables: Tensor) 
     readable = rows.gather(-1, pred[..., None])[..., 0] >= 0
     probs = torch.softmax(logits.double(), dim=-1)
     tv = 0.5 * (probs - true_next_probs(tables, states)).abs().sum(-1)
-    return dict(correct=float(readable[keep].sum()), exact=float((pred == targets)[keep].sum()),
-                tv=float(tv[keep].sum()), count=float(keep.sum()))
+    return dict(
+        correct=float(readable[keep].sum()),
+        exact=float((pred == targets)[keep].sum()),
+        tv=float(tv[keep].sum()),
+        count=float(keep.sum()),
+    )
 
 
 def ngram_probs(batch: RegBenchBatch, order: int = 3) -> Tensor:
@@ -197,7 +217,7 @@ def ngram_probs(batch: RegBenchBatch, order: int = 3) -> Tensor:
         for t in range(length):
             dist = None
             for k in range(min(order - 1, t + 1), -1, -1):
-                seen = counts[k].get(tuple(tokens[t + 1 - k:t + 1]))
+                seen = counts[k].get(tuple(tokens[t + 1 - k : t + 1]))
                 if seen:
                     total = sum(seen.values())
                     dist = torch.zeros(VOCAB_SIZE, dtype=torch.float64)
@@ -208,7 +228,7 @@ def ngram_probs(batch: RegBenchBatch, order: int = 3) -> Tensor:
             nxt = tokens[t + 1]
             if nxt != SEP_ID:
                 for k in range(min(order - 1, t + 1) + 1):
-                    table = counts[k].setdefault(tuple(tokens[t + 1 - k:t + 1]), {})
+                    table = counts[k].setdefault(tuple(tokens[t + 1 - k : t + 1]), {})
                     table[nxt] = table.get(nxt, 0) + 1
     return out
 
@@ -222,4 +242,13 @@ def ngram_scores(batch: RegBenchBatch, order: int = 3) -> dict[str, float]:
     return dict(acc=s["correct"] / n, tv=s["tv"] / n, exact_acc=s["exact"] / n)
 
 
-__all__ = ["RegBenchBatch", "RegBenchConfig", "automaton_keys", "ngram_probs", "ngram_scores", "pfa_scores", "regbench", "true_next_probs"]
+__all__ = [
+    "RegBenchBatch",
+    "RegBenchConfig",
+    "automaton_keys",
+    "ngram_probs",
+    "ngram_scores",
+    "pfa_scores",
+    "regbench",
+    "true_next_probs",
+]

@@ -53,8 +53,11 @@ class RegressionBatch:
 
 
 def in_context_regression(
-    num_sequences: int, seed: int | np.random.Generator, config: InContextRegressionConfig | None = None,
-    *, dtype: torch.dtype = torch.float32,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: InContextRegressionConfig | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
 ) -> RegressionBatch:
     """``num_sequences`` regression sequences; ``ys`` is computed as ``xs @ w`` in ``dtype`` (+ noise)."""
     cfg = config or InContextRegressionConfig()

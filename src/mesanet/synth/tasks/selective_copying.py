@@ -31,8 +31,7 @@ class SelectiveCopyingConfig:
         n = check_int("num_tokens_to_copy", self.num_tokens_to_copy, minimum=1)
         check_int("seq_len", self.seq_len, minimum=1)
         if self.seq_len <= 2 * n + 1:
-            raise ValueError(
-                f"seq_len: expected > 2 * num_tokens_to_copy + 1 = {2 * n + 1}, got {self.seq_len}")
+            raise ValueError(f"seq_len: expected > 2 * num_tokens_to_copy + 1 = {2 * n + 1}, got {self.seq_len}")
 
     @property
     def blank_token(self) -> int:
@@ -44,7 +43,9 @@ class SelectiveCopyingConfig:
 
 
 def selective_copying(
-    num_sequences: int, seed: int | np.random.Generator, config: SelectiveCopyingConfig | None = None,
+    num_sequences: int,
+    seed: int | np.random.Generator,
+    config: SelectiveCopyingConfig | None = None,
 ) -> TokenBatch:
     """``num_sequences`` SC sequences -> ``TokenBatch`` of shape ``[N, L]``."""
     cfg = config or SelectiveCopyingConfig()

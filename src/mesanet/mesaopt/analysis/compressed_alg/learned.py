@@ -66,11 +66,15 @@ def states_of_tokens(tokens: Tensor) -> Tensor:
     if tokens.dim() != 3 or tokens.shape[-1] % 3:
         raise ValueError(f"tokens: expected constructed tokens [B, T, 3n], got {tuple(tokens.shape)}")
     n = tokens.shape[-1] // 3
-    return tokens[..., n:2 * n]
+    return tokens[..., n : 2 * n]
 
 
 def train_learned_compressed_alg(
-    steps: int, train_cfg: SeqTrainConfig, *, lam: float = 1.0, init_lam_max: float | None = None,
+    steps: int,
+    train_cfg: SeqTrainConfig,
+    *,
+    lam: float = 1.0,
+    init_lam_max: float | None = None,
     progress: bool = True,
 ) -> tuple[LearnedCompressedAlg, list[float]]:
     """Train :class:`LearnedCompressedAlg` (``steps`` iterations) on fresh LDS batches of ``train_cfg`` (constructed
@@ -90,8 +94,14 @@ def train_learned_compressed_alg(
         tokens, targets = batch
         return next_token_mse(m(states_of_tokens(tokens).double()), targets.double())
 
-    optim = OptimConfig(lr=train_cfg.lr, weight_decay=0.0, betas=train_cfg.betas, warmup_steps=train_cfg.warmup_steps,
-                        min_lr_ratio=train_cfg.min_lr_ratio, grad_clip=train_cfg.grad_clip)
+    optim = OptimConfig(
+        lr=train_cfg.lr,
+        weight_decay=0.0,
+        betas=train_cfg.betas,
+        warmup_steps=train_cfg.warmup_steps,
+        min_lr_ratio=train_cfg.min_lr_ratio,
+        grad_clip=train_cfg.grad_clip,
+    )
     result = fit_steps(alg, next_batch, loss_fn, optim, train_cfg.steps, progress=progress, desc=f"CompressedAlg-{steps}")
     alg.eval()
     return alg, result.losses

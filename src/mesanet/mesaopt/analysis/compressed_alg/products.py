@@ -33,8 +33,13 @@ def model_products(model: SequenceModel) -> Products:
 
 def compress_products(products: Products, block_size: int) -> Products:
     """Every product replaced by its block-scalar projection (blocks ``block_size`` wide), same shapes."""
-    return [(reconstruct_block_scalar(compress_block_scalar(kq, block_size), block_size),
-             reconstruct_block_scalar(compress_block_scalar(pv, block_size), block_size)) for kq, pv in products]
+    return [
+        (
+            reconstruct_block_scalar(compress_block_scalar(kq, block_size), block_size),
+            reconstruct_block_scalar(compress_block_scalar(pv, block_size), block_size),
+        )
+        for kq, pv in products
+    ]
 
 
 def interpolate_products(first: Products, second: Products, weight: float) -> Products:

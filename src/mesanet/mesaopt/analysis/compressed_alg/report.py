@@ -42,8 +42,7 @@ def plot(out: Path, cfg: CompressedAlgConfig, result: CompressedAlgResult) -> No
     ax.plot([r["k"] for r in k_rows], [r["learned_loss"] for r in k_rows], "o-", label="learned step sizes")
     ax.axhline(ridge_loss, color="k", lw=1, label="ridge optimum")
     if model_rows:
-        ax.plot([r["k"] for r in model_rows], [r["trained_loss"] for r in model_rows], "*", ms=12,
-                label="trained linear-k")
+        ax.plot([r["k"] for r in model_rows], [r["trained_loss"] for r in model_rows], "*", ms=12, label="trained linear-k")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("k (iterations = layers)")
@@ -117,45 +116,73 @@ def write_summary(out: Path, cfg: CompressedAlgConfig, result: CompressedAlgResu
     interp_rows = [r.row() for r in result.interpolation]
     fixed_loss, fixed_lam, lam_star, seconds = result.fixed_chebyshev, result.fixed_lam, result.ridge_lam, result.seconds
     lines = ["# CompressedAlg-k, block-scalar compression and interpolation (paper B, Prop. 2 / Fig. 4)", ""]
-    lines += [f"Fully observed LDS, n_s = {cfg.task.state_dim}, T = {cfg.task.seq_len}; test loss = 1/2 ||pred - s_(t+1)||^2 "
-              f"averaged over {cfg.eval_sequences} sequences (seed {cfg.eval_seed}) and all {cfg.task.seq_len - 1} positions. "
-              f"Ridge lambda = {lam_star}; every fixed baseline's lambda is chosen per k on {cfg.val_sequences} validation "
-              f"sequences (seed {cfg.val_seed}) from {cfg.ridge_lams}. "
-              f"Learned CompressedAlg-k: {cfg.train_steps} Adam steps (batch {cfg.batch_size}, peak lr {cfg.lr}) on scalar "
-              "alpha_j > 0, beta_j, lam, eta, initialised at the tuned 'Chebyshev global' baseline of the same k. "
-              "k counts iterations from x_0 = 0 = layers (the first iterate alpha_0 s_t is free; k = 1 is one-step GD).", ""]
+    lines += [
+        f"Fully observed LDS, n_s = {cfg.task.state_dim}, T = {cfg.task.seq_len}; test loss = 1/2 ||pred - s_(t+1)||^2 "
+        f"averaged over {cfg.eval_sequences} sequences (seed {cfg.eval_seed}) and all {cfg.task.seq_len - 1} positions. "
+        f"Ridge lambda = {lam_star}; every fixed baseline's lambda is chosen per k on {cfg.val_sequences} validation "
+        f"sequences (seed {cfg.val_seed}) from {cfg.ridge_lams}. "
+        f"Learned CompressedAlg-k: {cfg.train_steps} Adam steps (batch {cfg.batch_size}, peak lr {cfg.lr}) on scalar "
+        "alpha_j > 0, beta_j, lam, eta, initialised at the tuned 'Chebyshev global' baseline of the same k. "
+        "k counts iterations from x_0 = 0 = layers (the first iterate alpha_0 s_t is free; k = 1 is one-step GD).",
+        "",
+    ]
     lines += ["## Checks", "", "| check | result | numbers |", "|---|---|---|"]
     lines += [f"| {c.name} | {verdict(c.ok)} | {c.numbers} |" for c in result.checks]
-    lines += ["", "## CompressedAlg-k", "",
-              "Chebyshev 'global': scalar coefficients for the bounds [1/lam, 1.05 max_t lambda_max(X_t)] (implementable by "
-              "block-scalar weights; the learned run starts there). Chebyshev 'per-position': `compressed_alg_prediction`, "
-              "exact lambda_max(X_t) at every position (an oracle no scalar weight can implement).", "",
-              "| k | learned | Chebyshev global (lam) | Chebyshev per-position (lam) | ridge | learned lam | learned eta | learned alphas | learned betas |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## CompressedAlg-k",
+        "",
+        "Chebyshev 'global': scalar coefficients for the bounds [1/lam, 1.05 max_t lambda_max(X_t)] (implementable by "
+        "block-scalar weights; the learned run starts there). Chebyshev 'per-position': `compressed_alg_prediction`, "
+        "exact lambda_max(X_t) at every position (an oracle no scalar weight can implement).",
+        "",
+        "| k | learned | Chebyshev global (lam) | Chebyshev per-position (lam) | ridge | learned lam | learned eta | learned alphas | learned betas |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in k_rows:
-        lines.append(f"| {r['k']} | {fmt(r['learned_loss'])} | {fmt(r['chebyshev_global_loss'])} ({r['chebyshev_global_lam']:g}) | "
-                     f"{fmt(r['fixed_chebyshev_loss'])} ({r['fixed_chebyshev_lam']:g}) | {fmt(r['ridge_loss'])} | "
-                     f"{fmt(r['learned_lam'])} | {fmt(r['learned_eta'])} | {r['learned_alphas']} | {r['learned_betas']} |")
+        lines.append(
+            f"| {r['k']} | {fmt(r['learned_loss'])} | {fmt(r['chebyshev_global_loss'])} ({r['chebyshev_global_lam']:g}) | "
+            f"{fmt(r['fixed_chebyshev_loss'])} ({r['fixed_chebyshev_lam']:g}) | {fmt(r['ridge_loss'])} | "
+            f"{fmt(r['learned_lam'])} | {fmt(r['learned_eta'])} | {r['learned_alphas']} | {r['learned_betas']} |"
+        )
     extra = [k for k in sorted(fixed_loss) if k not in cfg.ks]
     if extra:
-        lines += ["", "Per-position Chebyshev at larger k: "
-                  + ", ".join(f"k={k}: {fmt(fixed_loss[k])} (lam {fixed_lam[k]:g})" for k in extra)]
+        lines += [
+            "",
+            "Per-position Chebyshev at larger k: "
+            + ", ".join(f"k={k}: {fmt(fixed_loss[k])} (lam {fixed_lam[k]:g})" for k in extra),
+        ]
     if model_rows:
-        lines += ["", "## Compression of trained linear-k models", "",
-                  "Tokens [0, s_t, s_(t-1)]: 3 x 3 = 9 block scalars per product, 18 per head (the paper's 4-slot tokens give "
-                  "4 x 4 = 16). Energy fraction = ||block-scalar part||_F^2 / ||product||_F^2: all heads of the model pooled "
-                  "(total) / mean over heads / min over heads (per head: compression_heads.csv).", "",
-                  "| model | trained | compressed | interp 0.5 | CompressedAlg-k learned | Chebyshev per-position | kq energy total/mean/min | pv energy total/mean/min |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Compression of trained linear-k models",
+            "",
+            "Tokens [0, s_t, s_(t-1)]: 3 x 3 = 9 block scalars per product, 18 per head (the paper's 4-slot tokens give "
+            "4 x 4 = 16). Energy fraction = ||block-scalar part||_F^2 / ||product||_F^2: all heads of the model pooled "
+            "(total) / mean over heads / min over heads (per head: compression_heads.csv).",
+            "",
+            "| model | trained | compressed | interp 0.5 | CompressedAlg-k learned | Chebyshev per-position | kq energy total/mean/min | pv energy total/mean/min |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in model_rows:
-            lines.append(f"| {r['model']} | {fmt(r['trained_loss'])} | {fmt(r['compressed_loss'])} | {fmt(r['interp_half_loss'])} | "
-                         f"{fmt(r['compressed_alg_learned_loss'])} | {fmt(r['compressed_alg_fixed_loss'])} | "
-                         f"{r['kq_energy_frac_total']:.3f} / {r['kq_energy_frac_mean']:.3f} / {r['kq_energy_frac_min']:.3f} | "
-                         f"{r['pv_energy_frac_total']:.3f} / {r['pv_energy_frac_mean']:.3f} / {r['pv_energy_frac_min']:.3f} |")
-        lines += ["", "Learned CompressedAlg-k' closest in loss to each trained model: "
-                  + ", ".join(f"{r['model']}: k' = {r['closest_learned_k']}" for r in model_rows)]
-        lines += ["", "## Interpolation (products (1 - w) trained + w compressed; post-hoc, not during training)", "",
-                  "| model | " + " | ".join(f"w={w}" for w in cfg.weights) + " |", "|---|" + "---|" * len(cfg.weights)]
+            lines.append(
+                f"| {r['model']} | {fmt(r['trained_loss'])} | {fmt(r['compressed_loss'])} | {fmt(r['interp_half_loss'])} | "
+                f"{fmt(r['compressed_alg_learned_loss'])} | {fmt(r['compressed_alg_fixed_loss'])} | "
+                f"{r['kq_energy_frac_total']:.3f} / {r['kq_energy_frac_mean']:.3f} / {r['kq_energy_frac_min']:.3f} | "
+                f"{r['pv_energy_frac_total']:.3f} / {r['pv_energy_frac_mean']:.3f} / {r['pv_energy_frac_min']:.3f} |"
+            )
+        lines += [
+            "",
+            "Learned CompressedAlg-k' closest in loss to each trained model: "
+            + ", ".join(f"{r['model']}: k' = {r['closest_learned_k']}" for r in model_rows),
+        ]
+        lines += [
+            "",
+            "## Interpolation (products (1 - w) trained + w compressed; post-hoc, not during training)",
+            "",
+            "| model | " + " | ".join(f"w={w}" for w in cfg.weights) + " |",
+            "|---|" + "---|" * len(cfg.weights),
+        ]
         for name in cfg.models:
             rows = {r["weight"]: r["loss"] for r in interp_rows if r["model"] == name}
             lines.append(f"| {name} | " + " | ".join(fmt(rows[w]) for w in cfg.weights) + " |")

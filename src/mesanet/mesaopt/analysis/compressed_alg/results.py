@@ -11,8 +11,18 @@ from torch import Tensor
 
 from .config import CompressedAlgConfig
 
-__all__ = ["LearnedK", "ModelCompression", "HeadCompression", "InterpolationPoint", "HeatmapPanel", "Check",
-           "CompressedAlgResult", "fmt", "verdict", "checks"]
+__all__ = [
+    "LearnedK",
+    "ModelCompression",
+    "HeadCompression",
+    "InterpolationPoint",
+    "HeatmapPanel",
+    "Check",
+    "CompressedAlgResult",
+    "fmt",
+    "verdict",
+    "checks",
+]
 
 
 def fmt(x: float) -> str:
@@ -146,12 +156,20 @@ def checks(cfg: CompressedAlgConfig, result: CompressedAlgResult) -> list[Check]
     learned = {r.k: r.learned_loss for r in result.ks}
     glob = {r.k: r.chebyshev_global_loss for r in result.ks}
     fixed = result.fixed_chebyshev
-    out.append(Check("learned step sizes beat Chebyshev with one global spectral bound at every k",
-                     all(learned[k] < glob[k] for k in learned),
-                     ", ".join(f"k={k}: {fmt(learned[k])} vs {fmt(glob[k])}" for k in learned)))
-    out.append(Check("learned (scalar) step sizes beat Chebyshev with exact per-position bounds (oracle) at every k",
-                     all(learned[k] < fixed[k] for k in learned),
-                     ", ".join(f"k={k}: {fmt(learned[k])} vs {fmt(fixed[k])}" for k in learned)))
+    out.append(
+        Check(
+            "learned step sizes beat Chebyshev with one global spectral bound at every k",
+            all(learned[k] < glob[k] for k in learned),
+            ", ".join(f"k={k}: {fmt(learned[k])} vs {fmt(glob[k])}" for k in learned),
+        )
+    )
+    out.append(
+        Check(
+            "learned (scalar) step sizes beat Chebyshev with exact per-position bounds (oracle) at every k",
+            all(learned[k] < fixed[k] for k in learned),
+            ", ".join(f"k={k}: {fmt(learned[k])} vs {fmt(fixed[k])}" for k in learned),
+        )
+    )
     ks = sorted(learned)
     mono = all(learned[a] >= learned[b] for a, b in zip(ks, ks[1:]))
     out.append(Check("learned CompressedAlg-k loss decreases with k", mono, " > ".join(fmt(learned[k]) for k in ks)))
@@ -162,11 +180,25 @@ def checks(cfg: CompressedAlgConfig, result: CompressedAlgResult) -> list[Check]
 
     for r in result.models:
         t, c, h, a = r.trained_loss, r.compressed_loss, r.interp_half_loss, r.compressed_alg_learned_loss
-        out.append(Check(f"{r.model}: compressed model ~ trained (rel. gap <= {tol})", gap(c, t) <= tol,
-                         f"trained {fmt(t)}, compressed {fmt(c)} (gap {gap(c, t):.3f})"))
-        out.append(Check(f"{r.model}: 50/50 interpolation ~ both endpoints (rel. gap <= {tol})",
-                         gap(h, t) <= tol and gap(h, c) <= tol,
-                         f"interp {fmt(h)} vs trained {fmt(t)} ({gap(h, t):.3f}), compressed {fmt(c)} ({gap(h, c):.3f})"))
-        out.append(Check(f"{r.model}: trained ~ learned CompressedAlg-{r.k} (rel. gap <= {tol})", gap(a, t) <= tol,
-                         f"trained {fmt(t)}, CompressedAlg-{r.k} {fmt(a)} (gap {gap(a, t):.3f})"))
+        out.append(
+            Check(
+                f"{r.model}: compressed model ~ trained (rel. gap <= {tol})",
+                gap(c, t) <= tol,
+                f"trained {fmt(t)}, compressed {fmt(c)} (gap {gap(c, t):.3f})",
+            )
+        )
+        out.append(
+            Check(
+                f"{r.model}: 50/50 interpolation ~ both endpoints (rel. gap <= {tol})",
+                gap(h, t) <= tol and gap(h, c) <= tol,
+                f"interp {fmt(h)} vs trained {fmt(t)} ({gap(h, t):.3f}), compressed {fmt(c)} ({gap(h, c):.3f})",
+            )
+        )
+        out.append(
+            Check(
+                f"{r.model}: trained ~ learned CompressedAlg-{r.k} (rel. gap <= {tol})",
+                gap(a, t) <= tol,
+                f"trained {fmt(t)}, CompressedAlg-{r.k} {fmt(a)} (gap {gap(a, t):.3f})",
+            )
+        )
     return out

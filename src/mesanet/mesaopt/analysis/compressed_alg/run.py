@@ -21,8 +21,10 @@ from .results import CompressedAlgResult, verdict
 
 __all__ = ["run_compressed_alg", "main"]
 
-DESCRIPTION = ("Proposition 2 / CompressedAlg-k with learned step sizes; block-scalar compression and interpolation "
-               "of trained linear-attention models")
+DESCRIPTION = (
+    "Proposition 2 / CompressedAlg-k with learned step sizes; block-scalar compression and interpolation "
+    "of trained linear-attention models"
+)
 
 
 def run_compressed_alg(config: CompressedAlgConfig, out_dir: str | Path, *, progress: bool = True) -> CompressedAlgResult:
@@ -59,11 +61,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = CompressedAlgConfig()
     if args.quick:
-        cfg = replace(cfg, models=["linear-1", "linear-2"], ks=[1, 2], fixed_extra_ks=[4], train_steps=20, batch_size=16,
-                      ridge_lams=[0.3, 1.0], eval_sequences=64, val_sequences=32, zoo_steps=10,
-                      zoo_root=str(args.out / "models"))
-    overrides = {"ks": args.ks, "models": args.models, "train_steps": args.train_steps,
-                 "eval_sequences": args.eval_sequences, "zoo_root": args.zoo_root}
+        cfg = replace(
+            cfg,
+            models=["linear-1", "linear-2"],
+            ks=[1, 2],
+            fixed_extra_ks=[4],
+            train_steps=20,
+            batch_size=16,
+            ridge_lams=[0.3, 1.0],
+            eval_sequences=64,
+            val_sequences=32,
+            zoo_steps=10,
+            zoo_root=str(args.out / "models"),
+        )
+    overrides = {
+        "ks": args.ks,
+        "models": args.models,
+        "train_steps": args.train_steps,
+        "eval_sequences": args.eval_sequences,
+        "zoo_root": args.zoo_root,
+    }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     result = run_compressed_alg(cfg, args.out, progress=not args.no_progress)
     for c in result.checks:
