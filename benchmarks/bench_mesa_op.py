@@ -19,7 +19,9 @@ Sections (defaults: B=1, H=4, Dk=Dv=64, chunk C=64, fp32; T in {512, 2048, 8192}
   fixed-30 forward at T=2048 >= 40% of the matmul peak.
 * **Decode**: ``mesa_step`` at its default settings per token per layer at B=1 and B=8 (H=4, d=64),
   from states prefilled to T=512 and T=8192; its error against a float64 direct solve; the peer's
-  ``naive_mesa_net_decoding_one_step`` with 30 steps on the same states.
+  ``naive_mesa_net_decoding_one_step`` with 30 steps on the same states. Each implementation is timed in a
+  worker process of its own (not in turns: a step of a fraction of a millisecond is slowed by the other's
+  still-spinning thread pools, see :func:`benchmarks.mesa_op.decode.measure_decode`).
 * **Preconditioners** (``--preconditioners``): none / jacobi / chunk (and chunk refreshed every 16 tokens,
   ``chunk/16``) at ``tol=1e-4``: CG steps mean / max, forward time and error, on random keys and on skewed
   keys (channel scales 1..1e-2 before normalisation) with gates near 1 (gamma in [0.99, 1], lam 0.25).
@@ -164,7 +166,10 @@ def run_benchmark(
             batches=list(decode_batches),
             inner=decode_inner,
         )
-        decode = h.call_in_worker("benchmarks.mesa_op.decode:measure_decode", decode_spec, isolate=isolate, log=log)
+        for impl in ["mesa_step"] + (["peer-30"] if peer_module is not None else []):  # each in a process of its own
+            decode += h.call_in_worker(
+                "benchmarks.mesa_op.decode:measure_decode", dict(decode_spec, impl=impl), isolate=isolate, log=log
+            )
 
     precond = []
     if preconditioners:

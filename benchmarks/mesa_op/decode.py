@@ -28,10 +28,16 @@ def decode_defaults() -> dict[str, Any]:
 
 
 def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[str, Any]]:
-    """Per-token time and error of ``mesa_step`` (default settings) and of the peer's decode step, per
-    batch and prefill length; the error against a float64 direct solve on the same float64 state."""
+    """Per-token time and error of ``spec["impl"]``: ``"mesa_step"`` (default settings) or ``"peer-30"`` (the
+    peer's decode step), per batch and prefill length; the error against a float64 direct solve on the same
+    float64 state.
+
+    One implementation per worker process: a decode step takes a fraction of a millisecond, and after the peer's
+    thirty small CG steps the thread pools are still spinning, which slowed our step (LAPACK) from 0.32 to
+    0.35-0.44 ms in the same process, timed in turns or one after the other (measured; 2-core CPU). So each side
+    is timed in a fresh process with the other never run there."""
     shape, device, policy = Shape(**spec["shape"]), spec["device"], h.RepeatPolicy(**spec["policy"])
-    peer = require_peer(spec["peer"]) if spec.get("peer") else None
+    peer = require_peer(spec["peer"]) if spec["impl"] == "peer-30" else None
     records = []
     for batch in spec["batches"]:
         for context in spec["contexts"]:
@@ -52,36 +58,26 @@ def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[
             exact = torch.einsum("bhkv,bhk->bhv", s_kv, x)
             t32 = {n: t.to(device=device, dtype=torch.float32) for n, t in token.items()}
             s32 = tuple(s.to(device=device, dtype=torch.float32) for s in state)
-            calls = {
-                "mesa_step": lambda: mesa_step(
-                    t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, validate=VALIDATE
-                )
-            }
-            if peer is not None:
-                calls["peer-30"] = lambda: peer.naive_mesa_net_decoding_one_step(
+            if peer is None:
+                call = lambda: mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, validate=VALIDATE)  # noqa: E731
+            else:
+                call = lambda: peer.naive_mesa_net_decoding_one_step(  # noqa: E731
                     t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s32[0], s32[1], max_CG_iteration=PEER_STEPS
                 )
             with torch.no_grad():
-                outputs = {impl: call()[0] for impl, call in calls.items()}
-                timing = h.least_contended(lambda: _interleaved(calls, device, policy, spec["inner"]), spec["retries"])
-            for impl in calls:
-                record = dict(timing["records"][impl], attempts=timing["attempts"])
-                total, _ = h.relative_errors(outputs[impl], exact)
-                steps = None
-                if impl == "mesa_step":
-                    stats = mesa_step(
-                        t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, return_stats=True, validate=VALIDATE
-                    ).stats
-                    steps = dict(mean=stats.mean_iterations, max=stats.max_iterations)
-                records.append(dict(record, impl=impl, batch=batch, context=context, relative_error=total, cg_steps=steps))
-                log(
-                    f"decode {impl:<9s} B={batch} prefill T={context:<6d} {1e3 * record['median_s']:.3f} ms/token/layer  "
-                    f"rel. error {total:.1e}  other load {h.percent(record['foreign_cpu_fraction'])}"
-                )
+                out = call()[0]
+                record = h.least_contended(lambda: h.time_call(call, device, policy, inner=spec["inner"])[0], spec["retries"])
+            total, _ = h.relative_errors(out, exact)
+            steps = None
+            if peer is None:
+                stats = mesa_step(
+                    t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, return_stats=True, validate=VALIDATE
+                ).stats
+                steps = dict(mean=stats.mean_iterations, max=stats.max_iterations)
+            impl = spec["impl"]
+            records.append(dict(record, impl=impl, batch=batch, context=context, relative_error=total, cg_steps=steps))
+            log(
+                f"decode {impl:<9s} B={batch} prefill T={context:<6d} {1e3 * record['median_s']:.3f} ms/token/layer  "
+                f"rel. error {total:.1e}  other load {h.percent(record['foreign_cpu_fraction'])}"
+            )
     return records
-
-
-def _interleaved(calls, device: str, policy: h.RepeatPolicy, inner: int) -> dict[str, Any]:
-    """Ours and the peer timed in turns (:func:`benchmarks.harness.time_interleaved`), as one record for the retries."""
-    records, _ = h.time_interleaved(calls, device, policy, inner=inner)
-    return dict(records=records, foreign_cpu_fraction=next(iter(records.values()))["foreign_cpu_fraction"])
