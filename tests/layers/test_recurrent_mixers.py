@@ -25,7 +25,7 @@ from mesanet.layers import (
     build_mixer,
     collect_solver_stats,
 )
-from mesanet.layers.recurrent_mixer import forget_gate_bias, gates
+from mesanet.layers.gates import forget_gate_bias, gates
 
 from helpers import rel_err
 from tolerances import F64_EXACT_RTOL, LAYER_BF16_RTOL, LAYER_CG_F64_RTOL

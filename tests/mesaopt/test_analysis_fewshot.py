@@ -9,13 +9,12 @@ from torch import nn
 
 from mesanet.mesaopt.analysis.fewshot import (
     FewShotRepurposeConfig,
-    PromptTokens,
     evaluate_variant,
     fewshot_config_for,
     lsq_references,
     main,
-    tune_prompt,
 )
+from mesanet.mesaopt.analysis.fewshot_prompt import PromptTokens, tune_prompt
 from mesanet.mesaopt.data.fewshot import FewShotConfig, fewshot_lsq_loss, generate_fewshot
 from mesanet.mesaopt.models import SeqModelConfig, SequenceModel
 

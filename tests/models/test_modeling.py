@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mesanet  # noqa: F401  (registers the Auto classes)
-from mesanet.layers.recurrent_mixer import forget_gate_bias
+from mesanet.layers.gates import forget_gate_bias
 from mesanet.models import MIXER_KINDS, PRESETS, MesaNetCache, MesaNetConfig, MesaNetForCausalLM, preset_config
 
 from helpers import rel_err

@@ -11,8 +11,9 @@ import pytest
 
 from mesanet.synth import build_settings, load_config
 from mesanet.synth.__main__ import main
-from mesanet.synth.report import check_targets, regbench_rows, select_best
+from mesanet.synth.selection import select_best
 from mesanet.synth.settings import load_data
+from mesanet.synth.targets import check_targets, regbench_rows
 from mesanet.synth.tasks import RegBenchBatch, automaton_keys
 
 TINY = [

@@ -11,7 +11,7 @@ import pytest
 from mesanet.synth import SynthConfig, build_settings, load_config, select_best
 from mesanet.synth.__main__ import main, parse_args
 from mesanet.synth.config import CONFIG_DIR, check_config
-from mesanet.synth.report import check_targets
+from mesanet.synth.targets import check_targets
 
 TINY = [
     "tasks=[in_context_recall,regression]",

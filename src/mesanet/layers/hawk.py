@@ -48,7 +48,7 @@ from mesanet.utils.validation import is_int
 from ..ops import checks
 from ..ops.numerics import DEFAULT_CHUNK_SIZE
 from .base import RecurrentState, current_token_mask
-from .recurrent_mixer import mark_no_weight_decay
+from .gates import mark_no_weight_decay
 from .short_conv import ShortConvolution
 
 #: Griffin's fixed scalar ``c`` in ``a_t = a^(c r_t)``.

@@ -3,9 +3,11 @@ x seed grid (``python -m mesanet.synth``): resumable cells, CSV / markdown table
 
 from .cells import Cell, run_cell
 from .config import SynthConfig, TaskSize, check_config, load_config
-from .report import check_targets, select_best, write_summary
+from .report import write_summary
 from .runner import grid_cells, run_grid
+from .selection import select_best
 from .settings import Setting, build_settings
+from .targets import check_targets
 
 __all__ = [
     "Cell",

@@ -14,8 +14,9 @@ from mesanet.utils.cli_errors import add_debug_flag, run_cli
 
 from .config import CONFIG_DIR, SynthConfig, load_config
 from .plots import write_plots
-from .report import select_best, write_summary
+from .report import write_summary
 from .runner import finished_records, grid_cells, prepare_out_dir, run_grid
+from .selection import select_best
 
 QUICK_PRESET = CONFIG_DIR / "synth-quick.yaml"
 

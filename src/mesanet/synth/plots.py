@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import Best, regbench_rows, task_scores  # noqa: E402
+from .selection import Best, task_scores  # noqa: E402
+from .targets import regbench_rows  # noqa: E402
 
 
 def plot_task_accuracy(best: list[Best], path: Path) -> bool:

@@ -1,4 +1,5 @@
-"""Tables and target checks of a synthetic-suite run: ``results.csv``, ``summary.csv``, ``summary.md``.
+"""Tables of a synthetic-suite run: ``results.csv``, ``summary.csv``, ``summary.md`` (selection of the best cells:
+:mod:`.selection`; the target verdicts: :mod:`.targets`).
 
 Selection: per (task, setting, mixer) the (lr, wd) with the best seed-mean test metric (accuracy up, or the
 mean regression MSE over all context sizes down), reported as mean +- std over seeds. A MAD task's score is
@@ -10,17 +11,12 @@ from __future__ import annotations
 
 import csv
 import math
-import statistics
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SynthConfig
+from .selection import mad_average, select_best, task_scores
+from .targets import Target, check_targets, regbench_rows
 from .tasks import MAD_TASKS
-
-MESA, GDN = "mesa", "gated_deltanet"
-#: Mixer kinds that are softmax attention (the paper's "transformers"); every other kind is recurrent.
-ATTENTION_KINDS = ("attention", "sliding_attention")
 
 RESULT_COLUMNS = [
     "cell_id",
@@ -53,205 +49,6 @@ RESULT_COLUMNS = [
     "seconds",
     "cpu_seconds",
 ]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _nan(v) -> float:
-    return math.nan if v is None else float(v)
-
-
-@dataclass
-class Best:
-    """Best (lr, wd) of one (task, setting, mixer): seed statistics of its metric and the records behind it."""
-
-    task: str
-    setting: str
-    mixer: str
-    kind: str
-    lr: float
-    weight_decay: float
-    metric: float
-    metric_std: float
-    train_acc: float
-    mse_last: float
-    mse_last_std: float
-    ridge_last: float
-    seeds: int
-    records: list
-
-
-def select_best(records: list[dict]) -> list[Best]:
-    """One :class:`Best` per (task, setting, mixer), in first-seen order (NaN runs never win)."""
-    groups: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        groups[(r["task"], r["setting"], r["mixer"])][(r["lr"], r["weight_decay"])].append(r)
-    out = []
-    for (task, setting, mixer), runs in groups.items():
-        kind = next(iter(runs.values()))[0]["kind"]
-        key = "test_mse" if kind == "regression" else "test_acc"
-        sign = -1.0 if kind == "regression" else 1.0
-        scored = []
-        for (lr, wd), rs in runs.items():
-            mean, std = _mean_std([_nan(r.get(key)) for r in rs])
-            scored.append((-math.inf if math.isnan(mean) else sign * mean, lr, wd, mean, std, rs))
-        scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
-        _, lr, wd, mean, std, rs = scored[0]
-        mse_last, mse_last_std = _mean_std([_nan(r.get("test_mse_last")) for r in rs])
-        out.append(
-            Best(
-                task,
-                setting,
-                mixer,
-                kind,
-                lr,
-                wd,
-                mean,
-                std,
-                _mean_std([_nan(r.get("train_acc")) for r in rs])[0],
-                mse_last,
-                mse_last_std,
-                _nan(rs[0].get("ridge_last")),
-                len(rs),
-                rs,
-            )
-        )
-    return out
-
-
-def task_scores(best: list[Best]) -> dict[tuple[str, str], float]:
-    """``(task, mixer) -> mean over settings`` of the best metric."""
-    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for b in best:
-        acc[(b.task, b.mixer)].append(b.metric)
-    return {k: statistics.fmean(v) for k, v in acc.items()}
-
-
-def mad_average(best: list[Best], mixer: str) -> float:
-    """Mean over the MAD tasks present of ``mixer``'s task score (NaN if none)."""
-    scores = task_scores(best)
-    vals = [scores[(t, mixer)] for t in MAD_TASKS if (t, mixer) in scores]
-    return statistics.fmean(vals) if vals else math.nan
-
-
-@dataclass
-class Target:
-    name: str
-    status: str  # PASS, MISS or N/A
-    detail: str
-
-
-def check_targets(best: list[Best], cfg: SynthConfig) -> list[Target]:
-    """The issue's three orderings and the MesaNet paper's RegBench claim, with the numbers behind each verdict."""
-    out = []
-    mixers = {b.mixer for b in best}
-    # 1. MAD average
-    if {MESA, GDN} <= mixers and any(b.task in MAD_TASKS for b in best):
-        m, g = mad_average(best, MESA), mad_average(best, GDN)
-        out.append(
-            Target(
-                "MAD average: MesaNet >= Gated DeltaNet",
-                "PASS" if m >= g else "MISS",
-                f"MesaNet {m:.4f} vs Gated DeltaNet {g:.4f} (mean over {sum(1 for t in MAD_TASKS if (t, MESA) in task_scores(best))} MAD task(s))",
-            )
-        )
-    else:
-        out.append(Target("MAD average: MesaNet >= Gated DeltaNet", "N/A", "needs both mixers and at least one MAD task"))
-    # 2. MQAR at the largest pair count both fit
-    name = "MQAR: MesaNet acc >= Gated DeltaNet acc at the largest pair count both fit"
-    mq = {(b.setting, b.mixer): b for b in best if b.task == "mqar"}
-    if {MESA, GDN} <= mixers and mq:
-        meta = {b.setting: (b.records[0]["num_pairs"], b.records[0]["seq_len"]) for b in mq.values()}
-        settings = sorted(meta, key=meta.__getitem__)  # by pair count, then sequence length
-        fit = [
-            s
-            for s in settings
-            if (s, MESA) in mq
-            and (s, GDN) in mq
-            and mq[(s, MESA)].metric >= cfg.mqar_fit_threshold
-            and mq[(s, GDN)].metric >= cfg.mqar_fit_threshold
-        ]
-        rule = (
-            f"fit = held-out test accuracy (best lr/wd, seed mean) >= {cfg.mqar_fit_threshold}; train accuracy is not "
-            "used because a model can memorise part of the finite training set"
-        )
-        if fit:
-            s = fit[-1]
-            m, g = mq[(s, MESA)].metric, mq[(s, GDN)].metric
-            out.append(
-                Target(name, "PASS" if m >= g else "MISS", f"at {s}: test acc MesaNet {m:.4f} vs Gated DeltaNet {g:.4f}; {rule}")
-            )
-        else:
-            detail = "; ".join(
-                f"{s}: test acc Mesa {mq[(s, MESA)].metric:.3f} / GDN {mq[(s, GDN)].metric:.3f}"
-                for s in settings
-                if (s, MESA) in mq and (s, GDN) in mq
-            )
-            out.append(Target(name, "MISS", f"no setting fitted by both ({rule}): {detail}"))
-    else:
-        out.append(Target(name, "N/A", "needs both mixers and the mqar task"))
-    # 3. Regression vs ridge
-    name = f"Regression: MesaNet MSE within {100 * cfg.regression_tolerance:g}% of optimal ridge at the longest context"
-    reg = [b for b in best if b.task == "regression" and b.mixer == MESA]
-    if reg:
-        b = reg[0]
-        ratio = b.mse_last / b.ridge_last if b.ridge_last > 0 else math.inf
-        out.append(
-            Target(
-                name,
-                "PASS" if ratio <= 1 + cfg.regression_tolerance else "MISS",
-                f"{b.setting}: MesaNet MSE {b.mse_last:.4f} +- {b.mse_last_std:.4f} vs ridge {b.ridge_last:.4f} "
-                f"(ratio {ratio:.3f}, best lr {b.lr:g}, wd {b.weight_decay:g})",
-            )
-        )
-    else:
-        out.append(Target(name, "N/A", "needs the mesa mixer and the regression task"))
-    out.append(_regbench_target(best))
-    return out
-
-
-def regbench_rows(best: list[Best]) -> list[dict]:
-    """Per (training-set size, mixer): best lr/wd and seed means of accuracy, TV, exact-match and train accuracy."""
-    rows = []
-    for b in best:
-        if b.task != "regbench":
-            continue
-        rows.append(
-            dict(
-                num_train=int(b.records[0]["num_train"]),
-                mixer=b.mixer,
-                lr=b.lr,
-                weight_decay=b.weight_decay,
-                acc=b.metric,
-                acc_std=b.metric_std,
-                train_acc=b.train_acc,
-                tv=_mean_std([_nan(r.get("test_tv")) for r in b.records])[0],
-                exact=_mean_std([_nan(r.get("test_exact_acc")) for r in b.records])[0],
-                ngram_acc=_nan(b.records[0].get("ngram_acc")),
-                ngram_tv=_nan(b.records[0].get("ngram_tv")),
-            )
-        )
-    return sorted(rows, key=lambda r: r["num_train"])
-
-
-def _regbench_target(best: list[Best]) -> Target:
-    name = "RegBench (MesaNet Fig. 9): MesaNet accuracy >= every other recurrent mixer's at the largest training set"
-    rows = regbench_rows(best)
-    if not rows:
-        return Target(name, "N/A", "needs the regbench task")
-    largest = max(r["num_train"] for r in rows)
-    at = {r["mixer"]: r for r in rows if r["num_train"] == largest}
-    rnns = [m for m in at if m != MESA and not any(k in m.split("+") for k in ATTENTION_KINDS)]
-    numbers = ", ".join(f"{m} {r['acc']:.4f} (TV {r['tv']:.4f})" for m, r in at.items())
-    if MESA not in at or not rnns:
-        return Target(name, "N/A", f"needs mesa and another recurrent mixer; at {largest} training sequences: {numbers}")
-    ok = all(at[MESA]["acc"] >= at[m]["acc"] for m in rnns)
-    return Target(name, "PASS" if ok else "MISS", f"at {largest} training sequences: {numbers}")
 
 
 def _fmt(v: float, digits: int = 4) -> str:
@@ -395,14 +192,4 @@ def write_summary(
     return targets
 
 
-__all__ = [
-    "Best",
-    "Target",
-    "check_targets",
-    "mad_average",
-    "regbench_rows",
-    "select_best",
-    "task_scores",
-    "write_results_csv",
-    "write_summary",
-]
+__all__ = ["RESULT_COLUMNS", "write_results_csv", "write_summary"]

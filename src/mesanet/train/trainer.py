@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from mesanet.data import TokenBatches, eval_windows, prepare_data
+from mesanet.data import TokenBatches, prepare_data
 from mesanet.models import MesaNetForCausalLM
 from mesanet.utils.config import to_dict
 
@@ -48,8 +45,8 @@ from .guards import NonFiniteError
 from .interrupts import StopRequests, TrainingInterrupted
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler, clip_norm
-from .resume import check_resumable
 from .run_lock import RunLock, remove_leftovers
+from .run_setup import load_resume_state, restore_training_state, validation_windows, write_run_files
 from .solver_monitor import SolverMonitor
 
 log = logging.getLogger(__name__)
@@ -124,15 +121,8 @@ class Trainer:
         self.model_config = build_model_config(cfg.model, len(self.tokenizer), self.prepared.eod_id, self.tokenizer.pad_token_id)
 
         # The checkpoint to resume from: fully validated before anything is built or written.
-        state, summary, self.resumed_from = None, None, None
-        if cfg.resume and existing:
-            self.resumed_from = existing[-1]
-            try:
-                summary, state = ckpt.load_checkpoint(self.resumed_from, self.model_config)
-            except ckpt.CheckpointError as e:
-                hint = guards.older_checkpoint_hint(existing, self.model_config)  # names only checkpoints it checked
-                raise ckpt.CheckpointError(f"{e}{hint} (nothing was modified)") from None
-            check_resumable(self.resumed_from, summary, state, cfg, self.prepared.corpus_hash, self.prepared.tokenizer_hash)
+        self.resumed_from = last = existing[-1] if cfg.resume and existing else None
+        state = load_resume_state(last, existing, cfg, self.model_config, self.prepared) if last else None
 
         # Model, optimizer, schedule (same seed on every rank: identical initial weights).
         random.seed(cfg.seed)
@@ -177,29 +167,9 @@ class Trainer:
         self.compiled = torch.compile(step_model, backend=cfg.compile_backend) if cfg.compile else None  # training forward
 
         # Validation windows: this rank's share of the first eval_batches * batch_size windows.
-        if len(self.prepared.val) >= cfg.data.seq_len:
-            windows = eval_windows(self.prepared.val, cfg.data.seq_len, max_windows=cfg.eval_batches * cfg.batch_size)
-        else:
-            warnings.warn(
-                f"the validation split has fewer than seq_len = {cfg.data.seq_len} tokens: no validation loss", stacklevel=2
-            )
-            windows = torch.zeros(0, cfg.data.seq_len, dtype=torch.long)
-        self.num_val_windows = int(windows.shape[0])
-        self.val_windows = windows[d.rank :: d.world_size]
-
-        # Only now: write the run directory.
-        if d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            p = self.prepared
-            stats = {
-                "corpus_hash": p.corpus_hash,
-                "tokenizer_hash": p.tokenizer_hash,
-                "eod_id": p.eod_id,
-                **p.stats,
-                "cache_dir": str(cfg.data.cache_root.resolve()),
-            }  # where evaluation finds the caches
-            ckpt.atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2, default=str) + "\n")
+        self.num_val_windows, self.val_windows = validation_windows(self.prepared.val, cfg, d.rank, d.world_size)
+        if d.is_main:  # only now: write the run directory
+            write_run_files(self.run_dir, cfg, self.prepared)
         self.solver_monitor = SolverMonitor(self.model, enabled=d.is_main)  # CG steps of the Mesa layers (rank 0's)
         self.logger = MetricsLogger(
             self.run_dir,
@@ -212,35 +182,11 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         d, path = self.dist, self.resumed_from
-        ckpt.load_model_weights(path, self.model)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ckpt.CheckpointError(f"checkpoint {path}: optimizer / scheduler state does not fit ({e})") from None
-        data = state["data"]
-        streams = [s for rank_states in data for s in rank_states]  # virtual-rank order
-        mine = range(d.rank * self.cfg.grad_accum, (d.rank + 1) * self.cfg.grad_accum)
-        if len(streams) == d.world_size * self.cfg.grad_accum:
-            positions = [streams[v] for v in mine]
-        elif all(s == streams[0] for s in streams):  # rank-independent positions (plain values): any split resumes
-            positions = [streams[0]] * len(self.batches)
-        else:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} holds {len(streams)} data positions (world_size x grad_accum when written); "
-                f"resume with world_size x grad_accum = {len(streams)} (now {d.world_size * self.cfg.grad_accum})"
-            )
-        try:
-            for b, position in zip(self.batches, positions):
-                b.load_state_dict(position)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ckpt.CheckpointError(f"checkpoint {path}: its data position does not fit this run ({e})") from None
-        rng = state["rng"]
-        ckpt.restore_rng_state(rng[d.rank] if len(rng) == d.world_size else rng[0])
-        self.step = int(state["step"])
-        metrics = state.get("metrics", {})
-        self.elapsed_before = float(metrics.get("elapsed", 0.0))
-        self.last_train_loss, self.last_val_loss = metrics.get("train_loss"), metrics.get("val_loss")
+        restored = restore_training_state(
+            path, state, self.model, self.optimizer, self.scheduler, self.batches, d.rank, d.world_size, self.cfg.grad_accum
+        )
+        self.step, self.elapsed_before = restored.step, restored.elapsed
+        self.last_train_loss, self.last_val_loss = restored.train_loss, restored.val_loss
         self.last_checkpoint = path
         if d.is_main:
             log.info("resuming %s from %s (step %d)", self.cfg.name, path, self.step)

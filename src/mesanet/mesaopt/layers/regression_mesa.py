@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mesanet.layers.recurrent_mixer import mark_no_weight_decay
+from mesanet.layers.gates import mark_no_weight_decay
 from mesanet.ops import SolverSettings, mesa, mesa_sherman_morrison
 from mesanet.ops.solver_settings import as_settings
 from mesanet.utils.validation import is_int
