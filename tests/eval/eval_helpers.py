@@ -3,6 +3,9 @@ and a stand-in for ``mesanet.data.eval_windows``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -50,3 +53,28 @@ def fake_eval_windows(tokens, seq_len, max_windows=None) -> torch.Tensor:
     if max_windows is not None:
         n = min(n, max_windows)
     return torch.as_tensor(np.asarray(tokens[: n * seq_len])).long().view(n, seq_len)
+
+
+TASK = """task: tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+    higher_is_better: true
+"""
+
+
+def write_choice_task(folder: Path, docs: list[dict]) -> Path:
+    """A local multiple-choice lm-eval task ``tiny_choice`` over ``docs`` (``folder/data.jsonl``,
+    ``folder/tasks/tiny_choice.yaml``); returns the tasks folder for ``TaskManager(include_path=...)``."""
+    (folder / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "tasks").mkdir()
+    (folder / "tasks" / "tiny_choice.yaml").write_text(TASK.format(data=folder / "data.jsonl"))
+    return folder / "tasks"

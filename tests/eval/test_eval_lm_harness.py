@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 
+from eval_helpers import write_choice_task
+
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval (lm-evaluation-harness) is not installed")
 
 REQUESTS = [("The Mesa layer", " solves a ridge regression"), ("Language models read", " text"), ("It keeps two", " states")]
@@ -72,20 +74,6 @@ def test_rolling_loglikelihood_matches_our_sum_over_the_text(harness_model, mode
     assert math.isclose(rolling, expected, rel_tol=1e-5)
 
 
-TASK = """task: tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-    higher_is_better: true
-"""
 DOCS = [
     dict(context="The Mesa layer", choices=[" solves a ridge regression", " eats apples"], label=0),
     dict(context="Language models read", choices=[" text", " rocks"], label=0),
@@ -97,7 +85,6 @@ def test_a_local_multiple_choice_task_through_simple_evaluate(model_dir, tmp_pat
     """``lm_eval.simple_evaluate(model="hf", ...)`` (what ``--model hf`` runs) on a three-question local task:
     its accuracy is what our own log-likelihoods give. Only the local task is indexed (the harness's ~27k
     built-in task files take ~20 s to scan), and the dataset is a local JSON file, read offline."""
-    import json
 
     import datasets
     from lm_eval import simple_evaluate
@@ -108,9 +95,7 @@ def test_a_local_multiple_choice_task_through_simple_evaluate(model_dir, tmp_pat
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "tiny_choice.yaml").write_text(TASK.format(data=tmp_path / "data.jsonl"))
+    write_choice_task(tmp_path, DOCS)
     results = simple_evaluate(
         model="hf",
         model_args=f"pretrained={model_dir},dtype=float32",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval_lm_harness import our_loglikelihood
+from test_eval_lm_harness import DOCS, our_loglikelihood
 
 from mesanet.models import MIXER_KINDS, MesaNetForCausalLM, preset_config
 from mesanet.models.remote_code import AUTO_MAP, generated_sources
@@ -137,36 +137,14 @@ def test_loads_without_mesanet_with_identical_outputs(saved, tmp_path):
     assert (tmp_path / "again" / "modeling_mesanet.py").read_text() == (saved / "modeling_mesanet.py").read_text()
 
 
-TASK = """task: tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-"""
-
-
 def test_stock_lm_eval_hf_model_with_trust_remote_code(saved, tmp_path):
     """``lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True`` (its ``simple_evaluate``; only
     the local task is indexed, the harness's ~27k built-in task files take ~20 s to scan) without mesanet: the
     accuracy on a local three-question task equals the one the package computes in this process."""
     pytest.importorskip("lm_eval", reason="lm-eval (lm-evaluation-harness) is not installed")
-    from eval_helpers import build_tokenizer
+    from eval_helpers import build_tokenizer, write_choice_task
 
-    docs = [
-        dict(context="The Mesa layer", choices=[" solves a ridge regression", " eats apples"], label=0),
-        dict(context="Language models read", choices=[" text", " rocks"], label=0),
-        dict(context="It keeps two", choices=[" states", " cats"], label=1),
-    ]
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "tiny_choice.yaml").write_text(TASK.format(data=tmp_path / "data.jsonl"))
+    write_choice_task(tmp_path, DOCS)
     done = run_blocked(
         f"""
         from lm_eval import simple_evaluate
@@ -194,7 +172,7 @@ def test_stock_lm_eval_hf_model_with_trust_remote_code(saved, tmp_path):
         expected, _ = our_loglikelihood(model, tokenizer, context, continuation)
         assert logprob == pytest.approx(expected, rel=1e-5, abs=1e-4), (context, continuation)
     right = 0
-    for i, doc in enumerate(docs):
+    for i, doc in enumerate(DOCS):
         scores = [logprob for _, logprob in result["scored"][2 * i : 2 * i + 2]]
         right += int(max(range(2), key=scores.__getitem__) == doc["label"])
-    assert result["acc"] == pytest.approx(right / len(docs))
+    assert result["acc"] == pytest.approx(right / len(DOCS))
