@@ -59,13 +59,25 @@ def measure_decode(spec: dict[str, Any], log: h.Log = h.print_log) -> list[dict[
             t32 = {n: t.to(device=device, dtype=torch.float32) for n, t in token.items()}
             s32 = tuple(s.to(device=device, dtype=torch.float32) for s in state)
             if peer is None:
-                call = lambda: mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s32, validate=VALIDATE)  # noqa: E731
+                step = lambda s: mesa_step(t32["q"], t32["k"], t32["v"], t32["g"], t32["beta"], t32["lam"], s, validate=VALIDATE)  # noqa: E731
+                advance = lambda out: out.final_state  # noqa: E731
             else:
-                call = lambda: peer.naive_mesa_net_decoding_one_step(  # noqa: E731
-                    t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s32[0], s32[1], max_CG_iteration=PEER_STEPS
+                step = lambda s: peer.naive_mesa_net_decoding_one_step(  # noqa: E731
+                    t32["q"], t32["k"], t32["v"], t32["g"], t32["lam"], t32["beta"], s[0], s[1], max_CG_iteration=PEER_STEPS
                 )
+                advance = lambda out: out[1:]  # noqa: E731
             with torch.no_grad():
-                out = call()[0]
+                out = step(s32)[0]  # the error: one step from the prefilled state
+            # timed as decoding runs: each step on the state the previous one returned (the same token again: the
+            # state stays near the prefilled one's scale; a step's cost does not depend on its values)
+            current = [s32]
+
+            def call():
+                result = step(current[0])
+                current[0] = advance(result)
+                return result
+
+            with torch.no_grad():
                 record = h.least_contended(lambda: h.time_call(call, device, policy, inner=spec["inner"])[0], spec["retries"])
             total, _ = h.relative_errors(out, exact)
             steps = None

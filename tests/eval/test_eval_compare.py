@@ -16,14 +16,20 @@ from eval_helpers import TEXT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fabricate_run(root, name, *, params, loss, ppl2, steps=20, with_eval=True):
+def fabricate_run(root, name, *, params, loss, ppl2, steps=20, with_eval=True, lr=None, cg=False):
+    """A run folder; ``lr``: write a config.yaml with that peak lr; ``cg``: CG columns in metrics.csv (step s:
+    mean 3 + s / 10, max s) and a solver report in eval.json (layers with max 7 and 9, mean 4.5)."""
     run = root / name
     run.mkdir(parents=True)
-    rows = ["step,lr,train_loss,grad_norm,tokens_per_s,val_loss,elapsed"]
+    rows = ["step,lr,train_loss,grad_norm,tokens_per_s,val_loss,elapsed" + (",cg_mean,cg_max" if cg else "")]
     for s in range(1, steps + 1):
         val = f"{loss + 0.05:.4f}" if s == steps else ""
-        rows.append(f"{s},0.001,{loss + 2.0 / s:.4f},1.0,{1000 + 10 * s},{val},{0.5 * s:.2f}")
+        rows.append(
+            f"{s},0.001,{loss + 2.0 / s:.4f},1.0,{1000 + 10 * s},{val},{0.5 * s:.2f}" + (f",{3 + s / 10},{s}" if cg else "")
+        )
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    if lr is not None:
+        (run / "config.yaml").write_text(f"name: {name}\noptim:\n  lr: {lr}\n")
     if with_eval:
         ev = dict(
             model=dict(params=params, mixer_types=["hawk", "mesa"] if "hawk" in name else ["mesa", "mesa"]),
@@ -34,6 +40,8 @@ def fabricate_run(root, name, *, params, loss, ppl2, steps=20, with_eval=True):
                 "4": dict(factor=4, available=False, reason="too short"),
             },
         )
+        if cg:
+            ev["solver"] = dict(mean_iterations=4.5, layers=[dict(max_iterations=7), dict(max_iterations=9)])
         (run / "eval.json").write_text(json.dumps(ev))
         curve = loss + 1.0 / np.arange(1, 32)
         (run / "per_position.csv").write_text("position,nll_x1\n" + "".join(f"{i + 1},{v:.6f}\n" for i, v in enumerate(curve)))
@@ -49,17 +57,33 @@ def test_report_table_and_plots_from_fabricated_runs(tmp_path):
     assert s.tokens_per_s == float(np.median(1000 + 10 * np.arange(1, 21))) and s.train_time_s == 10.0
     assert s.extrapolation == {1: math.exp(3.2), 2: 30.0, 4: None} and s.per_position_nll.shape == (31,)
 
+    assert s.lr is None and s.cg_train is None and s.cg_eval is None  # no config.yaml, no CG columns
+
     report = write_compare_report(summaries, tmp_path / "report", title="Tiny comparison", notes=["same data"])
     text = report.read_text()
     assert report.name == "report.md" and text.startswith("# Tiny comparison\n\n- same data\n")
-    assert "| run | mixers | params | tokens | val loss | val ppl | ppl x2 | ppl x4 | tokens/s | train time (s) |" in text
+    assert "| run | mixers | params | tokens | lr | val loss | val ppl | ppl x2 | ppl x4 | tokens/s | train time (s) |" in text
+    assert "CG train" not in text  # no run has Mesa statistics
     lines = [l for l in text.splitlines() if l.startswith("| ")]
-    assert lines[1].startswith("| hawk-mesa | hawk+mesa | 1,300,000 | — | 3.0000 | 20.09 | 25.50 | — | 1,105 | 10.0 |")
-    assert lines[2].startswith("| mesanet | mesa | 1,234,567 | 640,000 | 3.2000 | 24.53 | 30.00 | — |")  # sorted by loss
+    assert lines[1].startswith("| hawk-mesa | hawk+mesa | 1,300,000 | — | — | 3.0000 | 20.09 | 25.50 | — | 1,105 | 10.0 |")
+    assert lines[2].startswith("| mesanet | mesa | 1,234,567 | 640,000 | — | 3.2000 | 24.53 | 30.00 | — |")  # sorted by loss
     for png in ("loss_curves.png", "per_position.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == PNG_MAGIC and f"]({png})" in text
     saved = json.loads((tmp_path / "report" / "compare.json").read_text())
     assert [r["name"] for r in saved["runs"]] == ["hawk-mesa", "mesanet"]
+
+
+def test_report_lr_and_cg_columns(tmp_path):
+    a = fabricate_run(tmp_path, "mesanet", params=10, loss=3.2, ppl2=30.0, lr=0.006, cg=True)
+    b = fabricate_run(tmp_path, "transformer", params=10, loss=3.0, ppl2=25.0, lr=0.0015)
+    s = summarize_run("mesanet", a)
+    assert s.lr == 0.006 and s.cg_eval == (4.5, 9)
+    assert s.cg_train == (pytest.approx(3 + np.mean(np.arange(1, 21)) / 10), 20)
+    text = write_compare_report([s, summarize_run("transformer", b)], tmp_path / "report").read_text()
+    assert "| tokens/s | train time (s) | CG train (mean / max) | CG eval (mean / max) |" in text
+    rows = {l.split(" | ")[0]: l for l in text.splitlines() if l.startswith("| ")}
+    assert rows["| mesanet"].endswith("| 4.0 / 20 | 4.5 / 9 |") and " | 0.006 | " in rows["| mesanet"]
+    assert rows["| transformer"].endswith("| — | — |") and " | 0.0015 | " in rows["| transformer"]
 
 
 def test_report_errors(tmp_path):
@@ -97,11 +121,13 @@ def test_variant_configs_share_everything_but_the_model():
             variants=[
                 dict(name="mesanet"),
                 dict(name="hawk-mesa", mixer="hawk+mesa", overrides=dict(hawk_expansion=1.5)),
-                dict(name="transformer", mixer=["attention", "attention"]),
+                dict(name="transformer", mixer=["attention", "attention"], lr=1.5e-3),
             ],
         ),
     )
     configs = variant_configs(cfg)
+    assert [c.optim.lr for c in configs] == [cfg.base.optim.lr, cfg.base.optim.lr, 1.5e-3]  # only the lr of the variant
+    assert configs[2].optim.warmup_steps == cfg.base.optim.warmup_steps and cfg.base.optim.lr != 1.5e-3
     assert [c.name for c in configs] == ["mesanet", "hawk-mesa", "transformer"]
     assert all(c.out_dir == "cmp/runs" for c in configs)
     assert configs[1].model.mixer == ["hawk", "mesa"] and configs[1].model.overrides == dict(chunk_size=16, hawk_expansion=1.5)
@@ -109,6 +135,8 @@ def test_variant_configs_share_everything_but_the_model():
     assert len({json.dumps(to_dict(c.data)) for c in configs}) == 1 and len({tokens_per_run(c) for c in configs}) == 1
     with pytest.raises(ValueError, match=r"variant names must be unique"):
         variant_configs(CompareConfig(variants=[CompareVariant("a"), CompareVariant("a")]))
+    with pytest.raises(ValueError, match=r"compare: variant 'a': optim.lr: expected 0 < lr <= .*, got -0.001"):
+        variant_configs(CompareConfig(variants=[CompareVariant("a", lr=-1e-3)]))
     with pytest.raises(ValueError, match=r"the pattern 'hawk\+mesa\+mesa' \(3 kinds\) does not divide 2 layers"):
         variant_configs(
             from_dict(

@@ -274,3 +274,27 @@ def test_valid_states_pass_validation():
     for s in (zero, state, long_state):
         mesa_step(**{n: t[:, 0] for n, t in inputs.items() if n in TOKEN}, lam=inputs["lam"], state=s)
         mesa(**{n: t[:, :5] for n, t in inputs.items() if n != "lam"}, lam=inputs["lam"], initial_state=s)
+
+
+@pytest.mark.parametrize("solver", [CHOLESKY, CG], ids=["cholesky", "cg"])
+def test_a_returned_key_state_is_not_checked_symmetric_again_unless_changed(solver, monkeypatch):
+    """A decode loop: the state a validated step returns skips the next step's symmetry check (finite by the
+    step's own check, symmetric by construction); changed in place, it is checked again and a broken symmetry
+    is still an error."""
+    from mesanet.ops import checks
+
+    checked = []
+    key_state = checks.ValueChecks.key_state
+    monkeypatch.setattr(checks.ValueChecks, "key_state", lambda self, h, d: (checked.append(h), key_state(self, h, d))[1])
+    inputs = step_inputs()
+    state = inputs.pop("state")
+    _, state, _ = mesa_step(**inputs, state=state, solver=solver)
+    assert len(checked) == 1  # the caller's state
+    _, next_state, _ = mesa_step(**inputs, state=state, solver=solver)
+    assert len(checked) == 1  # our own, unchanged
+    mesa_step(**inputs, state=next_state, solver=solver, validate=False)
+    assert len(checked) == 1
+    next_state[0].add_(torch.triu(torch.ones(4, 4), 1))  # in place: the version counter moves
+    with pytest.raises(ValueError, match=re.escape("mesa_step: expected state[0] (H_kk) to be symmetric")):
+        mesa_step(**inputs, state=next_state, solver=solver)
+    assert len(checked) == 2

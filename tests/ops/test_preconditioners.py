@@ -43,6 +43,19 @@ def test_spd_inverse_flags_a_matrix_that_is_not_positive_definite(position):
     assert ok.tolist() == [True, True, False, True]
 
 
+@pytest.mark.parametrize("index", [20, SPD_INVERSE_LEAF + 20])
+def test_spd_inverse_flags_a_singular_matrix_instead_of_raising(index):
+    """A zero pivot (a singular PSD matrix: a zero row and column) leaves a zero on the partial Cholesky factor,
+    on which LAPACK's inverse raises; the batch's other matrices are still inverted exactly."""
+    matrix = spd_batch((4,), 64, cond=10.0).clone()
+    matrix[1, index, :] = 0.0
+    matrix[1, :, index] = 0.0
+    inverse, ok = spd_inverse(matrix)
+    assert ok.tolist() == [True, False, True, True]
+    expected = torch.linalg.inv(matrix[ok])
+    assert (inverse[ok] - expected).norm() / expected.norm() <= F64_EXACT_RTOL
+
+
 def test_preconditioner_falls_back_to_jacobi_for_a_block_that_does_not_factor():
     nc, h, c, d = 2, 2, 4, 40
     gen = torch.Generator().manual_seed(1)

@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Union
 from ..models import PRESETS
 from ..ops import INFERENCE
 from ..train import TrainConfig, train
-from ..train.config import RESUMABLE_CHANGES, ModelSection
+from ..train.config import RESUMABLE_CHANGES, ModelSection, check_optim
 from ..utils.config import to_dict
 from .checkpoint import resolve_device
 from .compare_report import RunSummary, summarize_run, write_compare_report
@@ -44,12 +44,15 @@ from .run_files import FINAL, METRICS, MODEL_CONFIG, load_run_config, read_metri
 class CompareVariant:
     """One model to compare. ``mixer``: a kind for every layer, a per-layer list, or ``"a+b"`` (the pattern
     repeated over the layers, e.g. ``hawk+mesa`` for Hawk-Mesa); ``None`` keeps the base mixer. ``preset``:
-    ``None`` keeps the base preset. ``overrides``: ``MesaNetConfig`` fields on top of the base overrides."""
+    ``None`` keeps the base preset. ``overrides``: ``MesaNetConfig`` fields on top of the base overrides.
+    ``lr``: this model's peak learning rate (each model at its own best lr from a sweep); ``None`` keeps the
+    base's ``optim.lr``. Everything else of the recipe stays shared."""
 
     name: str
     mixer: Union[str, list[str], None] = None
     preset: Optional[str] = None
     overrides: dict = field(default_factory=dict)
+    lr: Optional[float] = None
 
 
 def default_variants() -> list[CompareVariant]:
@@ -116,9 +119,11 @@ def variant_configs(cfg: CompareConfig) -> list[TrainConfig]:
         model = ModelSection(
             preset=preset, mixer=_resolve_mixer(mixer, _num_layers(preset, overrides), v.name), overrides=overrides
         )
-        configs.append(
-            dataclasses.replace(copy.deepcopy(cfg.base), name=v.name, out_dir=str(Path(cfg.out_dir) / "runs"), model=model)
-        )
+        tc = dataclasses.replace(copy.deepcopy(cfg.base), name=v.name, out_dir=str(Path(cfg.out_dir) / "runs"), model=model)
+        if v.lr is not None:
+            tc.optim = dataclasses.replace(tc.optim, lr=v.lr)
+            check_optim(tc.optim, where=f"compare: variant {v.name!r}: optim")
+        configs.append(tc)
     return configs
 
 

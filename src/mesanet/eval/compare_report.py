@@ -18,7 +18,7 @@ import numpy as np
 
 from .plots import plot_loss_curves, plot_per_position
 from .run_eval import EVAL_JSON, PER_POSITION_CSV
-from .run_files import METRICS, read_metrics
+from .run_files import METRICS, load_run_config, read_metrics
 
 REPORT_MD = "report.md"
 LOSS_PNG = "loss_curves.png"
@@ -38,6 +38,9 @@ class RunSummary:
     train_time_s: Optional[float] = None  # wall time of training (last `elapsed` in metrics.csv)
     mixers: list[str] = field(default_factory=list)
     extrapolation: dict = field(default_factory=dict)  # factor -> ppl (None: unavailable)
+    lr: Optional[float] = None  # peak learning rate (config.yaml's optim.lr)
+    cg_train: Optional[tuple[float, int]] = None  # CG steps while training: mean of the logged means, max of the maxima
+    cg_eval: Optional[tuple[float, int]] = None  # CG steps of the evaluation's solver report: mean, max over layers
     per_position_nll: Optional[np.ndarray] = field(default=None, repr=False)
 
 
@@ -65,6 +68,8 @@ def summarize_run(name: str, run_dir: str | Path, *, tokens: Optional[int] = Non
     if tokens is None and "tokens" in metrics and len(_finite(metrics["tokens"])):
         tokens = int(_finite(metrics["tokens"])[-1])
     extrapolation = {int(k): (v.get("ppl") if v.get("available") else None) for k, v in ev.get("extrapolation", {}).items()}
+    cg_mean, cg_max = _finite(metrics.get("cg_mean", [])), _finite(metrics.get("cg_max", []))
+    layers = (ev.get("solver") or {}).get("layers") or []
     return RunSummary(
         name=name,
         run_dir=str(run_dir),
@@ -76,8 +81,24 @@ def summarize_run(name: str, run_dir: str | Path, *, tokens: Optional[int] = Non
         train_time_s=float(elapsed[-1]) if len(elapsed) else None,
         mixers=list(ev["model"].get("mixer_types", [])),
         extrapolation=extrapolation,
+        lr=_run_lr(run_dir),
+        cg_train=(float(cg_mean.mean()), int(cg_max.max())) if len(cg_mean) and len(cg_max) else None,
+        cg_eval=(float(ev["solver"]["mean_iterations"]), max(int(x["max_iterations"]) for x in layers)) if layers else None,
         per_position_nll=_read_curve(run_dir / PER_POSITION_CSV),
     )
+
+
+def _run_lr(run_dir: Path) -> Optional[float]:
+    """The run's peak learning rate, ``None`` for a folder without a readable ``config.yaml``."""
+    try:
+        lr = load_run_config(run_dir).get("optim", {}).get("lr")
+    except (ValueError, AttributeError):
+        return None
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def _fmt_cg(cg: Optional[tuple[float, int]]) -> str:
+    return "—" if cg is None else f"{cg[0]:.1f} / {cg[1]}"
 
 
 def _read_curve(path: Path, column: str = "nll_x1") -> Optional[np.ndarray]:
@@ -105,8 +126,8 @@ def _mixer_label(mixers: Sequence[str]) -> str:
 def write_compare_report(
     summaries: Sequence[RunSummary], out_dir: str | Path, *, title: str = "Model comparison", notes: Sequence[str] = ()
 ) -> Path:
-    """Write ``report.md`` (table: name, mixers, params, tokens, val loss, val ppl, tokens/s, train time, and
-    perplexity at the extrapolation factors), ``loss_curves.png``, ``per_position.png`` and ``compare.json``
+    """Write ``report.md`` (table: name, mixers, params, tokens, lr, val loss, val ppl, perplexity at the
+    extrapolation factors, tokens/s, train time, and CG steps where a run has Mesa layers), ``loss_curves.png``, ``per_position.png`` and ``compare.json``
     into ``out_dir``; returns the report's path. Rows are sorted by validation loss."""
     if not summaries:
         raise ValueError("write_compare_report: expected at least one run summary")
@@ -117,17 +138,20 @@ def write_compare_report(
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(summaries, key=lambda s: s.val_loss)
     factors = sorted({f for s in rows for f in s.extrapolation if f != 1})
+    with_cg = any(s.cg_train or s.cg_eval for s in rows)
 
     header = [
         "run",
         "mixers",
         "params",
         "tokens",
+        "lr",
         "val loss",
         "val ppl",
         *[f"ppl x{f}" for f in factors],
         "tokens/s",
         "train time (s)",
+        *(["CG train (mean / max)", "CG eval (mean / max)"] if with_cg else []),
     ]
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes]
@@ -141,15 +165,19 @@ def write_compare_report(
             _mixer_label(s.mixers),
             f"{s.params:,}",
             _fmt(s.tokens, ","),
+            _fmt(s.lr, "g"),
             _fmt(s.val_loss, ".4f"),
             _fmt(s.val_ppl, ".2f"),
             *[_fmt(s.extrapolation.get(f), ".2f") for f in factors],
             _fmt(s.tokens_per_s, ",.0f"),
             _fmt(s.train_time_s, ".1f"),
+            *([_fmt_cg(s.cg_train), _fmt_cg(s.cg_eval)] if with_cg else []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if factors:
         lines += ["", "ppl xN: perplexity at N times the training length (— where the validation split is too short)."]
+    if with_cg:
+        lines += ["", "CG: conjugate-gradient steps per Mesa system (training: the logged steps; eval: the solver report)."]
 
     with_metrics = {s.name: Path(s.run_dir) for s in summaries if (Path(s.run_dir) / METRICS).is_file()}
     if with_metrics:

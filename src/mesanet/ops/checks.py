@@ -24,6 +24,22 @@ from mesanet.utils.validation import is_int
 
 from .numerics import KEY_STATE_PSD_RTOL, STATE_SYMMETRY_RTOL
 
+#: Attribute of a key state that a validated decode step returned: the tensor's version counter at that time.
+_CHECKED_AT_VERSION = "_mesanet_checked_at_version"
+
+
+def mark_key_state_checked(h: Tensor) -> None:
+    """Mark ``h``, a key state returned by a validated step (its finiteness checked there, symmetric by
+    construction from a checked state), so that the next step receiving it unchanged skips the symmetry check
+    (a quarter of a validated decode step's cost at d = 64). Any in-place change bumps ``h._version`` and voids
+    the mark; changes that bypass autograd's version counter (through ``.data``) are not noticed."""
+    setattr(h, _CHECKED_AT_VERSION, h._version)
+
+
+def key_state_checked(h: Tensor) -> bool:
+    """``h`` is unchanged since :func:`mark_key_state_checked`."""
+    return getattr(h, _CHECKED_AT_VERSION, None) == h._version
+
 
 def fail(where: str, message: str) -> None:
     raise ValueError(f"{where}: {message}")

@@ -105,8 +105,11 @@ def _split(kind: OpKind, arg: str, parts) -> tuple[list[Tensor], list[Tensor], d
 def _value_checks(kind: OpKind, q, k, v, g, beta, lam, arg: str, parts, *, step: bool) -> checks.ValueChecks:
     """Sequences: every check. Steps: the finiteness of ``k, v, beta`` and the old state is read off the
     new state (see :meth:`~mesanet.ops.checks.ValueChecks.inputs`), and key states are only checked
-    symmetric (see :func:`prepare_step`)."""
+    symmetric (see :func:`prepare_step`), unless a validated step returned them and they are unchanged
+    (:func:`~mesanet.ops.checks.key_state_checked`)."""
     plain, key, _ = _split(kind, arg, parts)
+    if step:
+        key = [h for h in key if not checks.key_state_checked(h)]
     return checks.ValueChecks().inputs(
         q, k, v, g, beta, lam, plain, key, beta_nonnegative=kind.beta_nonnegative, definite=not step, step=step
     )

@@ -89,7 +89,9 @@ def mesa_step(
             e.g. keys of size 1e20, are an error, not a silent NaN). All checks are read in one host
             synchronisation after the step. Unlike :func:`~mesanet.ops.mesa`'s initial state, a slightly
             indefinite ``H_kk`` that ``lam`` still regularises passes: the full test costs a second
-            factorisation per head, as much as the step itself. Shapes, sizes (all ``>= 1``), dtypes
+            factorisation per head, as much as the step itself. A key state returned by a validated step
+            and passed back unchanged is not checked symmetric again (see
+            :func:`~mesanet.ops.checks.mark_key_state_checked`). Shapes, sizes (all ``>= 1``), dtypes
             (one for ``q, k, v``) and devices are always checked. Each check raises ``ValueError``.
 
     Returns:
@@ -130,6 +132,8 @@ def mesa_step(
             system,
             lambda: _explain_indefinite(step, h, system),
         )
+        if step.pending is not None:  # values were checked (not while compiling)
+            checks.mark_key_state_checked(h)  # the next step, given h unchanged, need not check it symmetric again
     return MesaOutput(o.to(step.out_dtype), (h, s), stats)
 
 

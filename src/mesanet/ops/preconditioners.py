@@ -39,7 +39,11 @@ def spd_inverse(matrix: Tensor) -> tuple[Tensor, Tensor]:
     n = matrix.shape[-1]
     if n <= SPD_INVERSE_LEAF:
         factor, info = torch.linalg.cholesky_ex(matrix)
-        return torch.cholesky_inverse(factor), info == 0
+        ok = info == 0
+        # a failed factorisation leaves a zero on the factor's diagonal, on which cholesky_inverse raises: invert
+        # the identity there instead (the flag says the result is meaningless; the caller falls back)
+        factor = torch.where(ok[..., None, None], factor, torch.eye(n, dtype=factor.dtype, device=factor.device))
+        return torch.cholesky_inverse(factor), ok
     half = n // 2
     a, b, d = matrix[..., :half, :half], matrix[..., :half, half:], matrix[..., half:, half:]
     a_inv, a_ok = spd_inverse(a)

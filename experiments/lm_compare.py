@@ -1,0 +1,107 @@
+"""The language-model comparison (README, "Language-model comparison"; docs/results/lm_compare/).
+
+Six models of equal size (cpu-small, 4.46M-4.54M parameters) on the built-in corpus, equal tokens and the same
+data order. Two stages, both resumable (finished runs are reused):
+
+    OMP_NUM_THREADS=1 python experiments/lm_compare.py sweep   # every model at every sweep lr, SWEEP_STEPS steps
+    OMP_NUM_THREADS=1 python experiments/lm_compare.py final   # every model at its best sweep lr, FINAL_STEPS steps
+
+``sweep`` writes ``runs/lm_compare/sweep/lr<lr>/report.md`` per lr and ``runs/lm_compare/best_lr.json``
+(the lr with the lowest validation loss per model); ``final`` reads it and writes
+``runs/lm_compare/final/report.md`` (table, loss curves, per-position NLL); copy that folder's report files to
+``docs/results/lm_compare/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mesanet.eval.compare import CompareConfig, CompareVariant, compare
+from mesanet.utils.config import from_dict
+
+OUT = Path("runs/lm_compare")
+SWEEP_LRS = [1.5e-3, 3e-3, 6e-3]
+SWEEP_STEPS = 150
+FINAL_STEPS = 400
+#: Sliding-window attention sees a quarter of the 256-token training context.
+SWA_WINDOW = 64
+
+VARIANTS = [
+    CompareVariant("mesanet", "mesa"),
+    CompareVariant("gated-deltanet", "gated_deltanet"),
+    CompareVariant("gla", "gla"),
+    CompareVariant("transformer", "attention"),
+    CompareVariant("swa", "sliding_attention", overrides={"attention_window": SWA_WINDOW}),
+    CompareVariant("hawk-mesa", "hawk+mesa"),
+]
+
+
+def base(steps: int, lr: float) -> dict:
+    """The shared TrainConfig: the `make run` data and model size; MesaNet's solver at its adaptive defaults
+    (training tol 1e-4, inference tol 1e-5, at most 30 steps)."""
+    return dict(
+        model=dict(preset="cpu-small"),
+        data=dict(source="stdlib", seq_len=256, vocab_size=4096),
+        batch_size=8,
+        max_steps=steps,
+        log_every=10,
+        eval_every=max(steps // 5, 10),
+        eval_batches=16,
+        checkpoint_every=max(steps // 2, 10),
+        keep_last=1,
+        optim=dict(lr=lr, warmup_steps=max(steps // 10, 5)),
+    )
+
+
+def sweep() -> None:
+    best: dict[str, tuple[float, float]] = {}
+    for lr in SWEEP_LRS:
+        cfg = from_dict(
+            CompareConfig,
+            dict(
+                base=base(SWEEP_STEPS, lr),
+                out_dir=str(OUT / "sweep" / f"lr{lr:g}"),
+                title=f"lr sweep, lr {lr:g}, {SWEEP_STEPS} steps",
+                extrapolation=[],
+                max_windows=16,
+                solver_windows=2,
+            ),
+        )
+        cfg.variants = VARIANTS
+        report = compare(cfg)
+        for run in json.loads((report.parent / "compare.json").read_text())["runs"]:
+            if run["name"] not in best or run["val_loss"] < best[run["name"]][1]:
+                best[run["name"]] = (lr, run["val_loss"])
+        print(report.read_text(), flush=True)
+    (OUT / "best_lr.json").write_text(json.dumps({k: dict(lr=v[0], val_loss=v[1]) for k, v in best.items()}, indent=2))
+    print(json.dumps(best, indent=2))
+
+
+def final() -> None:
+    path = OUT / "best_lr.json"
+    if not path.is_file():
+        sys.exit(f"lm_compare final: expected {path} from the sweep stage; run `python {sys.argv[0]} sweep` first")
+    best = json.loads(path.read_text())
+    variants = [CompareVariant(v.name, v.mixer, overrides=v.overrides, lr=best[v.name]["lr"]) for v in VARIANTS]
+    cfg = from_dict(
+        CompareConfig,
+        dict(
+            base=base(FINAL_STEPS, 3e-3),
+            out_dir=str(OUT / "final"),
+            title="Language-model comparison (CPU budget, built-in corpus)",
+            extrapolation=[2, 4],
+            max_windows=32,
+            solver_windows=8,
+        ),
+    )
+    cfg.variants = variants
+    print(compare(cfg).read_text())
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=["sweep", "final"])
+    {"sweep": sweep, "final": final}[p.parse_args().stage]()
