@@ -16,7 +16,7 @@ from eval_helpers import TEXT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fabricate_run(root, name, *, params, loss, ppl2, steps=20, with_eval=True, lr=None, cg=False):
+def fabricate_run(root, name, *, params, loss, ppl2, steps=20, with_eval=True, lr=None, cg=False, mixers=None):
     """A run folder; ``lr``: write a config.yaml with that peak lr; ``cg``: CG columns in metrics.csv (step s:
     mean 3 + s / 10, max s) and a solver report in eval.json (layers with max 7 and 9, mean 4.5)."""
     run = root / name
@@ -32,7 +32,7 @@ def fabricate_run(root, name, *, params, loss, ppl2, steps=20, with_eval=True, l
         (run / "config.yaml").write_text(f"name: {name}\noptim:\n  lr: {lr}\n")
     if with_eval:
         ev = dict(
-            model=dict(params=params, mixer_types=["hawk", "mesa"] if "hawk" in name else ["mesa", "mesa"]),
+            model=dict(params=params, mixer_types=mixers or (["hawk", "mesa"] if "hawk" in name else ["mesa", "mesa"])),
             val=dict(loss=loss, ppl=math.exp(loss)),
             extrapolation={
                 "1": dict(factor=1, available=True, ppl=math.exp(loss)),
@@ -84,6 +84,24 @@ def test_report_lr_and_cg_columns(tmp_path):
     rows = {l.split(" | ")[0]: l for l in text.splitlines() if l.startswith("| ")}
     assert rows["| mesanet"].endswith("| 4.0 / 20 | 4.5 / 9 |") and " | 0.006 | " in rows["| mesanet"]
     assert rows["| transformer"].endswith("| — | — |") and " | 0.0015 | " in rows["| transformer"]
+
+
+def test_report_per_position_difference_to_attention(tmp_path):
+    """With an all-attention run, every other model's per-position NLL minus its own (the curves differ by the
+    loss: a constant offset)."""
+    runs = [
+        fabricate_run(tmp_path, "mesanet", params=10, loss=3.2, ppl2=30.0),
+        fabricate_run(tmp_path, "transformer", params=10, loss=3.0, ppl2=25.0, mixers=["attention", "attention"]),
+        fabricate_run(tmp_path, "hawk-mesa", params=10, loss=2.9, ppl2=25.0),
+    ]
+    summaries = [summarize_run(r.name, r) for r in runs]
+    text = write_compare_report(summaries, tmp_path / "report").read_text()
+    assert "## Per-position NLL relative to `transformer`" in text
+    assert "| mesanet | +0.2000 | +0.2000 | +0.2000 |" in text and "| hawk-mesa | -0.1000 | -0.1000 | -0.1000 |" in text
+    assert "| transformer | " not in text.split("relative to")[1]
+    assert (tmp_path / "report" / "per_position_vs_attention.png").read_bytes()[:8] == PNG_MAGIC
+    without = write_compare_report(summaries[:1] + summaries[2:], tmp_path / "plain").read_text()
+    assert "relative to" not in without and not (tmp_path / "plain" / "per_position_vs_attention.png").exists()
 
 
 def test_report_errors(tmp_path):

@@ -23,6 +23,7 @@ from .run_files import METRICS, load_run_config, read_metrics
 REPORT_MD = "report.md"
 LOSS_PNG = "loss_curves.png"
 PER_POSITION_PNG = "per_position.png"
+PER_POSITION_DELTA_PNG = "per_position_vs_attention.png"
 COMPARE_JSON = "compare.json"
 
 
@@ -95,6 +96,43 @@ def _run_lr(run_dir: Path) -> Optional[float]:
     except (ValueError, AttributeError):
         return None
     return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def _delta_to_attention(summaries: Sequence[RunSummary], curves: dict, out: Path, title: str) -> list[str]:
+    """The MesaNet paper's per-position view (its ``Delta NLL_k``): each model's NLL minus that of the first
+    all-attention run, per position; below 0 the model predicts that position better. Nothing without an
+    attention run or another curve of the same length."""
+    reference = next((s.name for s in summaries if s.mixers and set(s.mixers) == {"attention"} and s.name in curves), None)
+    if reference is None:
+        return []
+    ref = curves[reference]
+    deltas = {name: c - ref for name, c in curves.items() if name != reference and len(c) == len(ref)}
+    if not deltas:
+        return []
+    plot_per_position(
+        deltas,
+        out / PER_POSITION_DELTA_PNG,
+        bins_per_decade=20,
+        title=f"{title}: NLL minus {reference}'s, per position",
+        ylabel=f"NLL - NLL({reference}) (nats)",
+        zero_line=True,
+    )
+    rows = [
+        f"| {name} | {float(d.mean()):+.4f} | {float(d[: len(d) // 8].mean()):+.4f} | {float(d[-len(d) // 2 :].mean()):+.4f} |"
+        for name, d in deltas.items()
+    ]
+    return [
+        "",
+        f"## Per-position NLL relative to `{reference}`",
+        "",
+        f"![NLL minus {reference}'s]({PER_POSITION_DELTA_PNG})",
+        "",
+        f"Mean difference to `{reference}` in nats (negative: better), over all positions, the first eighth and the second half:",
+        "",
+        "| run | all | first 1/8 | second half |",
+        "|---|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def _fmt_cg(cg: Optional[tuple[float, int]]) -> str:
@@ -187,6 +225,7 @@ def write_compare_report(
     if curves:
         plot_per_position(curves, out / PER_POSITION_PNG, bins_per_decade=20, title=title + ": per-position NLL")
         lines += ["", "## Per-position NLL (training length)", "", f"![per-position NLL]({PER_POSITION_PNG})"]
+        lines += _delta_to_attention(summaries, curves, out, title)
     lines.append("")
     report = out / REPORT_MD
     report.write_text("\n".join(lines))
@@ -197,4 +236,13 @@ def write_compare_report(
     return report
 
 
-__all__ = ["COMPARE_JSON", "LOSS_PNG", "PER_POSITION_PNG", "REPORT_MD", "RunSummary", "summarize_run", "write_compare_report"]
+__all__ = [
+    "COMPARE_JSON",
+    "LOSS_PNG",
+    "PER_POSITION_DELTA_PNG",
+    "PER_POSITION_PNG",
+    "REPORT_MD",
+    "RunSummary",
+    "summarize_run",
+    "write_compare_report",
+]

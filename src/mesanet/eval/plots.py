@@ -92,11 +92,14 @@ def plot_per_position(
     smooth: Optional[int] = None,
     train_len: Optional[int] = None,
     title: str = "Per-position NLL",
+    ylabel: str = "NLL (nats)",
+    zero_line: bool = False,
 ) -> Path:
     """Per-position NLL (nats) against the number of context tokens (``1 .. T-1``): one curve, or a mapping
     ``label -> curve`` overlaid. Noise control: ``bins_per_decade`` averages log-spaced position bins (the
     natural choice on a log x-axis), ``smooth`` a trailing moving average over that many positions.
-    ``train_len`` draws a vertical line at the training length (extrapolation plots)."""
+    ``train_len`` draws a vertical line at the training length (extrapolation plots); ``ylabel`` names
+    the quantity (e.g. an NLL difference, then ``zero_line`` marks 0)."""
     named = _named_curves(curves)
     for name, value in (("bins_per_decade", bins_per_decade), ("smooth", smooth)):
         if value is not None and not is_int(value, 1):
@@ -110,12 +113,14 @@ def plot_per_position(
         ax.plot(x, y, label=name or None, linewidth=1.2)
     if train_len is not None:
         ax.axvline(train_len, color="gray", linestyle="--", linewidth=1, label=f"training length ({train_len})")
+    if zero_line:
+        ax.axhline(0.0, color="black", linewidth=0.8)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel("context tokens (position)" + (" [log]" if log_x else ""))
     detail = [f"moving average over {smooth}"] if smooth and smooth > 1 else []
     detail += [f"mean of {bins_per_decade} log bins per decade"] if bins_per_decade else []
-    ax.set_ylabel("NLL (nats)" + (f"\n({', '.join(detail)})" if detail else ""))
+    ax.set_ylabel(ylabel + (f"\n({', '.join(detail)})" if detail else ""))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if any(named) or train_len is not None:
