@@ -6,8 +6,9 @@ data order. Two stages, both resumable (finished runs are reused):
     OMP_NUM_THREADS=1 python experiments/lm_compare.py sweep   # every model at every sweep lr, SWEEP_STEPS steps
     OMP_NUM_THREADS=1 python experiments/lm_compare.py final   # every model at its best sweep lr, FINAL_STEPS steps
 
-``sweep`` writes ``runs/lm_compare/sweep/lr<lr>/report.md`` per lr and ``runs/lm_compare/best_lr.json``
-(the lr with the lowest validation loss per model); ``final`` reads it and writes
+``sweep --lrs A B`` takes some of the lrs (two processes can share the sweep). ``sweep`` writes
+``runs/lm_compare/sweep/lr<lr>/report.md`` per lr; ``final`` picks the lr with the lowest validation loss per
+model (``runs/lm_compare/best_lr.json``) and writes
 ``runs/lm_compare/final/report.md`` (table, loss curves, per-position NLL); copy that folder's report files to
 ``docs/results/lm_compare/``.
 """
@@ -56,14 +57,18 @@ def base(steps: int, lr: float) -> dict:
     )
 
 
-def sweep() -> None:
-    best: dict[str, tuple[float, float]] = {}
-    for lr in SWEEP_LRS:
+def sweep_dir(lr: float) -> Path:
+    return OUT / "sweep" / f"lr{lr:g}"
+
+
+def sweep(lrs: list[float]) -> None:
+    """Every model at each of ``lrs`` (several processes may take disjoint lrs)."""
+    for lr in lrs:
         cfg = from_dict(
             CompareConfig,
             dict(
                 base=base(SWEEP_STEPS, lr),
-                out_dir=str(OUT / "sweep" / f"lr{lr:g}"),
+                out_dir=str(sweep_dir(lr)),
                 title=f"lr sweep, lr {lr:g}, {SWEEP_STEPS} steps",
                 extrapolation=[],
                 max_windows=16,
@@ -71,20 +76,28 @@ def sweep() -> None:
             ),
         )
         cfg.variants = VARIANTS
-        report = compare(cfg)
-        for run in json.loads((report.parent / "compare.json").read_text())["runs"]:
-            if run["name"] not in best or run["val_loss"] < best[run["name"]][1]:
-                best[run["name"]] = (lr, run["val_loss"])
-        print(report.read_text(), flush=True)
-    (OUT / "best_lr.json").write_text(json.dumps({k: dict(lr=v[0], val_loss=v[1]) for k, v in best.items()}, indent=2))
-    print(json.dumps(best, indent=2))
+        print(compare(cfg).read_text(), flush=True)
+
+
+def best_lrs() -> dict[str, dict]:
+    """Per model, the sweep lr with the lowest validation loss (every sweep lr must be finished)."""
+    best: dict[str, dict] = {}
+    for lr in SWEEP_LRS:
+        path = sweep_dir(lr) / "compare.json"
+        if not path.is_file():
+            sys.exit(f"lm_compare: expected {path}; run `python {sys.argv[0]} sweep` first")
+        for run in json.loads(path.read_text())["runs"]:
+            if run["name"] not in best or run["val_loss"] < best[run["name"]]["val_loss"]:
+                best[run["name"]] = dict(lr=lr, val_loss=run["val_loss"])
+    missing = sorted({v.name for v in VARIANTS} - set(best))
+    if missing:
+        sys.exit(f"lm_compare: the sweep has no runs of {missing}")
+    (OUT / "best_lr.json").write_text(json.dumps(best, indent=2))
+    return best
 
 
 def final() -> None:
-    path = OUT / "best_lr.json"
-    if not path.is_file():
-        sys.exit(f"lm_compare final: expected {path} from the sweep stage; run `python {sys.argv[0]} sweep` first")
-    best = json.loads(path.read_text())
+    best = best_lrs()
     variants = [CompareVariant(v.name, v.mixer, overrides=v.overrides, lr=best[v.name]["lr"]) for v in VARIANTS]
     cfg = from_dict(
         CompareConfig,
@@ -104,4 +117,6 @@ def final() -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=["sweep", "final"])
-    {"sweep": sweep, "final": final}[p.parse_args().stage]()
+    p.add_argument("--lrs", type=float, nargs="+", default=SWEEP_LRS, help="sweep: these lrs only (default: all)")
+    args = p.parse_args()
+    sweep(args.lrs) if args.stage == "sweep" else final()
