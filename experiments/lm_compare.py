@@ -6,7 +6,8 @@ data order. Two stages, both resumable (finished runs are reused):
     OMP_NUM_THREADS=1 python experiments/lm_compare.py sweep   # every model at every sweep lr, SWEEP_STEPS steps
     OMP_NUM_THREADS=1 python experiments/lm_compare.py final   # every model at its best sweep lr, FINAL_STEPS steps
 
-``sweep --lrs A B`` takes some of the lrs (two processes can share the sweep). ``sweep`` writes
+``sweep --lrs A B`` takes some of the lrs and ``final --only M1 M2`` some of the models (two processes can share
+a stage; a last ``final`` without ``--only`` then reuses every run and writes the whole report). ``sweep`` writes
 ``runs/lm_compare/sweep/lr<lr>/report.md`` per lr; ``final`` picks the lr with the lowest validation loss per
 model (``runs/lm_compare/best_lr.json``) and writes
 ``runs/lm_compare/final/report.md`` (table, loss curves, per-position NLL); copy that folder's report files to
@@ -96,9 +97,15 @@ def best_lrs() -> dict[str, dict]:
     return best
 
 
-def final() -> None:
+def final(only: list[str] | None = None) -> None:
+    """Every model (or those named in ``only``: several processes may train disjoint sets, then one run
+    without ``only`` reuses them all and writes the whole report) at its best sweep lr."""
     best = best_lrs()
-    variants = [CompareVariant(v.name, v.mixer, overrides=v.overrides, lr=best[v.name]["lr"]) for v in VARIANTS]
+    unknown = sorted(set(only or ()) - {v.name for v in VARIANTS})
+    if unknown:
+        sys.exit(f"lm_compare: unknown models {unknown}; valid: {[v.name for v in VARIANTS]}")
+    chosen = [v for v in VARIANTS if only is None or v.name in only]
+    variants = [CompareVariant(v.name, v.mixer, overrides=v.overrides, lr=best[v.name]["lr"]) for v in chosen]
     cfg = from_dict(
         CompareConfig,
         dict(
@@ -111,12 +118,14 @@ def final() -> None:
         ),
     )
     cfg.variants = variants
-    print(compare(cfg).read_text())
+    report_dir = None if only is None else OUT / "final-parts" / "+".join(only)  # the runs stay in final/runs
+    print(compare(cfg, report_dir).read_text())
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=["sweep", "final"])
     p.add_argument("--lrs", type=float, nargs="+", default=SWEEP_LRS, help="sweep: these lrs only (default: all)")
+    p.add_argument("--only", nargs="+", default=None, help="final: train these models only (no full report)")
     args = p.parse_args()
-    sweep(args.lrs) if args.stage == "sweep" else final()
+    sweep(args.lrs) if args.stage == "sweep" else final(args.only)
