@@ -196,3 +196,15 @@ COMPILED_GRAD_ATOL = 1e-6
 #: Empirical frequency of a uniformly drawn symbol (p = 1/3) over 6000 seeded draws: the standard deviation is
 #: sqrt(p (1 - p) / 6000) = 0.0061, so 0.03 is ~5 standard deviations, and a sampler biased by >= 0.05 fails.
 SAMPLED_FREQUENCY_ATOL = 0.03
+
+#: The single Mesa layer set to the ridge construction (float32, the toolkit's 30-step CG without tolerance,
+#: or the Sherman-Morrison recursion) against ridge least squares in float64, per position (n_s = 4, T = 16,
+#: lam = 40, 256 sequences): float32 rounding of the solve (condition number up to ~lam * ||G_t|| near t = n)
+#: and of the loss; measured 4.5e-5 (CG, 3- and 4-slot tokens) and 4.2e-6 (Sherman-Morrison) relative. The
+#: same weights at lam / 10 differ by 2.3, CG stopped after one step by 3.6e3.
+MESA_RIDGE_CONSTRUCTION_F32_RTOL = 3e-4
+
+#: ridge_equivalent_lambda on a curve that IS ridge's at some lam: the golden-section bracket after 20 steps is
+#: 0.618^20 x 0.5 decades ~ 3e-5 decades (7e-5 relative in lam); measured 1.7e-5 at lam = 0.5, 20 and 3e3.
+#: 2e-4 still fails a search that stops on the grid (steps of 0.25 decades: up to 78 % relative).
+RIDGE_EQUIVALENT_LAM_RTOL = 2e-4

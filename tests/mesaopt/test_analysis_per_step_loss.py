@@ -18,7 +18,7 @@ from mesanet.mesaopt.analysis.per_step_loss import (
 )
 from mesanet.mesaopt.data.dynamics import LDSConfig, generate_lds
 
-from tolerances import ORACLE_NOISE_FLOOR_RTOL, RIDGE_NOISELESS_ATOL
+from tolerances import MESA_RIDGE_CONSTRUCTION_F32_RTOL, ORACLE_NOISE_FLOOR_RTOL, RIDGE_NOISELESS_ATOL
 
 
 def test_tuned_ridge_is_exact_on_noiseless_data():
@@ -80,3 +80,7 @@ def test_quick_run_writes_outputs(tmp_path):
     assert sum(float(r["oracle"]) for r in rows) < sum(float(r["ridge"]) for r in rows)
     md = (tmp_path / "summary.md").read_text()
     assert md.count("PASS") + md.count("MISS") == 2
+    # the single-layer diagnostics: the ridge construction of mesa-1's layer reproduces ridge (ratio 1.0000)
+    assert "Single-layer diagnostics (`mesa-1`)" in md
+    line = next(x for x in md.splitlines() if x.strip().startswith("last / ridge ="))
+    assert float(line.split("=")[1].split(",")[0]) == pytest.approx(1.0, abs=MESA_RIDGE_CONSTRUCTION_F32_RTOL + 5e-5)

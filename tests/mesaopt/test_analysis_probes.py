@@ -116,3 +116,6 @@ def test_quick_smoke_run(tmp_path):
     assert min(first) > 0.8
     summary = (tmp_path / "probes_summary.md").read_text()
     assert "Target check" in summary and ("PASS" in summary or "MISS" in summary)
+    # the quick model clips at 4 (linear-4's recipe); its activations are reported per layer (input + 3 blocks)
+    clip_line = next(x for x in summary.splitlines() if x.startswith("- quick-linear-3: clip 4;"))
+    assert len(clip_line.split("max |e| ")[1].split(";")[0].split()) == 4

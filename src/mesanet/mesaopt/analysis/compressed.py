@@ -37,6 +37,7 @@ __all__ = [
     "chebyshev_coefficients",
     "chebyshev_solve",
     "ridge_prediction",
+    "ridge_loss",
     "compressed_alg_prediction",
     "compressed_alg_k",
     "BlockScalarCompression",
@@ -178,6 +179,14 @@ def ridge_prediction(states: Tensor, lam: float) -> Tensor:
     x_mat, cross = _regularised(states, lam)
     pre = torch.linalg.solve(x_mat, states.unsqueeze(-1))
     return (cross @ pre).squeeze(-1)
+
+
+def ridge_loss(states: Tensor, lam: float) -> Tensor:
+    """Per-position loss ``[T - 1]`` of :func:`ridge_prediction` on ``states [B, T, n]`` (float64):
+    ``1/2 ||pred_t - s_{t+1}||^2`` averaged over the batch."""
+    s = states.double()
+    pred = ridge_prediction(s, lam)[:, :-1]
+    return 0.5 * (pred - s[:, 1:]).square().sum(-1).mean(0)
 
 
 def compressed_alg_k(states: Tensor, alphas, betas, lam, eta=1.0) -> Tensor:

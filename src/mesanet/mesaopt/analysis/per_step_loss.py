@@ -11,7 +11,9 @@ is evaluated on the same fresh test sequences of the fully observed LDS (n_s = 1
 Outputs (``out_dir``): ``per_step_loss.csv`` (all curves, one column each), ``per_step_loss.png`` (loss vs t,
 log y), ``summary.csv`` / ``summary.md`` (loss at the last position ``t = T-1`` predicting ``s_T``, i.e. the issue's
 "t = 50", and averaged over positions; target checks: a single mesa layer within 2 % of ridge at the last
-position; among 2-layer models softmax -> mesa is best) and ``config.yaml``.
+position; among 2-layer models softmax -> mesa is best; for a single-layer ``mesa_model``, diagnostics of
+:mod:`.ridge_construction`: the layer set to the ridge construction, the trained layer's ridge-equivalent
+``lam``) and ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from mesanet.utils.validation import check_int
 
 from ..data.dynamics import LDSConfig, generate_lds
 from ..models import SequenceModel
-from .compressed import ridge_prediction
+from .compressed import ridge_loss
 from .reporting import write_csv
-from .seq_training import per_position_loss, training_states
+from .ridge_construction import log_golden_search, ridge_equivalent_lambda, set_ridge_construction
+from .seq_training import build_model, per_position_loss, training_states
 from .zoo import ZOO, load_for_analysis, recipe
 
 __all__ = [
@@ -121,47 +124,16 @@ class PerStepLossConfig:
 # ----------------------------------------------------------------------------------------- references
 
 
-def ridge_loss(states: Tensor, lam: float) -> Tensor:
-    """Per-position loss ``[T - 1]`` of :func:`ridge_prediction` on ``states [B, T, n]`` (float64)."""
-    s = states.double()
-    pred = ridge_prediction(s, lam)[:, :-1]
-    return 0.5 * (pred - s[:, 1:]).square().sum(-1).mean(0)
-
-
 def tune_ridge_lambda(
     states: Tensor, log10_min: float = -2.0, log10_max: float = 5.0, grid: int = 15, iters: int = 25
 ) -> tuple[float, float]:
     """``(lam, loss)``: the ``lam`` minimising the position-averaged ridge loss on ``states [B, T, n]``, from a
     log-spaced grid of ``grid`` points refined by golden section in ``log10 lam`` between the best point's
-    neighbours."""
+    neighbours (:func:`~.ridge_construction.log_golden_search`)."""
     if states.dim() != 3 or states.shape[1] < 2:
         raise ValueError(f"states: expected [B, T >= 2, n], got {tuple(states.shape)}")
-    if not log10_min < log10_max or grid < 3:
-        raise ValueError(f"expected log10_min < log10_max and grid >= 3, got {log10_min}, {log10_max}, {grid}")
     s = states.double()
-
-    def f(x: float) -> float:
-        return float(ridge_loss(s, 10.0**x).mean())
-
-    xs = [log10_min + (log10_max - log10_min) * i / (grid - 1) for i in range(grid)]
-    fs = [f(x) for x in xs]
-    best = min(range(grid), key=fs.__getitem__)
-    lo, hi = xs[max(best - 1, 0)], xs[min(best + 1, grid - 1)]
-    g = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = f(a), f(b)
-    for _ in range(iters):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = f(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = f(b)
-    x = (lo + hi) / 2.0
-    candidates = [(f(x), x), (fs[best], xs[best])]
-    loss, x = min(candidates)
+    x, loss = log_golden_search(lambda x: float(ridge_loss(s, 10.0**x).mean()), log10_min, log10_max, grid, iters)
     return 10.0**x, loss
 
 
@@ -180,6 +152,43 @@ def oracle_per_step_loss(task: LDSConfig, num_sequences: int, seed: int) -> Tens
 
 
 # ----------------------------------------------------------------------------------------- run
+
+
+def _single_layer_diagnostics(config: PerStepLossConfig, curves: dict, states: Tensor, ridge: Tensor, lam: float) -> dict:
+    """For ``config.mesa_model`` (one mesa / Sherman-Morrison layer on constructed tokens): the last-position ratio
+    of the same layer set to the ridge construction (:func:`set_ridge_construction`, tuned ``lam``), and the
+    trained model's ridge-equivalent ``lam`` with ridge's own last-position ratio at it. ``{}`` otherwise."""
+    name = config.mesa_model
+    model_cfg, train_cfg = recipe(name)
+    if name not in curves or model_cfg.layers not in (["mesa"], ["sherman_morrison"]) or model_cfg.embed_dim is not None:
+        return {}
+    built = set_ridge_construction(build_model(model_cfg), lam)
+    with torch.no_grad():
+        constructed = per_position_loss(
+            built, config.task, num_sequences=config.test_sequences, seed=config.test_seed, tokens=train_cfg.tokens
+        )
+    lam_eq, gap = ridge_equivalent_lambda(curves[name], states, config.lam_log10_min, config.lam_log10_max)
+    out = {
+        "construction_ratio_last": float(constructed[-1] / ridge[-1]),
+        "construction_ratio_mean": float(constructed.mean() / ridge.mean()),
+        "ridge_equivalent_lam": lam_eq,
+        "ridge_equivalent_rms_log_gap": gap,
+        "ridge_at_equivalent_lam_ratio_last": float(ridge_loss(states, lam_eq)[-1] / ridge[-1]),
+    }
+    c_last, c_mean, r_eq = (
+        out["construction_ratio_last"],
+        out["construction_ratio_mean"],
+        out["ridge_at_equivalent_lam_ratio_last"],
+    )
+    out["text"] = (
+        f"## Single-layer diagnostics (`{name}`)\n\n"
+        f"- The same layer set to the ridge construction (key = s_(t-1) slot, query = value = s_t slot, lam = {lam:.4g}):\n"
+        f"  last / ridge = {c_last:.4f}, mean / ridge = {c_mean:.4f}. If these are 1, the layer and its solver reach\n"
+        "  ridge and a trained gap is one of optimisation.\n"
+        f"- The trained layer's curve is closest to ridge with **lam = {lam_eq:.3g}** (rms log gap {gap:.3f});\n"
+        f"  ridge itself at that lam: last / tuned ridge = {r_eq:.4f}.\n"
+    )
+    return out
 
 
 def _model(name: str, cfg: PerStepLossConfig, out_dir: Path, progress: bool) -> SequenceModel:
@@ -223,7 +232,8 @@ def run_per_step_loss(config: PerStepLossConfig, out_dir: Path = DEFAULT_OUT, *,
     task = config.task
 
     lam, tune_loss = tune_ridge_lambda(_tuning_states(config), config.lam_log10_min, config.lam_log10_max)
-    ridge = ridge_loss(generate_lds(task, config.test_sequences, seed=config.test_seed, dtype=torch.float64).states, lam)
+    test_states = generate_lds(task, config.test_sequences, seed=config.test_seed, dtype=torch.float64).states
+    ridge = ridge_loss(test_states, lam)
     oracle = oracle_per_step_loss(task, config.test_sequences, config.test_seed)
 
     curves: dict[str, Tensor] = {}
@@ -272,6 +282,7 @@ def run_per_step_loss(config: PerStepLossConfig, out_dir: Path = DEFAULT_OUT, *,
             "value": r,
             "text": f"`{config.mesa_model}` loss at the last position / ridge = {r:.4f} (target <= {1 + config.target_tol:g})",
         }
+    diagnostics = _single_layer_diagnostics(config, curves, test_states, ridge, lam)
     two_layer = [n for n in curves if len(layers[n]) == 2]
     if config.hybrid_model in two_layer and len(two_layer) > 1:
         rank_mean = sorted(two_layer, key=lambda n: float(curves[n].mean()))
@@ -324,10 +335,11 @@ sequences (grid + golden section in log10 lam over [{config.lam_log10_min:g}, {c
 
 {check_lines}
 
+{diagnostics.get("text", "")}
 Figure: `per_step_loss.png`; all curves: `per_step_loss.csv`.
 """
     (out_dir / "summary.md").write_text(md)
-    return {"lam": lam, "rows": rows, "checks": checks}
+    return {"lam": lam, "rows": rows, "checks": checks, "diagnostics": diagnostics}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

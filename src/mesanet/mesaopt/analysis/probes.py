@@ -48,6 +48,7 @@ __all__ = [
     "probe_predict",
     "normalised_probe_error",
     "probe_errors",
+    "activation_stats",
     "ProbeResult",
     "run_probes",
     "main",
@@ -199,12 +200,22 @@ def _record(model, task, tokens: str, num: int, seed: int, cfg: ProbeConfig) -> 
     return h[:, : t_len - 1], targets
 
 
-def _model_errors(name: str, cfg: ProbeConfig, progress: bool, configs) -> dict[str, Tensor]:
-    """``{kind: [L+1, T-1]}`` normalised held-out probe errors of zoo model ``name`` (recipe ``configs``)."""
+def activation_stats(hidden: Tensor, clip: float | None) -> dict:
+    """``{"clip", "max_abs", "clipped"}`` of residual streams ``hidden [L+1, ...]``: per layer the largest ``|e|``
+    and the fraction of entries at the activation clip (``|e| >= clip``; 0 without a clip)."""
+    flat = hidden.abs().flatten(1)
+    at_clip = (flat >= clip).double().mean(1) if clip is not None else torch.zeros(flat.shape[0], dtype=torch.float64)
+    return {"clip": clip, "max_abs": [float(v) for v in flat.amax(1)], "clipped": [float(v) for v in at_clip]}
+
+
+def _model_errors(name: str, cfg: ProbeConfig, progress: bool, configs, activations: dict) -> dict[str, Tensor]:
+    """``{kind: [L+1, T-1]}`` normalised held-out probe errors of zoo model ``name`` (recipe ``configs``); also
+    stores :func:`activation_stats` of the held-out streams in ``activations[name]``."""
     model = load_or_train(name, Path(cfg.zoo_root), progress=progress, configs=configs)
     train_cfg = configs[1]
     htr, ytr = _record(model, train_cfg.task, train_cfg.tokens, cfg.train_sequences, cfg.train_seed, cfg)
     hte, yte = _record(model, train_cfg.task, train_cfg.tokens, cfg.test_sequences, cfg.test_seed, cfg)
+    activations[name] = activation_stats(hte, model.config.activation_clip)
     out = {}
     for kind in PROBE_KINDS:
         out[kind] = torch.stack([probe_errors(htr[l], ytr[kind], hte[l], yte[kind], cfg.ridge) for l in range(htr.shape[0])])
@@ -228,7 +239,7 @@ def run_probes(
     names outside the zoo to ``(SeqModelConfig, SeqTrainConfig)``.
 
     Returns the typed :class:`~.probes_report.ProbeResult` (``errors``, ``late_mean``, ``checks``, ``passed``,
-    ``chebyshev_gap``, ``seconds``).
+    ``chebyshev_gap``, ``seconds``, ``activations``).
     """
     if not isinstance(config, ProbeConfig):
         raise ValueError(f"run_probes: expected a ProbeConfig, got {type(config).__name__}")
@@ -240,13 +251,14 @@ def run_probes(
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     start = time.perf_counter()
     results: dict[str, dict[str, Tensor]] = {}
+    activations: dict[str, dict] = {}
     recipes = dict(recipes or {})
     configs = {name: recipes[name] if name in recipes else recipe(name) for name in config.models}  # fail early
     for name in tqdm(config.models, desc="probes", disable=not progress, leave=False):
-        results[name] = _model_errors(name, config, progress, configs[name])
+        results[name] = _model_errors(name, config, progress, configs[name], activations)
     gap = _chebyshev_gap(config, configs[config.models[0]][1].task)
 
-    result = ProbeResult(config=config, errors=results, chebyshev_gap=gap)
+    result = ProbeResult(config=config, errors=results, chebyshev_gap=gap, activations=activations)
     write_probes(out, result, start)
     return result
 

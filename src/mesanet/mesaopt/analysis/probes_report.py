@@ -5,7 +5,7 @@ figures and ``probes_summary.md``."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +29,15 @@ def _mean_late(err: Tensor, min_t: int) -> Tensor:
 @dataclass
 class ProbeResult:
     """What ``run_probes`` measured: ``errors[model][kind]`` ``[L+1, T-1]`` normalised held-out errors, the relative
-    gap between the Chebyshev and exact preconditioned targets, the wall time (set when the files are written)."""
+    gap between the Chebyshev and exact preconditioned targets, the wall time (set when the files are written) and
+    ``activations[model]``: the model's ``activation_clip`` (``clip``, None = off) and, per layer of the held-out
+    residual streams, the largest ``|e|`` (``max_abs``) and the fraction of entries at the clip (``clipped``)."""
 
     config: ProbeConfig
     errors: dict[str, dict[str, Tensor]]
     chebyshev_gap: float
     seconds: float = 0.0
+    activations: dict[str, dict] = field(default_factory=dict)
 
     @property
     def late_mean(self) -> dict[str, dict[str, list[float]]]:
@@ -178,6 +181,16 @@ def write_probes(out: Path, result: ProbeResult, start: float) -> None:
             lines.append(
                 f"- {'PASS' if checks[name][kind] else 'MISS'} {name} / {kind}: layer 1 {v[1]:.4f} -> "
                 f"layer {len(v) - 1} {v[-1]:.4f} (monotone over layers 1..L: {'yes' if mono else 'no'})"
+            )
+    if result.activations:
+        lines += ["", "## Activation clipping (held-out residual streams, layers 0..L)", ""]
+        for name, act in result.activations.items():
+            clip = "off" if act["clip"] is None else f"{act['clip']:g}"
+            lines.append(
+                f"- {name}: clip {clip}; max |e| "
+                + " ".join(f"{v:.3g}" for v in act["max_abs"])
+                + "; fraction at the clip "
+                + " ".join(f"{v:.2g}" for v in act["clipped"])
             )
     lines += [
         "",

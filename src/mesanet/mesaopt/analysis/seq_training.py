@@ -34,7 +34,11 @@ __all__ = [
     "build_model",
 ]
 
-TOKEN_FORMATS = ("constructed", "unconstructed")
+#: ``"constructed"``: ``[0, s_t, s_{t-1}]`` (3 n_s dims, Proposition 1's layout); ``"constructed4"``: the official
+#: code's ``[0, s_t, s_t, s_{t-1}]`` (4 n_s dims: a spare copy of ``s_t`` that later layers may overwrite);
+#: ``"unconstructed"``: ``s_t``.
+TOKEN_FORMATS = ("constructed", "constructed4", "unconstructed")
+_TOKEN_SLOTS = {"constructed": 3, "constructed4": 4, "unconstructed": 1}
 _TRAIN_SEED_BASE = 10**9
 
 
@@ -90,11 +94,14 @@ class SeqTrainConfig:
 
 
 def tokens_of(states: Tensor, tokens: str) -> Tensor:
-    """``states [B, T, n]`` -> model input tokens: constructed ``[B, T, 3n]`` or unconstructed ``[B, T, n]``."""
-    from ..data.dynamics import constructed_tokens, unconstructed_tokens
+    """``states [B, T, n]`` -> model input tokens: constructed ``[B, T, 3n]``, constructed4 ``[B, T, 4n]`` or
+    unconstructed ``[B, T, n]``."""
+    from ..data.dynamics import constructed_tokens, constructed_tokens_4slot, unconstructed_tokens
 
     if tokens == "constructed":
         return constructed_tokens(states)
+    if tokens == "constructed4":
+        return constructed_tokens_4slot(states)
     if tokens == "unconstructed":
         return unconstructed_tokens(states)
     raise ValueError(f"tokens: expected one of {TOKEN_FORMATS}, got {tokens!r}")
@@ -156,7 +163,7 @@ def build_model(model_cfg: SeqModelConfig, seed: int = 0) -> SequenceModel:
 
 def _check_dims(model_cfg: SeqModelConfig, train_cfg: SeqTrainConfig) -> None:
     n = train_cfg.task.state_dim
-    want_in = 3 * n if train_cfg.tokens == "constructed" else n
+    want_in = _TOKEN_SLOTS[train_cfg.tokens] * n
     if model_cfg.input_dim != want_in or model_cfg.output_dim != n:
         raise ValueError(
             f"model/task mismatch: {train_cfg.tokens} tokens of n_s = {n} need input_dim = {want_in} and output_dim = {n}, "
