@@ -165,7 +165,13 @@ def test_needle_fields_from_yaml_and_print_config(capsys):
     assert from_dict(DataConfig, {"needle_fraction": 0.25, "needle_keys": ["A_PIN"]}).needle_keys == ["A_PIN"]
     with pytest.raises(ConfigError, match=r"unknown keys \['needle_frac'\]"):
         from_dict(DataConfig, {"needle_frac": 0.2})
-    assert cli.main(["train", "needle-mix", "data.needle_fraction=0.2", "--print-config"]) in (0, None)
+    assert cli.main(["train", "tiny", "data.needle_fraction=0.2", "data.needle_max_digits=7", "--print-config"]) in (0, None)
     out = capsys.readouterr().out
-    for line in ("needle_fraction: 0.2", "needle_doc_chars: 600", "needle_min_digits: 4", "needle_keys: null"):
+    for line in (
+        "needle_fraction: 0.2",
+        "needle_doc_chars: 800",
+        "needle_min_digits: 4",
+        "needle_max_digits: 7",
+        "needle_keys: null",
+    ):
         assert line in out
