@@ -52,6 +52,11 @@ class DataConfig:
         dataset: a local data file (.jsonl/.json/.csv/.parquet/.txt/.arrow), a folder of data files
         or one written by ``save_to_disk``, or a hub name (needs network unless already cached).
         SPLIT defaults to ``train``; TEXT_FIELD to ``text`` (or the only string column).
+
+    ``needle_fraction`` > 0 mixes generated needle (passkey) documents into both splits, ``needle_fraction`` of
+    each split's characters: filler lines of the split with ``KEY = "DIGITS"`` hidden in them and asked for at
+    the end (``mesanet.data.needle_docs``; keys from ``needle_keys``, by default 196 built-in names that are
+    never the needle test's ``SECRET_CODE``).
     """
 
     source: str = "stdlib"
@@ -61,6 +66,11 @@ class DataConfig:
     seed: int = 0  # document subset / split / packing order
     max_documents: int | None = None  # cap on documents (deterministic subset), for quick runs/tests
     cache_dir: str | None = None  # tokenizer + token caches, keyed by content hashes; None: user_cache_dir()
+    needle_fraction: float = 0.0  # share of each split's characters in generated needle documents, in [0, 1)
+    needle_doc_chars: int = 800  # filler characters of a needle document: uniform in 1 .. this (~3.5 per token)
+    needle_min_digits: int = 4  # digits of a needle value: needle_min_digits .. needle_max_digits
+    needle_max_digits: int = 6
+    needle_keys: list[str] | None = None  # the needles' variable names; None: the built-in list (no SECRET_CODE)
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -90,6 +100,36 @@ class DataConfig:
             raise DataError(
                 f"DataConfig.cache_dir: expected a folder path or null (the user cache folder), got {self.cache_dir!r}"
             )
+        self._check_needles()
+
+    def _check_needles(self) -> None:
+        if not is_real(self.needle_fraction) or not 0.0 <= float(self.needle_fraction) < 1.0:
+            raise DataError(
+                f"DataConfig.needle_fraction: expected a number in [0, 1) (0: no needle documents), got {self.needle_fraction!r}"
+            )
+        self.needle_fraction = float(self.needle_fraction)
+        check_int(
+            "DataConfig.needle_doc_chars", self.needle_doc_chars, minimum=1, what="the longest needle filler", error=DataError
+        )
+        check_int("DataConfig.needle_min_digits", self.needle_min_digits, minimum=1, maximum=18, error=DataError)
+        check_int(
+            "DataConfig.needle_max_digits",
+            self.needle_max_digits,
+            minimum=self.needle_min_digits,
+            maximum=18,
+            what=f"at least needle_min_digits = {self.needle_min_digits}",
+            error=DataError,
+        )
+        keys = self.needle_keys
+        if keys is not None:
+            if not isinstance(keys, (list, tuple)) or not keys or not all(isinstance(k, str) and k.isidentifier() for k in keys):
+                raise DataError(
+                    f"DataConfig.needle_keys: expected null (the built-in keys) or a non-empty list of Python "
+                    f"identifiers, got {keys!r}"
+                )
+            if len(set(keys)) != len(keys):
+                raise DataError(f"DataConfig.needle_keys: expected distinct keys, got {list(keys)}")
+            self.needle_keys = list(keys)
 
     @property
     def cache_root(self) -> Path:

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from .config import DataConfig, DataError
+from .needle_docs import NEEDLE_RECIPE, is_needle_document, needle_documents, needle_stats
 from .sources import Candidates, FileCandidates
 from .split import assign_validation, cut_document, packing_order, select_subset
 
@@ -70,6 +71,20 @@ def source_stats(cfg: DataConfig, candidates: Candidates, selected: int) -> dict
     }
 
 
+def needle_settings(cfg: DataConfig) -> dict:
+    """The needle fields of ``cfg`` (empty without needle documents): part of the corpus memo key and the stats."""
+    if cfg.needle_fraction == 0:
+        return {}
+    return {
+        "recipe": NEEDLE_RECIPE,
+        "fraction": cfg.needle_fraction,
+        "doc_chars": cfg.needle_doc_chars,
+        "min_digits": cfg.needle_min_digits,
+        "max_digits": cfg.needle_max_digits,
+        "keys": cfg.needle_keys,
+    }
+
+
 def build_corpus(cfg: DataConfig, candidates: Candidates, progress: bool = True) -> Corpus:
     """Read the selected documents and split them (see ``split`` for the rules)."""
     indices = select_subset(candidates.names, cfg.max_documents, cfg.seed)
@@ -92,6 +107,21 @@ def build_corpus(cfg: DataConfig, candidates: Candidates, progress: bool = True)
         is_val = assign_validation([n for n, _ in docs], cfg.val_fraction, cfg.seed)
         train = [d for d, v in zip(docs, is_val) if not v]
         val = [d for d, v in zip(docs, is_val) if v]
+    needles = {}
+    if cfg.needle_fraction > 0:  # generated from each split's own text, after the split (DataConfig.needle_fraction)
+        for name, split in (("train", train), ("val", val)):
+            made = needle_documents(
+                [t for _, t in split],
+                name,
+                fraction=cfg.needle_fraction,
+                seed=cfg.seed,
+                keys=cfg.needle_keys,
+                max_chars=cfg.needle_doc_chars,
+                min_digits=cfg.needle_min_digits,
+                max_digits=cfg.needle_max_digits,
+            )
+            needles[name] = needle_stats(made, sum(len(t) for _, t in split))
+            split.extend((d.name, d.text) for d in made)
 
     def make(split: list[tuple[str, str]]) -> SplitDocs:
         order = packing_order([n for n, _ in split], cfg.seed)
@@ -99,7 +129,7 @@ def build_corpus(cfg: DataConfig, candidates: Candidates, progress: bool = True)
         texts = [split[i][1] for i in order]
         stats = {
             "documents": len(names),
-            "files": len(names) if files else None,
+            "files": sum(not is_needle_document(n) for n in names) if files else None,
             "bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in texts),
         }
         return SplitDocs(names=names, texts=texts, hash=split_hash(names, texts), stats=stats)
@@ -107,4 +137,6 @@ def build_corpus(cfg: DataConfig, candidates: Candidates, progress: bool = True)
     tr, va = make(train), make(val)
     stats = source_stats(cfg, candidates, len(indices))
     stats.update(skipped_binary=binary, skipped_empty=empty, single_document_cut=len(docs) == 1)
+    if needles:
+        stats["needle"] = {**needle_settings(cfg), **needles}
     return Corpus(train=tr, val=va, corpus_hash=combine_hashes(tr.hash, va.hash), stats=stats)

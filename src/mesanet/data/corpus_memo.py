@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .cache import read_json, write_json_atomic
 from .config import DataConfig
-from .corpus import CORPUS_RECIPE, Corpus, SplitDocs
+from .corpus import CORPUS_RECIPE, Corpus, SplitDocs, needle_settings
 from .sources import Candidates
 
 RACY_MARGIN_NS = 2_000_000_000
@@ -33,6 +33,8 @@ def memo_key(cfg: DataConfig, candidates: Candidates, fingerprint: list) -> str:
         "candidates": len(candidates.names),
         "files": fingerprint,
     }
+    if cfg.needle_fraction > 0:  # absent otherwise, so memos written before the needle fields stay valid
+        ident["needle"] = needle_settings(cfg)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 

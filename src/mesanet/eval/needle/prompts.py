@@ -3,6 +3,7 @@ where byte-level BPE splits anyway; ``corpus_documents`` supplies the text hayst
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -194,6 +195,9 @@ def corpus_documents(data=None, split: str = "val") -> tuple[list[str], str]:
     if split not in ("train", "val"):
         raise ValueError(f"corpus_documents: expected split 'train' or 'val', got {split!r}")
     cfg = DataConfig() if data is None else data if isinstance(data, DataConfig) else from_dict(DataConfig, data, "data")
+    # Without the generated needle documents of a needle training mix: they hold other keys and values. The
+    # split of the source's own documents does not depend on them (DataConfig.needle_fraction).
+    cfg = dataclasses.replace(cfg, needle_fraction=0.0)
     corpus = build_corpus(cfg, resolve_source(cfg), progress=False)
     docs = getattr(corpus, split)
     texts = [t for t in docs.texts if t.strip()]
