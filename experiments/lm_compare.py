@@ -22,9 +22,10 @@ import math
 import sys
 from pathlib import Path
 
-from mesanet.eval.compare import CompareConfig, CompareVariant, compare
+from mesanet.eval.compare import CompareConfig, CompareVariant, compare, variant_configs
 from mesanet.eval.run_files import read_metrics
-from mesanet.utils.config import from_dict
+from mesanet.presets import preset_path
+from mesanet.utils.config import from_dict, load, to_dict
 
 OUT = Path("runs/lm_compare")
 SWEEP_LRS = [1.5e-3, 3e-3, 6e-3]
@@ -133,6 +134,14 @@ def sweep_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_preset(cfg: CompareConfig) -> None:
+    """The shipped preset (``mesanet compare compare``) must train exactly these runs (out_dir aside)."""
+    preset = load(CompareConfig, str(preset_path("compare")))
+    ours, shipped = ([dict(to_dict(c), out_dir=None) for c in variant_configs(x)] for x in (cfg, preset))
+    if ours != shipped:
+        print(f"lm_compare: WARNING: the preset {preset_path('compare')} differs from this comparison; update it", flush=True)
+
+
 def final(only: list[str] | None = None) -> None:
     """Every model (or those named in ``only``: several processes may train disjoint sets, then one run
     without ``only`` reuses them all and writes the whole report) at its best sweep lr."""
@@ -154,6 +163,8 @@ def final(only: list[str] | None = None) -> None:
         ),
     )
     cfg.variants = variants
+    if only is None:
+        check_preset(cfg)
     report_dir = None if only is None else OUT / "final-parts" / "+".join(only)  # the runs stay in final/runs
     report = compare(cfg, report_dir)
     if only is None:
