@@ -113,7 +113,7 @@ def _delta_to_attention(summaries: Sequence[RunSummary], curves: dict, out: Path
         deltas,
         out / PER_POSITION_DELTA_PNG,
         bins_per_decade=20,
-        title=f"{title}: NLL minus {reference}'s, per position",
+        title=f"NLL minus {reference}'s, per position",
         ylabel=f"NLL - NLL({reference}) (nats)",
         zero_line=True,
     )
