@@ -201,7 +201,8 @@ def test_compare_end_to_end_trains_evaluates_reports_and_resumes(tmp_path):
     )
     report = compare(cfg, progress=False)
     text = report.read_text()
-    rows = [l for l in text.splitlines() if l.startswith("| ") and not l.startswith("| run")]
+    table = text.split("\n## ")[0]  # the main table (the per-position section has a table of its own)
+    rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| run")]
     assert sorted(r.split(" | ")[0][2:] for r in rows) == ["hawk-mesa", "mesanet", "transformer"]
     assert "token budget: 192 tokens per run (3 steps x 2 sequences x 32 tokens)" in text
     for name in ("mesanet", "transformer", "hawk-mesa"):
