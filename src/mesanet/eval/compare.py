@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Union
 from ..models import PRESETS
 from ..ops import INFERENCE
 from ..train import TrainConfig, train
-from ..train.config import RESUMABLE_CHANGES, ModelSection, check_optim
+from ..train.config import RESUMABLE_CHANGES, ModelSection, check_optim, resolved_config
 from ..utils.config import to_dict
 from .checkpoint import resolve_device
 from .compare_report import RunSummary, summarize_run, write_compare_report
@@ -141,7 +141,11 @@ def run_finished(tc: TrainConfig) -> bool:
         steps = read_metrics(run_dir)["step"]
     except ValueError:
         return False
-    return len(steps) > 0 and int(steps[-1]) >= tc.max_steps and _trajectory_fields(saved) == _trajectory_fields(to_dict(tc))
+    return (
+        len(steps) > 0
+        and int(steps[-1]) >= tc.max_steps
+        and _trajectory_fields(resolved_config(saved)) == _trajectory_fields(to_dict(tc))
+    )
 
 
 def _evaluation_current(run_dir: Path, settings: dict) -> bool:

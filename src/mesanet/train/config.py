@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from mesanet.data import DataConfig
 from mesanet.models import MesaNetConfig, preset_config
+from mesanet.utils.config import from_dict, to_dict
 from mesanet.utils.validation import check_int, is_real
 
 #: Fields that may differ between a checkpoint's config and the config that resumes it. Everything else
@@ -133,6 +134,16 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+def resolved_config(saved: dict) -> dict:
+    """A saved config (a run's ``config.yaml``, a checkpoint's) as today's :class:`TrainConfig` reads it: fields
+    added since it was written take their defaults, so comparing it with a new config shows real changes only.
+    A config that no longer loads (a field since removed, a value now out of range) is returned as saved."""
+    try:
+        return to_dict(from_dict(TrainConfig, saved))
+    except (ValueError, TypeError):
+        return saved
+
+
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     """Raise ``ValueError`` naming the field for anything that cannot run (before anything is written)."""
     if not isinstance(cfg, TrainConfig):
@@ -226,6 +237,7 @@ __all__ = [
     "ModelSection",
     "OptimConfig",
     "RESUMABLE_CHANGES",
+    "resolved_config",
     "TrainConfig",
     "build_model_config",
     "check_config",

@@ -8,7 +8,7 @@ from pathlib import Path
 from mesanet.utils.config import to_dict
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, resumable_change
+from .config import TrainConfig, resolved_config, resumable_change
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -32,7 +32,7 @@ def check_resumable(path: Path, summary: dict, state: dict, cfg: TrainConfig, co
             f"{summary.get('tokenizer_hash')}; now corpus {corpus_hash}, tokenizer {tokenizer_hash}): "
             "its data position means nothing here; start a new run (another name)"
         )
-    saved, now = flatten(state["config"]), flatten(to_dict(cfg))
+    saved, now = flatten(resolved_config(state["config"])), flatten(to_dict(cfg))
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     fixed = [k for k in changed if not resumable_change(k)]
     if fixed:
