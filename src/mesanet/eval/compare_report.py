@@ -98,7 +98,7 @@ def _run_lr(run_dir: Path) -> Optional[float]:
     return float(lr) if isinstance(lr, (int, float)) else None
 
 
-def _delta_to_attention(summaries: Sequence[RunSummary], curves: dict, out: Path, title: str) -> list[str]:
+def _delta_to_attention(summaries: Sequence[RunSummary], curves: dict, out: Path) -> list[str]:
     """The MesaNet paper's per-position view (its ``Delta NLL_k``): each model's NLL minus that of the first
     all-attention run, per position; below 0 the model predicts that position better. Nothing without an
     attention run or another curve of the same length."""
@@ -165,8 +165,9 @@ def write_compare_report(
     summaries: Sequence[RunSummary], out_dir: str | Path, *, title: str = "Model comparison", notes: Sequence[str] = ()
 ) -> Path:
     """Write ``report.md`` (table: name, mixers, params, tokens, lr, val loss, val ppl, perplexity at the
-    extrapolation factors, tokens/s, train time, and CG steps where a run has Mesa layers), ``loss_curves.png``, ``per_position.png`` and ``compare.json``
-    into ``out_dir``; returns the report's path. Rows are sorted by validation loss."""
+    extrapolation factors, tokens/s, train time, and CG steps where a run has Mesa layers), ``loss_curves.png``,
+    ``per_position.png`` (with an attention run also ``per_position_vs_attention.png``) and ``compare.json`` into
+    ``out_dir``; returns the report's path. Rows are sorted by validation loss."""
     if not summaries:
         raise ValueError("write_compare_report: expected at least one run summary")
     names = [s.name for s in summaries]
@@ -225,7 +226,7 @@ def write_compare_report(
     if curves:
         plot_per_position(curves, out / PER_POSITION_PNG, bins_per_decade=20, title=title + ": per-position NLL")
         lines += ["", "## Per-position NLL (training length)", "", f"![per-position NLL]({PER_POSITION_PNG})"]
-        lines += _delta_to_attention(summaries, curves, out, title)
+        lines += _delta_to_attention(summaries, curves, out)
     lines.append("")
     report = out / REPORT_MD
     report.write_text("\n".join(lines))
