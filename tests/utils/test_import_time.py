@@ -31,13 +31,21 @@ def test_import_mesanet_and_the_cli_help_load_neither_torch_nor_transformers():
     assert out.strip().splitlines()[-1] == "HEAVY []"
 
 
-@pytest.mark.parametrize("order", ["mesanet first", "transformers first", "modeling first"])
+# "auto model first": transformers' modeling_auto imports configuration_auto while half-executed; registering
+# the model classes at that moment failed (the warning said so and AutoModelForCausalLM did not know mesanet)
+FIRST_IMPORTS = {
+    "mesanet first": "import mesanet\nimport transformers",
+    "transformers first": "from transformers import AutoConfig\nimport mesanet",
+    "modeling first": "import mesanet\nfrom mesanet.models import MesaNetForCausalLM",
+    "auto model first": "import mesanet\nfrom transformers import AutoModelForCausalLM",
+    "models package, then auto model": "from mesanet.models import preset_config\nfrom transformers import AutoModelForCausalLM",
+    "auto model module loaded": "import transformers.models.auto.modeling_auto\nimport mesanet",
+}
+
+
+@pytest.mark.parametrize("order", list(FIRST_IMPORTS))
 def test_the_auto_classes_know_mesanet_whatever_the_import_order(order):
-    first = {
-        "mesanet first": "import mesanet\nimport transformers",
-        "transformers first": "from transformers import AutoConfig\nimport mesanet",
-        "modeling first": "import mesanet\nfrom mesanet.models import MesaNetForCausalLM",
-    }[order]
+    first = "import warnings\nwarnings.simplefilter('error')\n" + FIRST_IMPORTS[order]
     out = python(
         first
         + """

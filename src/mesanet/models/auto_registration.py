@@ -1,9 +1,11 @@
 """``model_type: mesanet`` in the Hugging Face Auto classes, without importing ``transformers`` at ``import mesanet``.
 
-``import mesanet`` calls :func:`register_when_transformers_loads`: if ``transformers``' Auto machinery
-(``transformers.models.auto.configuration_auto``) is loaded already, MesaNet is registered at once; otherwise a
-one-shot import hook registers it right after that module is executed, i.e. before any ``AutoConfig`` /
-``AutoModelForCausalLM`` call can look for it. The model classes are registered as light stand-ins that import
+``import mesanet`` calls :func:`register_when_transformers_loads`: the config is registered with ``AutoConfig``
+once ``transformers.models.auto.configuration_auto`` is loaded, the model classes with ``AutoModel`` /
+``AutoModelForCausalLM`` once ``transformers.models.auto.modeling_auto`` is: at once where a module is loaded
+already, otherwise by a one-shot import hook right after it executed, i.e. before any Auto call can look for
+MesaNet. (The two steps are separate because ``modeling_auto`` imports ``configuration_auto`` while it is itself
+half-executed: registering the model classes at that moment fails.) The model classes are registered as light stand-ins that import
 the modeling stack (``mesanet.models.modeling_mesanet``) on first use and then replace themselves by the real
 classes, so neither ``import mesanet`` nor ``mesanet --help`` pays for the modeling stack (README, "Import time").
 """
@@ -15,8 +17,10 @@ import importlib.abc
 import sys
 import warnings
 
-#: The module after whose execution MesaNet is registered (every Auto class is reached through it).
-TRIGGER = "transformers.models.auto.configuration_auto"
+#: After this module executed, the config is registered with ``AutoConfig``.
+CONFIG_TRIGGER = "transformers.models.auto.configuration_auto"
+#: After this module executed, the model classes are registered with the Auto model classes it defines.
+MODEL_TRIGGER = "transformers.models.auto.modeling_auto"
 MODELING = "mesanet.models.modeling_mesanet"
 
 #: Auto class name -> MesaNet class name (in :data:`MODELING`).
@@ -53,32 +57,49 @@ def _stand_in(auto_name: str, class_name: str, config_class: type) -> type:
     )
 
 
-def register() -> None:
-    """Register ``mesanet`` with ``AutoConfig`` (the real config class) and ``AutoModel`` /
-    ``AutoModelForCausalLM`` (stand-ins, or the real classes once the modeling stack is imported)."""
-    import transformers
+def register_config() -> None:
+    """Register ``mesanet`` with ``AutoConfig`` (the real config class)."""
+    from transformers.models.auto.configuration_auto import AutoConfig
 
     from .configuration_mesanet import MesaNetConfig
 
-    transformers.AutoConfig.register(MesaNetConfig.model_type, MesaNetConfig, exist_ok=True)
+    AutoConfig.register(MesaNetConfig.model_type, MesaNetConfig, exist_ok=True)
+
+
+def register_models() -> None:
+    """Register ``AutoModel`` / ``AutoModelForCausalLM`` for ``MesaNetConfig`` (stand-ins, or the real classes once
+    the modeling stack is imported)."""
+    from transformers.models.auto import modeling_auto
+
+    from .configuration_mesanet import MesaNetConfig
+
     modeling = sys.modules.get(MODELING)
     for auto_name, class_name in AUTO_CLASSES.items():
         cls = getattr(modeling, class_name, None) or _stand_in(auto_name, class_name, MesaNetConfig)
-        getattr(transformers, auto_name).register(MesaNetConfig, cls, exist_ok=True)
+        getattr(modeling_auto, auto_name).register(MesaNetConfig, cls, exist_ok=True)
 
 
-def _register_quietly() -> None:
+def register() -> None:
+    """Register ``mesanet`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM`` now."""
+    register_config()
+    register_models()
+
+
+def _quietly(step) -> None:
     try:
-        register()
+        step()
     except Exception as e:  # noqa: BLE001 (never break the import of transformers itself)
         warnings.warn(f"mesanet: could not register model_type 'mesanet' with the transformers Auto classes: {e!r}", stacklevel=2)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """One-shot finder: lets the normal finders locate :data:`TRIGGER` and runs :func:`register` after it executed."""
+    """One-shot finder: lets the normal finders locate ``trigger`` and runs ``step`` after that module executed."""
+
+    def __init__(self, trigger: str, step):
+        self.trigger, self.step = trigger, step
 
     def find_spec(self, name, path=None, target=None):
-        if name != TRIGGER:
+        if name != self.trigger:
             return None
         if self in sys.meta_path:
             sys.meta_path.remove(self)
@@ -96,18 +117,19 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         def exec_and_register(module):
             exec_module(module)
             loader.exec_module = exec_module  # the loader instance is this module's alone: restore it
-            _register_quietly()
+            _quietly(self.step)
 
         loader.exec_module = exec_and_register
         return spec
 
 
 def register_when_transformers_loads() -> None:
-    """Register now if the Auto machinery is loaded, else as soon as it is (see the module docstring)."""
-    if TRIGGER in sys.modules:
-        _register_quietly()
-    elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterAfterImport())
+    """Register each part now if its Auto module is loaded, else as soon as it is (see the module docstring)."""
+    for trigger, step in ((CONFIG_TRIGGER, register_config), (MODEL_TRIGGER, register_models)):
+        if trigger in sys.modules:
+            _quietly(step)
+        elif not any(isinstance(f, _RegisterAfterImport) and f.trigger == trigger for f in sys.meta_path):
+            sys.meta_path.insert(0, _RegisterAfterImport(trigger, step))
 
 
-__all__ = ["AUTO_CLASSES", "register", "register_when_transformers_loads"]
+__all__ = ["AUTO_CLASSES", "register", "register_config", "register_models", "register_when_transformers_loads"]
