@@ -22,9 +22,10 @@ Sections (defaults: B=1, H=4, Dk=Dv=64, chunk C=64, fp32; T in {512, 2048, 8192}
   ``naive_mesa_net_decoding_one_step`` with 30 steps on the same states. Each implementation is timed in a
   worker process of its own (not in turns: a step of a fraction of a millisecond is slowed by the other's
   still-spinning thread pools, see :func:`benchmarks.mesa_op.decode.measure_decode`).
-* **Preconditioners** (``--preconditioners``): none / jacobi / chunk (and chunk refreshed every 16 tokens,
-  ``chunk/16``) at ``tol=1e-4``: CG steps mean / max, forward time and error, on random keys and on skewed
-  keys (channel scales 1..1e-2 before normalisation) with gates near 1 (gamma in [0.99, 1], lam 0.25).
+* **Preconditioners** (``--preconditioners``): none / jacobi / chunk / chunk-keys (and the last two refreshed
+  every 16 tokens, ``chunk/16``, ``chunk-keys/16``) at ``tol=1e-4``: CG steps mean / max, forward time and
+  error, on random keys and on skewed keys (channel scales 1..1e-2 before normalisation) with gates near 1
+  (gamma in [0.99, 1], lam 0.25).
 
 Inputs (``random``): unit-norm q and k, v ~ N(0, 1), gamma ~ U[0.8, 0.99], beta ~ U[0, 1], lam = 1. Our
 ops are timed at their defaults, value checks included (``validate=True``; the peer checks nothing).
@@ -184,7 +185,7 @@ def run_benchmark(
                 run["relative_error"] = h.relative_errors(out, reference_out)[0]
                 precond.append(run)
                 log(
-                    f"preconditioner {name:<8s} {kind:<6s} CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
+                    f"preconditioner {name:<13s} {kind:<6s} CG {run['cg_mean_iterations']:.1f}/{run['cg_max_iterations']}  "
                     f"fwd {1e3 * run['median_s']:.1f} ms  rel. error {run['relative_error']:.1e}"
                 )
 
@@ -248,7 +249,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument(
         "--peer", help="path of flash-linear-attention's fla/ops/mesa_net/naive.py (side by side; skipped without)"
     )
-    parser.add_argument("--preconditioners", action="store_true", help="also compare the preconditioners none / jacobi / chunk")
+    parser.add_argument(
+        "--preconditioners", action="store_true", help="also compare the preconditioners none / jacobi / chunk / chunk-keys"
+    )
     parser.add_argument("--no-decode", action="store_true", help="skip the decode section")
     parser.add_argument("--in-process", action="store_true", help="no worker processes (faster; CPU memory only a lower bound)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")

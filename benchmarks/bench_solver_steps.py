@@ -2,13 +2,16 @@
 
 Loads a training run's model (``runs/small`` by default, the ``make run`` job), runs its validation windows
 at ``--length`` tokens through the model in eval mode once per solver setting, and reports per layer the CG
-steps to the tolerance (mean and max over every token x head system). Steps only: they do not depend on the
-machine's load; the time per setting is measured by ``bench_mesa_op.py --preconditioners``. Settings: ``none``, ``jacobi``, ``chunk`` (once per chunk) and ``chunk/16`` (refreshed every 16 tokens),
-all at ``--tol`` (default 1e-4, the paper's inference tolerance) with at most 30 steps.
+steps to the tolerance (mean and max over every token x head system). Steps do not depend on the machine's
+load. With ``--time`` it also times the model's whole forward per setting (interleaved rounds, one thread by
+default: ratios between settings are taken under one load; time nothing else meanwhile). Settings: ``none``,
+``jacobi``, ``chunk`` (once per chunk), ``chunk/16`` (refreshed every 16 tokens) and ``chunk-keys`` (with the
+block's own keys) once per chunk and every 32 / 16 / 8 tokens, all at ``--tol`` (default 1e-4, the paper's
+inference tolerance) with at most 30 steps.
 
 Usage::
 
-    python -m benchmarks.bench_solver_steps [RUN_DIR] [--length 1024] [--windows 2] [--tol 1e-4] [--out DIR]
+    python -m benchmarks.bench_solver_steps [RUN_DIR] [--length 1024] [--windows 2] [--tol 1e-4] [--time] [--threads 1] [--out DIR]
 
 Writes ``solver_steps.json`` and ``solver_steps.md`` (default ``benchmarks/results/``).
 """
@@ -16,6 +19,7 @@ Writes ``solver_steps.json`` and ``solver_steps.md`` (default ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -34,24 +38,38 @@ DEFAULT_RUN = REPO / "runs" / "small"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 
 #: (label, preconditioner, precondition_every) compared at one tolerance.
-SETTINGS = (("none", "none", None), ("jacobi", "jacobi", None), ("chunk", "chunk", None), ("chunk/16", "chunk", 16))
+SETTINGS = (
+    ("none", "none", None),
+    ("jacobi", "jacobi", None),
+    ("chunk", "chunk", None),
+    ("chunk/16", "chunk", 16),
+    ("chunk-keys", "chunk-keys", None),
+    ("chunk-keys/32", "chunk-keys", 32),
+    ("chunk-keys/16", "chunk-keys", 16),
+    ("chunk-keys/8", "chunk-keys", 8),
+)
 
 #: The issue's targets for the chunk preconditioner on the trained model: max steps at tol 1e-4.
 MAX_STEPS_TARGET, MAX_STEPS_STRETCH = 6, 4
 
 
-def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int = 30) -> dict[str, Any]:
+#: Timing rounds of ``--time``: every round runs each setting's forward once, in rotating order.
+TIME_POLICY = h.RepeatPolicy(warmup=1, min_repeats=3, max_repeats=5, budget_s=20.0)
+
+
+def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int = 30, time: bool = False) -> dict[str, Any]:
     model_dir, run = resolve_model_dir(run_dir)
     model = load_checkpoint(model_dir).model.eval()
     config = load_run_config(run)
     tokens = validation_tokens(config["data"], progress=False, run_dir=Path(run))
     inputs = eval_windows(tokens, length, max_windows=windows)  # [windows, length]
-    rows = []
+    rows, calls = [], {}
     for label, preconditioner, every in SETTINGS:
         solver = SolverSettings(max_iter=max_iter, tol=tol, preconditioner=preconditioner, precondition_every=every)
         with torch.no_grad(), collect_solver_stats(model, solver) as collector:
             model(input_ids=inputs, use_cache=False)
             summary = collector.summary()
+        calls[label] = functools.partial(_forward, model, inputs, solver)
         rows.append(
             dict(
                 setting=label,
@@ -63,8 +81,14 @@ def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int 
                 ],
             )
         )
+    if time:
+        records, _ = h.time_interleaved(calls, "cpu", TIME_POLICY)
+        for row in rows:
+            row["forward_ms"] = 1e3 * records[row["setting"]]["min_s"]
+            row["foreign_cpu_fraction"] = records[row["setting"]]["foreign_cpu_fraction"]
     return dict(
         run=str(run_dir),
+        threads=torch.get_num_threads(),
         length=length,
         windows=int(inputs.shape[0]),
         tol=tol,
@@ -72,6 +96,12 @@ def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int 
         rows=rows,
         target=dict(max_steps=MAX_STEPS_TARGET, stretch=MAX_STEPS_STRETCH),
     )
+
+
+def _forward(model: torch.nn.Module, inputs: torch.Tensor, solver: SolverSettings) -> None:
+    """The whole model forward with every Mesa layer on ``solver`` (what ``--time`` times)."""
+    with torch.no_grad(), collect_solver_stats(model, solver):
+        model(input_ids=inputs, use_cache=False)
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -85,12 +115,25 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"(stretch <= {results['target']['stretch']}).",
         "",
     ]
+    timed = all("forward_ms" in row for row in results["rows"])
     header = ["setting", *[f"layer {i}" for i in layers], "mean over layers", "max over layers"]
+    if timed:
+        base = next(row["forward_ms"] for row in results["rows"] if row["setting"] == "chunk")
+        header += ["forward ms", "/ chunk"]
+        load = max(row["foreign_cpu_fraction"] or 0.0 for row in results["rows"])
+        out += [
+            f"Forward: the whole model on these windows, {results['threads']} thread(s), fastest of interleaved rounds "
+            f"(other load on the machine meanwhile: {h.percent(load)}).",
+            "",
+        ]
     body = []
     for row in results["rows"]:
         cells = [f"{e['mean']:.1f} / {e['max']}" for e in row["layers"]]
         mean = sum(e["mean"] for e in row["layers"]) / len(row["layers"])
-        body.append([f"`{row['setting']}`", *cells, f"{mean:.1f}", max(e["max"] for e in row["layers"])])
+        line = [f"`{row['setting']}`", *cells, f"{mean:.1f}", max(e["max"] for e in row["layers"])]
+        if timed:
+            line += [f"{row['forward_ms']:.0f}", f"{row['forward_ms'] / base:.2f}x"]
+        body.append(line)
     return "\n".join(out + h.table(header, body)) + "\n"
 
 
@@ -100,11 +143,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--length", type=int, default=1024, help="tokens per window (default 1024)")
     parser.add_argument("--windows", type=int, default=2, help="validation windows (default 2)")
     parser.add_argument("--tol", type=float, default=1e-4, help="CG tolerance (default 1e-4)")
+    parser.add_argument("--time", action="store_true", help="also time the model's forward per setting")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     if not args.run.is_dir():
         parser.error(f"expected a training run directory, got {str(args.run)!r} (train one with `make run`)")
-    results = measure(args.run, args.length, args.windows, args.tol)
+    if args.threads < 1:
+        parser.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    results = measure(args.run, args.length, args.windows, args.tol, time=args.time)
     _, md = h.write_results(results, args.out, "solver_steps", render_markdown)
     print(md.read_text())
 

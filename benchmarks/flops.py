@@ -9,14 +9,20 @@ Per token and head, with key size ``d``, value size ``dv``, chunk ``C`` and ``s`
     precond = 0                             "none"
               2 C d                         "jacobi": the diagonal M (K o K) (applying it is element-wise)
               (s + 2) 2 d^2                 "chunk": r P^{-1} for x0, z0 and once per step
+              (s + 2)(2 d^2 + 4 n d)        "chunk-keys" with blocks of n tokens: r [P^{-1} | F^T], scores F
+              + 2 d^2 + 2 n d                 and its setup F = W^{1/2} K P^{-1}, F K^T W^{1/2}
+              + 2 d^2 if n < C              refreshed blocks ("chunk" or "chunk-keys"): the block updates K^T W K
     output  = 2 d dv + 2 C d + 2 C dv       exp(b) (X S_c) + (M o (X K^T)) V
     total   = states + solve + precond + output
 
+With blocks of ``n`` tokens that do not divide ``C``, the preconditioner's terms count ``ceil(C / n) n`` rows per
+chunk (the last block is padded), so the count per token is given per chunk divided by ``C``.
+
 A multiply-add counts as 2 FLOPs; only matrix products are counted, as ``FlopCounterMode`` counts them:
 element-wise work (gates, masks, CG vector updates and dot products), the chunk-boundary state
-recurrence and the exponentials are left out, and so is the chunk preconditioner's factorisation
-(one Cholesky and one ``cholesky_inverse`` of a ``d x d`` matrix per chunk and head, about
-``4/3 d^3 / C`` per token: 5.5k of ~0.8M FLOPs at d = C = 64). The intra-chunk ``C x C`` products are
+recurrence and the exponentials are left out, and so are the chunk preconditioner's factorisations
+(the inverse of a ``d x d`` matrix per block and head, about ``4/3 d^3 / n`` per token: 5.5k of ~0.8M FLOPs at
+d = C = n = 64; with "chunk-keys" also the Cholesky factor of an ``n x n`` matrix and a triangular solve). The intra-chunk ``C x C`` products are
 counted dense, as computed (the causal mask halves the *useful* work). Tokens are counted after
 padding ``T`` up to a multiple of the chunk (``min(C, T)``). ``s`` is the number of steps the batched
 loop ran: ``stats.max_iterations`` (the loop stops once every system has; on a CPU the solve runs in
@@ -28,32 +34,57 @@ from __future__ import annotations
 
 import math
 
-PRECONDITIONERS = ("none", "jacobi", "chunk")
+PRECONDITIONERS = ("none", "jacobi", "chunk", "chunk-keys")
 
 FLOP_FORMULA = (
     "forward FLOPs per token per head = 2d(d+dv) [states] + (s+1)(2d^2 + 4Cd) [CG solve] "
-    "+ {0 | 2Cd | (s+2) 2d^2} [preconditioner none | jacobi | chunk] + 2d*dv + 2Cd + 2C*dv [output]; "
+    "+ {0 | 2Cd | (s+2) 2d^2 | (s+2)(2d^2 + 4nd) + 2d^2 + 2nd} [preconditioner none | jacobi | chunk | chunk-keys, "
+    "blocks of n tokens, + 2d^2 where n < C] + 2d*dv + 2Cd + 2C*dv [output]; "
     "multiply-add = 2 FLOPs, matrix products only (no factorisations), intra-chunk CxC products counted dense, "
     "s = CG steps the batched loop ran (stats.max_iterations), tokens padded to a multiple of C"
 )
 
 
-def forward_flops_per_token_head(dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: str = "none") -> int:
-    """Matrix-product FLOPs of the chunkwise forward per token and head (see the module docstring)."""
+def _chunk_flops(dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: str, block: int | None) -> int:
+    """Matrix-product FLOPs of the chunkwise forward per chunk and head (see the module docstring)."""
     if preconditioner not in PRECONDITIONERS:
         raise ValueError(f"preconditioner: expected one of {PRECONDITIONERS}, got {preconditioner!r}")
+    n = chunk if block is None else min(block, chunk)
+    rows = -(-chunk // n) * n  # the preconditioner's rows: the last block padded
     states = 2 * dk * (dk + dv)
     matvec = 2 * dk * dk + 4 * chunk * dk
     solve = (cg_steps + 1) * matvec
-    precond = {"none": 0, "jacobi": 2 * chunk * dk, "chunk": (cg_steps + 2) * 2 * dk * dk}[preconditioner]
     output = 2 * dk * dv + 2 * chunk * dk + 2 * chunk * dv
-    return states + solve + precond + output
+    refresh = 2 * dk * dk if n < chunk and preconditioner in ("chunk", "chunk-keys") else 0
+    apply = {
+        "none": 0,
+        "jacobi": 0,
+        "chunk": (cg_steps + 2) * 2 * dk * dk,
+        "chunk-keys": (cg_steps + 2) * (2 * dk * dk + 4 * n * dk) + 2 * dk * dk + 2 * n * dk,
+    }[preconditioner]
+    jacobi = 2 * chunk * dk * chunk if preconditioner == "jacobi" else 0
+    return chunk * (states + solve + output) + rows * (apply + refresh) + jacobi
+
+
+def forward_flops_per_token_head(
+    dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: str = "none", block: int | None = None
+) -> float:
+    """Matrix-product FLOPs of the chunkwise forward per token and head (see the module docstring)."""
+    return _chunk_flops(dk, dv, chunk, cg_steps, preconditioner, block) / chunk
 
 
 def forward_flops(
-    batch: int, heads: int, length: int, dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: str = "none"
+    batch: int,
+    heads: int,
+    length: int,
+    dk: int,
+    dv: int,
+    chunk: int,
+    cg_steps: int,
+    preconditioner: str = "none",
+    block: int | None = None,
 ) -> int:
-    """Forward FLOPs of one ``mesa`` call on ``[batch, length, heads, *]`` inputs."""
+    """Forward FLOPs of one ``mesa`` call on ``[batch, length, heads, *]`` inputs (``block``: ``precondition_every``)."""
     chunk = min(chunk, length)
-    padded = math.ceil(length / chunk) * chunk
-    return forward_flops_per_token_head(dk, dv, chunk, cg_steps, preconditioner) * padded * batch * heads
+    chunks = math.ceil(length / chunk)
+    return _chunk_flops(dk, dv, chunk, cg_steps, preconditioner, block) * chunks * batch * heads

@@ -84,11 +84,11 @@ PRECONDITIONER_TOL = 1e-4
 
 
 def preconditioner_settings() -> dict[str, dict[str, Any]]:
-    """Label -> SolverSettings fields of the preconditioner comparison (``chunk/16``: the chunk
-    preconditioner refreshed every 16 tokens, where SolverSettings has ``precondition_every``)."""
-    settings = {name: dict(tol=PRECONDITIONER_TOL, preconditioner=name) for name in ("none", "jacobi", "chunk")}
-    if "precondition_every" in SolverSettings.__dataclass_fields__:
-        settings["chunk/16"] = dict(settings["chunk"], precondition_every=16)
+    """Label -> SolverSettings fields of the preconditioner comparison (``NAME/16``: refreshed every 16 tokens)."""
+    names = ("none", "jacobi", "chunk", "chunk-keys")
+    settings = {name: dict(tol=PRECONDITIONER_TOL, preconditioner=name) for name in names}
+    for name in ("chunk", "chunk-keys"):
+        settings[f"{name}/16"] = dict(settings[name], precondition_every=16)
     return settings
 
 

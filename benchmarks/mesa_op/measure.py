@@ -70,10 +70,10 @@ def _describe(call: OpCall, stats, record: dict[str, Any], spec: dict[str, Any])
     """A timing record completed with what was run and the CG steps (and, forward only, GFLOP/s)."""
     shape, variant = call.shape, call.variant
     if stats is None:  # the peer: a fixed step count
-        mean, steps, residual, precond = float(variant.peer_steps), variant.peer_steps, None, "none"
+        mean, steps, residual, precond, block = float(variant.peer_steps), variant.peer_steps, None, "none", None
     else:
         mean, steps, residual = stats.mean_iterations, stats.max_iterations, stats.max_relative_residual
-        precond = (call.solver or INFERENCE).preconditioner
+        precond, block = (call.solver or INFERENCE).preconditioner, (call.solver or INFERENCE).precondition_every
     result = dict(
         record,
         length=spec["length"],
@@ -87,9 +87,11 @@ def _describe(call: OpCall, stats, record: dict[str, Any], spec: dict[str, Any])
         cg_max_iterations=steps,
         cg_max_relative_residual=residual,
         preconditioner=precond,
+        precondition_every=block,
     )
     if spec["mode"] == "fwd":
-        flops = forward_flops(shape.batch, shape.heads, spec["length"], shape.dk, shape.dv, shape.chunk, steps, precond)
+        length, dk, dv, chunk = spec["length"], shape.dk, shape.dv, shape.chunk
+        flops = forward_flops(shape.batch, shape.heads, length, dk, dv, chunk, steps, precond, block)
         result.update(forward_gflop=flops / 1e9, gflops=flops / result["median_s"] / 1e9)
     return result
 

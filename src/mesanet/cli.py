@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=None, help="CG step limit of the solver report (default: the model's)")
     p.add_argument(
         "--preconditioner",
-        choices=("none", "jacobi", "chunk"),
+        choices=("none", "jacobi", "chunk", "chunk-keys"),  # mesanet.ops.PRECONDITIONERS (not imported: no torch for --help)
         default=None,
         help="CG preconditioner of the solver report (default: the model's)",
     )

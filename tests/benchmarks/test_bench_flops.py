@@ -31,18 +31,24 @@ def _inputs(batch: int, length: int, heads: int, dk: int, dv: int):
     )
 
 
-@pytest.mark.parametrize("preconditioner", ["none", "jacobi", "chunk"])
+# blocks of the refreshed preconditioners: the whole chunk, a divisor of it, and one that pads the last block
+SETTINGS = [("none", None), ("jacobi", None), ("chunk", None), ("chunk", 4), ("chunk", 5)]
+SETTINGS += [("chunk-keys", None), ("chunk-keys", 4), ("chunk-keys", 5)]
+
+
+@pytest.mark.parametrize("preconditioner, block", SETTINGS)
 @pytest.mark.parametrize("steps", [0, 4])
-def test_flop_model_matches_flop_counter(preconditioner, steps):
+def test_flop_model_matches_flop_counter(preconditioner, block, steps):
     # T = 100 is not a multiple of C = 16: the padded tokens count; dv != dk; tol = 0 and a few steps,
     # so every system runs all of them (the residual floor is far away)
     batch, length, heads, dk, dv, chunk = 2, 100, 2, 16, 8, 16
-    solver = SolverSettings(max_iter=steps, tol=0.0, preconditioner=preconditioner)
+    solver = SolverSettings(max_iter=steps, tol=0.0, preconditioner=preconditioner, precondition_every=block)
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_inplace})
     with torch.no_grad(), counter:
         out = mesa(**_inputs(batch, length, heads, dk, dv), solver=solver, chunk_size=chunk, return_stats=True)
     assert out.stats.max_iterations == steps
-    assert forward_flops(batch, heads, length, dk, dv, chunk, steps, preconditioner) == counter.get_total_flops()
+    expected = forward_flops(batch, heads, length, dk, dv, chunk, steps, preconditioner, block)
+    assert expected == counter.get_total_flops()
 
 
 def test_flop_model_per_token_at_paper_size():

@@ -110,13 +110,15 @@ def test_split_with_state_passing_equals_whole():
         assert rel_err(a, e) <= F64_EXACT_RTOL, name
 
 
-def test_packed_varlen_equals_per_sequence():
+# the default, and preconditioners refreshed every 3 tokens of 8-token chunks (partial blocks in every chunk)
+@pytest.mark.parametrize("preconditioner, every", [("chunk", None), ("chunk", 3), ("chunk-keys", None), ("chunk-keys", 3)])
+def test_packed_varlen_equals_per_sequence(preconditioner, every):
     lengths = [7, 1, 30, 16, 12]  # a length-1 sequence, exact chunk multiples and partial chunks
     heads, dk, dv, chunk = 2, 8, 5, 8
     total = sum(lengths)
     inputs = make_inputs(1, total, heads, dk, dv, initial_state=True, num_states=len(lengths), requires_grad=True)
     cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    opts = dict(solver=fixed(converged_iters(dk)), chunk_size=chunk)
+    opts = dict(solver=fixed(converged_iters(dk), preconditioner, precondition_every=every), chunk_size=chunk)
     packed, (h, s), stats = mesa(**inputs, cu_seqlens=cu, output_final_state=True, return_stats=True, **opts)
     assert packed.shape == (1, total, heads, dv) and h.shape == (len(lengths), heads, dk, dk)
     assert stats.iterations.shape == (1, total, heads)
@@ -203,6 +205,31 @@ def test_backward_is_homogeneous_in_the_upstream_gradient(tol, preconditioner):
         scaled = torch.autograd.grad(_loss((o, h, s), [w * scale for w in weights]), leaves(inputs), retain_graph=True)
         for name, a, e in zip(LEAF_NAMES, scaled, base):
             assert rel_err(a, e * scale) <= HOMOGENEITY_RTOL, f"d{name} at scale {scale}"
+
+
+def _steps(inputs: dict, preconditioner: str, every: int | None) -> tuple[float, int]:
+    solver = SolverSettings(max_iter=100, tol=1e-4, preconditioner=preconditioner, precondition_every=every)
+    _, _, stats = mesa(**inputs, solver=solver, return_stats=True)
+    assert stats.max_relative_residual <= 1e-4
+    return stats.mean_iterations, stats.max_iterations
+
+
+def test_in_block_keys_save_cg_steps_where_the_chunk_preconditioner_leaves_them():
+    """The chunk preconditioner leaves CG the keys that arrive inside its block; "chunk-keys" folds them in (decayed
+    to the block's end), so at the same tolerance it needs fewer steps, refreshed every 16 tokens fewer still."""
+    inputs = make_inputs(2, 256, 2, 32, 8, gate="mid", initial_state=True, dtype=torch.float32)
+    for every in (None, 16):
+        (chunk_mean, chunk_max), (keys_mean, keys_max) = (_steps(inputs, p, every) for p in ("chunk", "chunk-keys"))
+        assert keys_mean < chunk_mean and keys_max <= chunk_max, every
+    assert _steps(inputs, "chunk-keys", 16)[1] < _steps(inputs, "chunk", 16)[1]
+
+
+def test_without_decay_chunk_keys_is_the_exact_inverse():
+    """Without forgetting the in-block decay is 1, so "chunk-keys" is ``(H_t + Lambda)^{-1}`` itself: its initial
+    guess already meets the tolerance, where the chunk preconditioner still needs several steps."""
+    inputs = make_inputs(2, 256, 2, 32, 8, gate="none", initial_state=True, dtype=torch.float32)
+    assert _steps(inputs, "chunk", None)[0] > 3
+    assert _steps(inputs, "chunk-keys", None)[1] == 0 and _steps(inputs, "chunk-keys", 16)[1] == 0
 
 
 def test_tolerance_stops_early_and_reports_residuals():

@@ -26,6 +26,7 @@ def test_spd_inverse_matches_lapack_in_float64(n, shape):
     matrix = spd_batch(shape, n, cond=1e4)
     inverse, ok = spd_inverse(matrix)
     assert inverse.shape == matrix.shape and ok.shape == shape and bool(ok.all())
+    assert torch.equal(inverse, inverse.mT)  # bit for bit: CG's M^{-1} must be symmetric
     expected = torch.linalg.inv(matrix)
     # eps(float64) * cond = 2e-12 for cond 1e4: far inside F64_EXACT_RTOL
     assert (inverse - expected).norm() / expected.norm() <= F64_EXACT_RTOL
@@ -73,3 +74,67 @@ def test_preconditioner_falls_back_to_jacobi_for_a_block_that_does_not_factor():
     for i, j in good:
         assert (inverse[i, j] - expected[i, j]).norm() / expected[i, j].norm() <= F64_EXACT_RTOL
     assert torch.equal(inverse[1, 0], torch.diag_embed(matrix[1, 0].diagonal().reciprocal()))
+
+
+def block_inputs(nc: int, h: int, c: int, d: int, seed: int = 0, gate: tuple[float, float] = (0.8, 0.99)):
+    """Chunked inputs of the preconditioner in float64: a PSD entering state, unit keys, gates, beta, lam."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64)
+    keys = torch.nn.functional.normalize(torch.randn(nc, h, c, d, generator=gen, dtype=torch.float64), dim=-1)
+    g = torch.log(gate[0] + (gate[1] - gate[0]) * rand(nc, h, c))
+    a = torch.randn(nc, h, d, d, generator=gen, dtype=torch.float64)
+    return dict(h_in=a @ a.mT / d, k=keys, b=g.cumsum(-1), beta=rand(nc, h, c), lam=0.25 + rand(h, d))
+
+
+def stated_matrices(h_in, k, b, beta, lam, block: int, keys: bool) -> torch.Tensor:
+    """``M_t [NC, H, C, d, d]`` as the module docstring states them, token by token: the key state entering
+    ``t``'s block times the block's mean decay, plus ``Lambda``, plus (with ``keys``) the block's keys up to ``t``
+    decayed to the block's last token."""
+    nc, h, c, d = k.shape
+    b_full = torch.nn.functional.pad(b, (1, 0))  # b_full[..., i + 1] = b_i, b_{-1} = 0
+    out = torch.empty(nc, h, c, d, d, dtype=k.dtype)
+    for t in range(c):
+        start = t - t % block
+        end = min(start + block, c) - 1
+        anchor = b_full[..., start]  # log decay before the block  [NC, H]
+        entering = anchor.exp()[..., None, None] * h_in
+        for i in range(start):
+            w = (anchor - b[..., i]).exp() * beta[..., i]
+            entering = entering + w[..., None, None] * k[..., i, :, None] * k[..., i, None, :]
+        scale = (b[..., start : end + 1] - anchor[..., None]).exp().mean(-1)
+        m = scale[..., None, None] * entering + torch.diag_embed(lam)
+        if keys:
+            for i in range(start, t + 1):
+                w = (b[..., end] - b[..., i]).exp() * beta[..., i]
+                m = m + w[..., None, None] * k[..., i, :, None] * k[..., i, None, :]
+        out[:, :, t] = m
+    return out
+
+
+# one block per chunk, blocks that divide the chunk, and blocks that leave a partial last block
+@pytest.mark.parametrize("block", [12, 4, 5])
+@pytest.mark.parametrize("keys", [False, True], ids=["chunk", "chunk-keys"])
+def test_preconditioner_applies_the_inverse_of_its_stated_matrix(block, keys):
+    """Every row ``t`` gets ``M_t^{-1} r_t`` with ``M_t`` built independently from its definition: with keys, the
+    Woodbury rows reproduce the inverse of the entering part plus a growing prefix of the block's keys."""
+    inputs = block_inputs(3, 2, 12, 7)
+    precond = ChunkEntryPreconditioner(**inputs, block=block, keys=keys)
+    r = torch.randn(3, 2, 12, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = torch.linalg.solve(stated_matrices(**inputs, block=block, keys=keys), r.unsqueeze(-1)).squeeze(-1)
+    assert (precond.apply(r) - expected).norm() / expected.norm() <= F64_EXACT_RTOL
+    # restricting to some chunks (CG's cache blocks) keeps their rows' inverses
+    assert torch.equal(precond.restrict(slice(1, 3)).apply(r[1:3]), precond.apply(r)[1:3])
+
+
+def test_chunk_keys_falls_back_to_the_entering_part_where_the_woodbury_matrix_does_not_factor():
+    """A block whose Woodbury matrix is not finite (keys so large that their Gram matrix overflows float32) keeps
+    ``P^{-1}`` alone; the other blocks keep their keys."""
+    inputs = {n: t.float() for n, t in block_inputs(2, 1, 8, 6).items()}
+    inputs["k"][1, 0, 5] *= 1e25  # ||k||^2 ~ 1e50: beyond float32, in chunk 1's second block only
+    with_keys = ChunkEntryPreconditioner(**inputs, block=4, keys=True)
+    without = ChunkEntryPreconditioner(**inputs, block=4, keys=False)
+    r = torch.randn(2, 1, 8, 6, generator=torch.Generator().manual_seed(2))
+    out, plain = with_keys.apply(r), without.apply(r)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1, :, 4:], plain[1, :, 4:])  # the failed block: P^{-1} alone
+    assert not torch.allclose(out[1, :, :4], plain[1, :, :4])  # its neighbour still has its keys

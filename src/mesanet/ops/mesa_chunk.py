@@ -89,7 +89,8 @@ class ChunkSystem:
             return operator, None
         if self.preconditioner == "jacobi":
             return operator, DiagonalPreconditioner(operator.diagonal())
-        return operator, ChunkEntryPreconditioner(h_in, k, self.b, self.beta, lam, self.block)
+        keys = self.preconditioner == "chunk-keys"
+        return operator, ChunkEntryPreconditioner(h_in, k, self.b, self.beta, lam, self.block, keys=keys)
 
 
 def mesa_chunk_forward(

@@ -43,9 +43,9 @@ class DenseOperator:
 class DenseSystem:
     """``build`` of :func:`~mesanet.ops.cg.implicit_solve` for the decode step: the dense operator and,
     unless the settings say ``"none"``, the Jacobi preconditioner, so CG starts from the Jacobi-scaled
-    query as the chunk form does with ``preconditioner="jacobi"``. (The chunk form's ``"chunk"``
-    preconditioner inverts the whole entering state: for one token that is the direct solve, which is
-    ``decode="cholesky"``; CG decoding uses Jacobi for it.)"""
+    query as the chunk form does with ``preconditioner="jacobi"``. (The chunk form's ``"chunk"`` and
+    ``"chunk-keys"`` preconditioners invert the whole entering state: for one token that is the direct solve,
+    which is ``decode="cholesky"``; CG decoding uses Jacobi for them.)"""
 
     def __init__(self, preconditioner: str):
         self.preconditioner = preconditioner

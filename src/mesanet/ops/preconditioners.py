@@ -10,6 +10,14 @@ CG is then left with the in-chunk low-rank part and the spread of ``exp(b_t)`` a
 ``H_c`` is large and ``cond(H_t + Lambda)`` grows) ``exp(b_t)`` hardly varies inside a chunk; for
 fast-forgetting heads ``H_c`` is bounded by ``1 / (1 - gamma)`` and the system is well conditioned anyway.
 The first chunk of a sequence has ``H_c = 0``: ``P = Lambda``, the Jacobi preconditioner of ``Lambda``.
+
+With ``keys=True`` (``"chunk-keys"``) each block's own keys join its preconditioner as they arrive: token ``t``
+of a block gets ``M_t = P + sum_{i<=t} w_i k_i k_i^T`` with ``w_i = beta_i exp(b_end - b_i)`` (key ``i`` decayed
+to the block's end: never more than its true weight ``beta_i exp(b_t - b_i)``, since a preconditioner that
+over-estimates ``H_t`` leaves CG eigenvalues near zero). Every ``M_t^{-1}`` comes from one Woodbury identity
+per block: with ``F = W^{1/2} K P^{-1}`` and the Cholesky factor ``L`` of ``G = I + W^{1/2} K P^{-1} K^T W^{1/2}``,
+the leading ``t x t`` block of ``G`` is ``L_t L_t^T``, so ``M_t^{-1} = P^{-1} - sum_{i<=t} f_i f_i^T`` with
+``f_i`` the rows of ``L^{-1} F``: one causal "attention" pass per CG step.
 """
 
 from __future__ import annotations
@@ -28,13 +36,14 @@ SPD_INVERSE_LEAF = 32
 def spd_inverse(matrix: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of a batch of symmetric positive definite matrices ``[..., n, n]`` and a flag per matrix
     ``[...]`` (bool): ``False`` where the matrix is not positive definite in the working precision (its
-    inverse is then meaningless).
+    inverse is then meaningless). The inverse is exactly symmetric (bit for bit), as CG needs of ``M^{-1}``.
 
     ``P = [[A, B], [B^T, D]]`` is inverted through the Schur complement ``S = D - B^T A^{-1} B``
     (positive definite exactly when ``P`` is): with ``X = A^{-1} B`` and ``Y = X S^{-1}``,
     ``P^{-1} = [[A^{-1} + Y X^T, -Y], [-Y^T, S^{-1}]]``; ``A`` and ``S`` recursively, down to orders of
     at most :data:`SPD_INVERSE_LEAF`. This is block Cholesky elimination: as accurate as LAPACK's
-    ``potri`` for SPD matrices (relative error ~ eps * cond(P)), in batched matmuls.
+    ``potri`` for SPD matrices (relative error ~ eps * cond(P)), in batched matmuls. The blocks are written
+    into one output (no concatenation: on a CPU these small batches are bound by memory traffic).
     """
     n = matrix.shape[-1]
     if n <= SPD_INVERSE_LEAF:
@@ -43,77 +52,113 @@ def spd_inverse(matrix: Tensor) -> tuple[Tensor, Tensor]:
         # a failed factorisation leaves a zero on the factor's diagonal, on which cholesky_inverse raises: invert
         # the identity there instead (the flag says the result is meaningless; the caller falls back)
         factor = torch.where(ok[..., None, None], factor, torch.eye(n, dtype=factor.dtype, device=factor.device))
-        return torch.cholesky_inverse(factor), ok
+        return torch.cholesky_inverse(factor), ok  # LAPACK's potri, filled in symmetrically
     half = n // 2
     a, b, d = matrix[..., :half, :half], matrix[..., :half, half:], matrix[..., half:, half:]
     a_inv, a_ok = spd_inverse(a)
     x = torch.matmul(a_inv, b)  # A^{-1} B  [..., h, n-h]
-    s_inv, s_ok = spd_inverse(d - torch.matmul(b.mT, x))
+    s_inv, s_ok = spd_inverse(torch.matmul(b.mT, x).neg_().add_(d))  # S = D - B^T X
     y = torch.matmul(x, s_inv)  # A^{-1} B S^{-1}
-    top = torch.cat([a_inv + torch.matmul(y, x.mT), -y], dim=-1)
-    bottom = torch.cat([-y.mT, s_inv], dim=-1)
-    return torch.cat([top, bottom], dim=-2), a_ok & s_ok
+    out = torch.empty_like(matrix)
+    top_left = torch.matmul(y, x.mT).add_(a_inv)  # symmetric up to rounding: average it with its transpose
+    out[..., :half, :half] = top_left
+    out[..., :half, :half].add_(top_left.mT).mul_(0.5)
+    out[..., :half, half:] = y
+    out[..., :half, half:].neg_()
+    out[..., half:, :half] = out[..., :half, half:].mT
+    out[..., half:, half:] = s_inv
+    return out, a_ok & s_ok
 
 
 class ChunkEntryPreconditioner:
-    """``M^{-1} = (exp(b_bar) H_e + Lambda)^{-1}`` per block of ``block`` tokens, chunk and head.
+    """``M^{-1} = (exp(b_bar) H_e + Lambda)^{-1}`` per block of ``block`` tokens, chunk and head (with ``keys``,
+    plus the block's earlier keys, module docstring).
 
     ``H_e`` is the key state entering the block: the chunk's entering state ``h_in [NC, H, Dk, Dk]`` for the
     first block, and for a later block the state after the token before it (entering state decayed plus
     the chunk's earlier keys). ``k [NC, H, C, Dk]``, ``b [NC, H, C]`` chunk-local cumulative log decay,
     ``beta [NC, H, C]``, ``lam [H, Dk]``. ``apply(r [NC, H, C, Dk])`` multiplies each token's row by its
     block's ``P^{-1}`` (``P`` symmetric). A block whose ``P`` fails to factor (a key state that is not
-    positive semi-definite in the working precision) falls back to ``diag(P)^{-1}``, which is always SPD.
+    positive semi-definite in the working precision) falls back to ``diag(P)^{-1}``, which is always SPD; a block
+    whose Woodbury matrix ``G`` fails to factor keeps ``P^{-1}`` alone.
     """
 
-    def __init__(self, h_in: Tensor, k: Tensor, b: Tensor, beta: Tensor, lam: Tensor, block: int):
+    def __init__(self, h_in: Tensor, k: Tensor, b: Tensor, beta: Tensor, lam: Tensor, block: int, keys: bool = False):
         h_in, k, b, beta, lam = (t.detach() for t in (h_in, k, b, beta, lam))
         c = k.shape[-2]
         self.block, self.length = min(block, c), c
+        self.causal = torch.ones(self.block, self.block, dtype=torch.bool, device=k.device).tril()  # key i <= row t
+        if self.block < c or keys:
+            b_blocks, k_blocks = self._blocks(b, pad_mode="replicate"), self._blocks(k)  # [NC, H, J, blk(, Dk)]
+            weight = (b_blocks[..., -1:] - b_blocks).exp() * self._blocks(beta)  # [NC, H, J, blk] to the block's end
         if self.block == c:  # one block: the chunk's entering state, decayed by the chunk's mean exp(b)
-            entering, scale = h_in.unsqueeze(2), b.exp().mean(-1)[..., None]  # [NC, H, 1, Dk, Dk], [NC, H, 1]
+            matrix = (h_in * b.exp().mean(-1)[..., None, None]).unsqueeze(2)  # [NC, H, 1, Dk, Dk]
         else:
-            entering, scale = self._block_states(h_in, k, b, beta)
-        matrix = scale[..., None, None] * entering + torch.diag_embed(lam).unsqueeze(1)  # [NC, H, J, Dk, Dk]
-        inverse, ok = spd_inverse(matrix)
-        inverse = (inverse + inverse.mT) / 2  # symmetric to the last bit: CG needs an SPD M^{-1}
+            matrix = self._block_matrices(h_in, b_blocks, k_blocks, weight)  # [NC, H, J, Dk, Dk]
+        matrix.diagonal(dim1=-2, dim2=-1).add_(lam.unsqueeze(1))  # + Lambda
+        inverse, ok = spd_inverse(matrix)  # exactly symmetric
         if not torch.compiler.is_compiling() and not bool(ok.all()):
             fallback = torch.diag_embed(matrix.diagonal(dim1=-2, dim2=-1).reciprocal())
             inverse = torch.where(ok[..., None, None], inverse, fallback)
         self.inverse = inverse.contiguous()  # [NC, H, J, Dk, Dk]
+        self.keys = self._key_rows(inverse, k_blocks, weight) if keys else None  # [NC, H, J, blk, Dk]
+        # [P^{-1} | F^T]: one matmul per step gives both r P^{-1} and the Woodbury scores
+        self.right = torch.cat([self.inverse, self.keys.mT], dim=-1) if keys else None  # [NC, H, J, Dk, Dk + blk]
 
-    def _block_states(self, h_in: Tensor, k: Tensor, b: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
-        """Key states entering each block ``[NC, H, J, Dk, Dk]`` and each block's mean decay relative to its
-        entry ``[NC, H, J]``, by a scan over the ``J`` blocks (``C d^2`` work per chunk in all)."""
-        c, blk = self.length, self.block
-        pad = (-c) % blk
-        # padded tail: no keys (beta = 0), no decay (b constant); only the mean decay must skip it
-        b_blocks = torch.nn.functional.pad(b, (0, pad), mode="replicate").unflatten(-1, (-1, blk))  # [NC, H, J, blk]
-        beta_blocks = torch.nn.functional.pad(beta, (0, pad)).unflatten(-1, (-1, blk))
-        k_blocks = torch.nn.functional.pad(k, (0, 0, 0, pad)).unflatten(-2, (-1, blk))  # [NC, H, J, blk, Dk]
+    def _blocks(self, x: Tensor, pad_mode: str = "constant") -> Tensor:
+        """Per token ``[NC, H, C(, D)]`` -> per block ``[NC, H, J, blk(, D)]``; the tail is padded with zeros
+        (no key, ``beta = 0``) or, for the cumulative log decay, its last value (no decay)."""
+        pad = (-self.length) % self.block
+        if x.dim() == 3:
+            return torch.nn.functional.pad(x, (0, pad), mode=pad_mode).unflatten(-1, (-1, self.block))
+        return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(-2, (-1, self.block))
+
+    def _key_rows(self, inverse: Tensor, k_blocks: Tensor, weight: Tensor) -> Tensor:
+        """Rows ``f_i`` of ``L^{-1} F`` ``[NC, H, J, blk, Dk]``: the Woodbury correction of each block's keys."""
+        scaled = k_blocks * weight.sqrt().unsqueeze(-1)  # W^{1/2} K
+        f = torch.matmul(scaled, inverse)  # W^{1/2} K P^{-1}  (P symmetric)
+        gram = torch.matmul(f, scaled.mT)  # W^{1/2} K P^{-1} K^T W^{1/2}  [NC, H, J, blk, blk]
+        eye = torch.eye(self.block, dtype=f.dtype, device=f.device)
+        factor, info = torch.linalg.cholesky_ex((gram + gram.mT) / 2 + eye)
+        ok = (info == 0)[..., None, None]
+        factor = torch.where(ok, factor, eye)  # a failed factor's zero pivot would poison the triangular solve
+        return torch.where(ok, torch.linalg.solve_triangular(factor, f, upper=False), 0).contiguous()
+
+    def _block_matrices(self, h_in: Tensor, b_blocks: Tensor, k_blocks: Tensor, weight: Tensor) -> Tensor:
+        """``exp(b_bar) H_e`` of every block ``[NC, H, J, Dk, Dk]``: the key state entering the block times the
+        block's mean decay relative to its entry, by a scan over the ``J`` blocks (``C d^2`` work per chunk in all)."""
         anchor = torch.nn.functional.pad(b_blocks[..., :-1, -1], (1, 0))  # [NC, H, J] log decay before each block
-        weight = (b_blocks[..., -1:] - b_blocks).exp() * beta_blocks  # [NC, H, J, blk] to the block's end
         updates = torch.matmul((k_blocks * weight.unsqueeze(-1)).mT, k_blocks)  # [NC, H, J, Dk, Dk]
         step = (b_blocks[..., -1] - anchor).exp()[..., None, None]  # decay across each block
-        state, entering = h_in, []
-        for j in range(updates.shape[2]):
-            entering.append(state)
-            state = step[:, :, j] * state + updates[:, :, j]
         rel = (b_blocks - anchor.unsqueeze(-1)).exp()  # [NC, H, J, blk]
-        valid = (torch.arange(c + pad, device=k.device) < c).view(-1, blk).to(rel.dtype)  # [J, blk]
-        scale = (rel * valid).sum(-1) / valid.sum(-1)
-        return torch.stack(entering, dim=2), scale
+        # the mean decay skips the padded tail
+        valid = (torch.arange(b_blocks.shape[-2] * self.block, device=rel.device) < self.length).view(-1, self.block)
+        valid = valid.to(rel.dtype)  # [J, blk]
+        scale = ((rel * valid).sum(-1) / valid.sum(-1))[..., None, None]  # [NC, H, J, 1, 1]
+        out, state = torch.empty_like(updates), h_in
+        for j in range(updates.shape[2]):
+            torch.mul(state, scale[:, :, j], out=out[:, :, j])
+            state = torch.addcmul(updates[:, :, j], step[:, :, j], state)
+        return out
 
     def apply(self, r: Tensor) -> Tensor:
-        """``r [NC, H, C, Dk]`` -> ``r P^{-1}`` block by block."""
-        if self.inverse.shape[2] == 1:
+        """``r [NC, H, C, Dk]`` -> ``M_t^{-1} r_t`` for every row, block by block."""
+        if self.inverse.shape[2] == 1 and self.keys is None:
             return torch.matmul(r, self.inverse[:, :, 0])
-        pad = (-self.length) % self.block
-        rows = torch.nn.functional.pad(r, (0, 0, 0, pad)).unflatten(-2, (-1, self.block))  # [NC, H, J, blk, Dk]
-        out = torch.matmul(rows, self.inverse).flatten(-3, -2)
-        return out[..., : self.length, :] if pad else out
+        rows = self._blocks(r)  # [NC, H, J, blk, Dk]
+        if self.keys is None:
+            out = torch.matmul(rows, self.inverse)
+        else:  # r P^{-1} and the scores f_i . r_t in one matmul, then minus sum_{i<=t} f_i (f_i . r_t)
+            both = torch.matmul(rows, self.right)  # [NC, H, J, blk, Dk + blk]
+            out, scores = both.split([self.inverse.shape[-1], self.block], dim=-1)
+            scores = scores.masked_fill(~self.causal, 0)  # [NC, H, J, blk(t), blk(i)]
+            out = out - torch.matmul(scores, self.keys)
+        out = out.flatten(-3, -2)
+        return out[..., : self.length, :] if out.shape[-2] != self.length else out
 
     def restrict(self, rows: slice) -> "ChunkEntryPreconditioner":
         out = ChunkEntryPreconditioner.__new__(ChunkEntryPreconditioner)
-        out.inverse, out.block, out.length = self.inverse[rows], self.block, self.length
+        out.inverse, out.block, out.length, out.causal = self.inverse[rows], self.block, self.length, self.causal
+        out.keys = self.keys[rows] if self.keys is not None else None
+        out.right = self.right[rows] if self.right is not None else None
         return out
