@@ -111,7 +111,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Run `{results['run']}`: {results['windows']} validation windows of {results['length']} tokens; "
         f"tol {results['tol']:g}, at most {results['max_iter']} steps. Steps mean / max over every (token, head) "
-        f"system of each Mesa layer. Target for `chunk`: max <= {results['target']['max_steps']} "
+        f"system of each Mesa layer. Target: max <= {results['target']['max_steps']} "
         f"(stretch <= {results['target']['stretch']}).",
         "",
     ]
