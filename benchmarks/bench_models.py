@@ -72,6 +72,7 @@ from benchmarks.mixers.build import (  # noqa: F401 - _mixer_params and PRESETS:
 )
 from benchmarks.mixers.report import render_markdown, target_checks, timings, worst_foreign_load
 from mesanet.models import preset_config
+from mesanet.utils.allocator import keep_freed_memory
 
 
 def run_benchmark(
@@ -223,6 +224,7 @@ def _mixer_list(values: Sequence[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    keep_freed_memory()  # as the timing workers (mesanet.utils.allocator)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick",

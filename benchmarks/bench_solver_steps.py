@@ -32,6 +32,7 @@ from mesanet.eval.run_eval import validation_tokens
 from mesanet.eval.run_files import load_run_config, resolve_model_dir
 from mesanet.layers import collect_solver_stats
 from mesanet.ops import SolverSettings
+from mesanet.utils.allocator import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUN = REPO / "runs" / "small"
@@ -138,6 +139,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    keep_freed_memory()  # as the timing workers (mesanet.utils.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", type=Path, default=DEFAULT_RUN, help=f"training run directory (default {DEFAULT_RUN})")
     parser.add_argument("--length", type=int, default=1024, help="tokens per window (default 1024)")

@@ -28,6 +28,7 @@ import torch
 
 from benchmarks import harness as h
 from mesanet.models import MIXER_KINDS, PRESETS, MesaNetForCausalLM, preset_config
+from mesanet.utils.allocator import keep_freed_memory
 
 
 def build(mixer: str, preset: str, overrides: dict[str, Any], device: str, seed: int = 0) -> MesaNetForCausalLM:
@@ -230,6 +231,7 @@ def run_benchmark(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    keep_freed_memory()  # as the timing workers (mesanet.utils.allocator)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--mixers",

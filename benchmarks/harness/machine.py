@@ -13,6 +13,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from mesanet.utils import allocator
+
 from .load import CONTENDED_RETRIES, FOREIGN_LOAD_LIMIT, ForeignLoad, is_contended, load_average, wait_for_quiet
 from .timing import timed
 
@@ -83,6 +85,7 @@ def machine_info(device: str) -> dict[str, Any]:
         python=platform.python_version(),
         platform=platform.platform(),
         load_average_1m_at_end=load_average(),
+        allocator=allocator.describe(),  # of this process; timing workers do the same, memory workers keep the defaults
     )
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()

@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from mesanet.utils.allocator import ENV as ALLOCATOR_ENV
+
 MIB = 2.0**20
 
 #: Environment of the CPU memory workers. A fixed glibc mmap threshold (which also switches off its
@@ -19,8 +21,9 @@ MIB = 2.0**20
 #: so the resident-set peak follows the peak of live tensors rather than what the allocator happens
 #: to cache (with glibc's defaults the figure depends on the process's history, by up to ~3x). It
 #: slows the timed calls down (a page fault per fresh page), hence separate processes for time and
-#: memory. Ignored by other allocators.
-MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+#: memory (the timing processes keep freed memory instead, ``mesanet.utils.allocator``). Ignored by other
+#: allocators.
+MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), ALLOCATOR_ENV: "0"}
 
 
 def _proc_status_kib(field: str) -> Optional[int]:

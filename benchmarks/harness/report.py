@@ -55,7 +55,8 @@ def machine_lines(machine: dict[str, Any], peak: dict[str, Any]) -> list[str]:
     return [
         f"Device `{machine['device']}`{gpu}, CPU `{machine['cpu_model']}`, {machine['torch_threads']} torch threads, "
         f"torch {machine['torch_version']}. 1-minute load average at start / end: "
-        f"{load(machine.get('load_average_1m_at_start'))} / {load(machine.get('load_average_1m_at_end'))}.",
+        f"{load(machine.get('load_average_1m_at_start'))} / {load(machine.get('load_average_1m_at_end'))}. "
+        f"Allocator of the timed processes: {machine.get('allocator', 'not recorded')}.",
         "",
         f"fp32 matmul {peak['size']}x{peak['size']}: best {peak['start']['best_gflops']:.1f} GFLOP/s at the start, "
         f"{peak['end']['best_gflops']:.1f} GFLOP/s at the end (medians {peak['start']['median_gflops']:.1f} / "

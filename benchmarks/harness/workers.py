@@ -15,6 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional, Sequence
 
+from mesanet.utils.allocator import keep_freed_memory
+
 from .memory import MEMORY_WORKER_ENV
 from .timing import Log, print_log
 
@@ -64,6 +66,7 @@ def call_in_worker(
 def worker_main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry of a worker: ``argv = [target, spec JSON]``; prints the result behind :data:`RESULT_MARKER`."""
     target, spec = (sys.argv[1:] if argv is None else list(argv))[:2]
+    keep_freed_memory()  # timing workers; a memory worker's environment switches it off (MEMORY_WORKER_ENV)
     result = _resolve(target)(json.loads(spec), print_log)
     print(RESULT_MARKER + json.dumps(result), flush=True)
 

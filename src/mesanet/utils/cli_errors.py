@@ -17,6 +17,8 @@ import sys
 import traceback
 from typing import Callable, Iterator, Sequence
 
+from .allocator import keep_freed_memory
+
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MESANET_DEBUG"
 DEBUG_HELP = f"show the traceback of an error instead of one line (also {DEBUG_ENV}=1)"
@@ -111,6 +113,7 @@ def run_cli(prog: str, main: Callable[[list[str]], int | None], argv: Sequence[s
     argv, flag = split_debug(sys.argv[1:] if argv is None else argv)
     debug = debug or flag or debug_from_env()
     try:
+        keep_freed_memory()  # this process's allocator keeps freed memory for reuse (utils/allocator.py)
         with argparse_errors_raise():
             return int(main(argv) or EXIT_OK)
     except BaseException as error:  # noqa: BLE001  (sorted by exit_code; everything else is re-raised)
