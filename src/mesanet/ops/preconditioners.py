@@ -22,6 +22,8 @@ the leading ``t x t`` block of ``G`` is ``L_t L_t^T``, so ``M_t^{-1} = P^{-1} - 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -33,10 +35,11 @@ from torch import Tensor
 SPD_INVERSE_LEAF = 32
 
 
-def spd_inverse(matrix: Tensor) -> tuple[Tensor, Tensor]:
+def spd_inverse(matrix: Tensor, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Inverse of a batch of symmetric positive definite matrices ``[..., n, n]`` and a flag per matrix
     ``[...]`` (bool): ``False`` where the matrix is not positive definite in the working precision (its
-    inverse is then meaningless). The inverse is exactly symmetric (bit for bit), as CG needs of ``M^{-1}``.
+    inverse is then meaningless). The inverse is exactly symmetric (bit for bit), as CG needs of ``M^{-1}``;
+    it is written into ``out`` (any strides) when given.
 
     ``P = [[A, B], [B^T, D]]`` is inverted through the Schur complement ``S = D - B^T A^{-1} B``
     (positive definite exactly when ``P`` is): with ``X = A^{-1} B`` and ``Y = X S^{-1}``,
@@ -49,24 +52,25 @@ def spd_inverse(matrix: Tensor) -> tuple[Tensor, Tensor]:
     if n <= SPD_INVERSE_LEAF:
         factor, info = torch.linalg.cholesky_ex(matrix)
         ok = info == 0
-        # a failed factorisation leaves a zero on the factor's diagonal, on which cholesky_inverse raises: invert
-        # the identity there instead (the flag says the result is meaningless; the caller falls back)
-        factor = torch.where(ok[..., None, None], factor, torch.eye(n, dtype=factor.dtype, device=factor.device))
-        return torch.cholesky_inverse(factor), ok  # LAPACK's potri, filled in symmetrically
+        if torch.compiler.is_compiling() or factor.device.type != "cpu" or not bool(ok.all()):
+            # a failed factorisation leaves a zero on the factor's diagonal, on which cholesky_inverse raises:
+            # invert the identity there instead (the flag says the result is meaningless; the caller falls back)
+            factor = torch.where(ok[..., None, None], factor, torch.eye(n, dtype=factor.dtype, device=factor.device))
+        inverse = torch.cholesky_inverse(factor)  # LAPACK's potri, filled in symmetrically
+        return (inverse if out is None else out.copy_(inverse)), ok
     half = n // 2
     a, b, d = matrix[..., :half, :half], matrix[..., :half, half:], matrix[..., half:, half:]
     a_inv, a_ok = spd_inverse(a)
     x = torch.matmul(a_inv, b)  # A^{-1} B  [..., h, n-h]
-    s_inv, s_ok = spd_inverse(torch.matmul(b.mT, x).neg_().add_(d))  # S = D - B^T X
+    out = torch.empty_like(matrix) if out is None else out
+    s_inv, s_ok = spd_inverse(torch.matmul(b.mT, x).neg_().add_(d), out=out[..., half:, half:])  # S = D - B^T X
     y = torch.matmul(x, s_inv)  # A^{-1} B S^{-1}
-    out = torch.empty_like(matrix)
     top_left = torch.matmul(y, x.mT).add_(a_inv)  # symmetric up to rounding: average it with its transpose
     out[..., :half, :half] = top_left
     out[..., :half, :half].add_(top_left.mT).mul_(0.5)
     out[..., :half, half:] = y
     out[..., :half, half:].neg_()
     out[..., half:, :half] = out[..., :half, half:].mT
-    out[..., half:, half:] = s_inv
     return out, a_ok & s_ok
 
 
@@ -96,22 +100,27 @@ class ChunkEntryPreconditioner:
         else:
             matrix = self._block_matrices(h_in, b_blocks, k_blocks, weight)  # [NC, H, J, Dk, Dk]
         matrix.diagonal(dim1=-2, dim2=-1).add_(lam.unsqueeze(1))  # + Lambda
-        inverse, ok = spd_inverse(matrix)  # exactly symmetric
+        dk = matrix.shape[-1]
+        # with keys, [P^{-1} | F^T] side by side: one matmul per step gives both r P^{-1} and the Woodbury scores
+        self.right = matrix.new_empty((*matrix.shape[:-1], dk + self.block)) if keys else None  # [NC, H, J, Dk, Dk+blk]
+        inverse, ok = spd_inverse(matrix, out=self.right[..., :dk] if keys else None)  # exactly symmetric
         if not torch.compiler.is_compiling() and not bool(ok.all()):
             fallback = torch.diag_embed(matrix.diagonal(dim1=-2, dim2=-1).reciprocal())
-            inverse = torch.where(ok[..., None, None], inverse, fallback)
-        self.inverse = inverse.contiguous()  # [NC, H, J, Dk, Dk]
-        self.keys = self._key_rows(inverse, k_blocks, weight) if keys else None  # [NC, H, J, blk, Dk]
-        # [P^{-1} | F^T]: one matmul per step gives both r P^{-1} and the Woodbury scores
-        self.right = torch.cat([self.inverse, self.keys.mT], dim=-1) if keys else None  # [NC, H, J, Dk, Dk + blk]
+            inverse.copy_(torch.where(ok[..., None, None], inverse, fallback))
+        self.inverse = inverse  # [NC, H, J, Dk, Dk]
+        self.keys = None
+        if keys:
+            self.keys = self._key_rows(inverse, k_blocks, weight)  # [NC, H, J, blk, Dk]
+            self.right[..., dk:] = self.keys.mT
 
     def _blocks(self, x: Tensor, pad_mode: str = "constant") -> Tensor:
         """Per token ``[NC, H, C(, D)]`` -> per block ``[NC, H, J, blk(, D)]``; the tail is padded with zeros
         (no key, ``beta = 0``) or, for the cumulative log decay, its last value (no decay)."""
         pad = (-self.length) % self.block
         if x.dim() == 3:
-            return torch.nn.functional.pad(x, (0, pad), mode=pad_mode).unflatten(-1, (-1, self.block))
-        return torch.nn.functional.pad(x, (0, 0, 0, pad)).unflatten(-2, (-1, self.block))
+            x = torch.nn.functional.pad(x, (0, pad), mode=pad_mode) if pad else x
+            return x.unflatten(-1, (-1, self.block))
+        return (torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x).unflatten(-2, (-1, self.block))
 
     def _key_rows(self, inverse: Tensor, k_blocks: Tensor, weight: Tensor) -> Tensor:
         """Rows ``f_i`` of ``L^{-1} F`` ``[NC, H, J, blk, Dk]``: the Woodbury correction of each block's keys."""
@@ -120,6 +129,8 @@ class ChunkEntryPreconditioner:
         gram = torch.matmul(f, scaled.mT)  # W^{1/2} K P^{-1} K^T W^{1/2}  [NC, H, J, blk, blk]
         eye = torch.eye(self.block, dtype=f.dtype, device=f.device)
         factor, info = torch.linalg.cholesky_ex((gram + gram.mT) / 2 + eye)
+        if not torch.compiler.is_compiling() and not bool(info.any()):  # every block factored (the usual case)
+            return torch.linalg.solve_triangular(factor, f, upper=False)
         ok = (info == 0)[..., None, None]
         factor = torch.where(ok, factor, eye)  # a failed factor's zero pivot would poison the triangular solve
         return torch.where(ok, torch.linalg.solve_triangular(factor, f, upper=False), 0).contiguous()
@@ -150,9 +161,10 @@ class ChunkEntryPreconditioner:
             out = torch.matmul(rows, self.inverse)
         else:  # r P^{-1} and the scores f_i . r_t in one matmul, then minus sum_{i<=t} f_i (f_i . r_t)
             both = torch.matmul(rows, self.right)  # [NC, H, J, blk, Dk + blk]
-            out, scores = both.split([self.inverse.shape[-1], self.block], dim=-1)
-            scores = scores.masked_fill(~self.causal, 0)  # [NC, H, J, blk(t), blk(i)]
-            out = out - torch.matmul(scores, self.keys)
+            plain, scores = both.split([self.inverse.shape[-1], self.block], dim=-1)
+            scores.masked_fill_(~self.causal, 0)  # [NC, H, J, blk(t), blk(i)]  (a view of the fresh `both`)
+            out = torch.matmul(scores, self.keys)
+            out = torch.sub(plain, out, out=out)  # r P^{-1} - sum_{i<=t} f_i (f_i . r_t), in place
         out = out.flatten(-3, -2)
         return out[..., : self.length, :] if out.shape[-2] != self.length else out
 
