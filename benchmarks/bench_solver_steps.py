@@ -32,6 +32,7 @@ from mesanet.eval.run_eval import validation_tokens
 from mesanet.eval.run_files import load_run_config, resolve_model_dir
 from mesanet.layers import collect_solver_stats
 from mesanet.ops import SolverSettings
+from mesanet.utils.allocator import describe as describe_allocator
 from mesanet.utils.allocator import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,7 @@ def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int 
     return dict(
         run=str(run_dir),
         threads=torch.get_num_threads(),
+        allocator=describe_allocator(),
         length=length,
         windows=int(inputs.shape[0]),
         tol=tol,
@@ -124,7 +126,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         load = max(row["foreign_cpu_fraction"] or 0.0 for row in results["rows"])
         out += [
             f"Forward: the whole model on these windows, {results['threads']} thread(s), fastest of interleaved rounds "
-            f"(other load on the machine meanwhile: {h.percent(load)}).",
+            f"(other load on the machine meanwhile: {h.percent(load)}); allocator: {results.get('allocator', 'not recorded')}.",
             "",
         ]
     body = []
