@@ -161,3 +161,17 @@ def test_stalled_solves_are_counted(spies):
         layer(torch.randn(2, 3, D))
     (s,) = stats.summary()
     assert s.stalled == s.systems == 2 * 3 * H and s.worst_stalled_residual == pytest.approx(0.5) and s.converged == 0
+
+
+def test_with_tol_zero_a_solve_stopped_at_the_residual_floor_counts_as_converged():
+    """tol = 0 leaves only the working precision's residual floor: systems it stopped are converged, systems the
+    step budget cut off are not (and, above tol, stalled)."""
+    layer = make_layer().eval()
+    x = torch.randn(2, 6, D)
+    with collect_solver_stats(layer, SolverSettings(max_iter=200, tol=0.0)) as ample:
+        layer(x)
+    with collect_solver_stats(layer, SolverSettings(max_iter=1, tol=0.0)) as cut:
+        layer(x)
+    (a,), (c,) = ample.summary(), cut.summary()
+    assert a.max_iterations < 200 and a.converged == a.systems and a.stalled == 0
+    assert c.converged < c.systems and c.stalled == c.systems - c.converged

@@ -4,7 +4,8 @@
 :func:`mesanet.layers.collect_solver_stats` (which may override the layers' solver settings for the duration;
 no layer attribute is written) and restores the model's training flag afterwards, also when something fails.
 A system is one (token, head) solve; its relative residual is ``||q - (H+Lambda)x|| / ||q||`` at exit, and it
-counts as converged when that is ``<= tol``.
+counts as converged when the stopping rule stopped it (``<= tol``, or at the working precision's residual floor,
+before ``max_iter``; :class:`mesanet.layers.solver_stats.LayerSolverSummary`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LayerSolverReport:
     max_iterations: int
     mean_relative_residual: float
     max_relative_residual: float
-    converged_fraction: float  # share of systems with relative residual <= tol
+    converged_fraction: float  # share of systems the stopping rule stopped (tol or residual floor)
 
 
 @dataclass(frozen=True)

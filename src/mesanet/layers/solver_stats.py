@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ..ops.cg import RESIDUAL_FLOOR_EPS
 from ..ops.results import SolverStats
 from ..ops.solver_settings import INFERENCE, SolverSettings, as_settings
 
@@ -33,9 +34,11 @@ _LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 class LayerSolverSummary:
     """CG statistics of one Mesa layer over every system (token x head) recorded in a context.
 
-    ``converged``: systems with final relative residual ``<= tol``; ``stalled``: systems that used all
-    ``max_iter`` steps and still had a residual above ``tol`` (``worst_stalled_residual`` the largest; only
-    meaningful with ``tol > 0``). ``max_iter`` / ``tol``: the settings of the last recorded forward.
+    ``converged``: systems the stopping rule stopped: final relative residual ``<= tol`` or at the working
+    precision's residual floor (:data:`mesanet.ops.cg.RESIDUAL_FLOOR_EPS`, the only stop with ``tol = 0``), or
+    frozen before ``max_iter`` (a direct solve counts, with 0 steps); ``stalled``: the others, which used all
+    ``max_iter`` steps and still had a residual above ``tol`` and the floor (``worst_stalled_residual`` the
+    largest). ``max_iter`` / ``tol``: the settings of the last recorded forward.
     """
 
     name: str
@@ -98,13 +101,16 @@ class SolverStatsCollector:
             return
         residual = stats.relative_residual.reshape(-1).to(torch.float64)
         iters_f = iters.to(torch.float64)
-        stalled = (iters >= settings.max_iter) & (residual > settings.tol)
+        floor = RESIDUAL_FLOOR_EPS * torch.finfo(stats.relative_residual.dtype).eps  # of the solver's dtype
+        settled = residual <= max(settings.tol, floor)
+        converged = settled | (iters < settings.max_iter)
+        stalled = ~converged  # all max_iter steps used, residual still above tol and the floor
         sums = torch.stack(
             [
                 iters_f.new_tensor(float(iters.numel())),
                 iters_f.sum(),
                 residual.sum(),
-                (residual <= settings.tol).sum().to(torch.float64),
+                converged.sum().to(torch.float64),
                 stalled.sum().to(torch.float64),
             ]
         )
