@@ -22,7 +22,9 @@ What is measured (defaults: preset ``cpu-small``, D=256, 4 layers, 4 heads x 64,
   load is taken again; a model still above it is measured once more at the end (``reruns``).
 * **Targets** (flags, never an exit status): Mesa decode(16k) / decode(1k) <= 1.2; the Transformer's
   decode cost grows; Mesa / Gated DeltaNet training step at T=2048 <= 1.3; Mesa / Gated DeltaNet decode
-  per token <= 1.5 (at the longest context). With other lengths the longest measured ones are used.
+  per token <= 1.5 (at the longest context). With other lengths the longest measured ones are used. The
+  training-step ratio is taken from the two models timed in turns in one more worker (``paired_train``:
+  separate workers minutes apart moved it from 1.23x to 1.32x between two runs).
 
 Every model runs in its own fresh worker process (:func:`benchmarks.harness.call_in_worker`). The parts:
 :mod:`benchmarks.mixers.build` (models, targets), :mod:`benchmarks.mixers.measure` (inside a worker),
@@ -65,6 +67,7 @@ from benchmarks.mixers.build import (  # noqa: F401 - _mixer_params and PRESETS:
     QUICK_TRAIN_WARMUP_S,
     SEQUENTIAL_MAX_TRAIN_LENGTH,
     SEQUENTIAL_STEP_LIMIT_S,
+    TRAIN_RATIO_LENGTH,
     _mixer_params,
     layer_types,
     matched_hawk_expansion,
@@ -73,6 +76,10 @@ from benchmarks.mixers.build import (  # noqa: F401 - _mixer_params and PRESETS:
 from benchmarks.mixers.report import render_markdown, target_checks, timings, worst_foreign_load
 from mesanet.models import preset_config
 from mesanet.utils.allocator import keep_freed_memory
+
+#: Rounds of the paired training-step timing at least (every round times each model once; the ratio of the
+#: medians over 3 rounds moved between 1.11x and 1.24x in two runs minutes apart).
+PAIRED_MIN_ROUNDS = 9
 
 
 def run_benchmark(
@@ -154,6 +161,16 @@ def run_benchmark(
                 models[i] = again
             models[i]["measured_runs"] = runs
 
+    paired = None
+    if "mesa" in mixers and "gated_deltanet" in mixers:  # the training-step target's ratio, under one load
+        pair = [specs[list(mixers).index(name)] for name in ("mesa", "gated_deltanet")]
+        length = TRAIN_RATIO_LENGTH if TRAIN_RATIO_LENGTH in train_lengths else train_lengths[-1]
+        rounds = max(policy.min_repeats, PAIRED_MIN_ROUNDS)
+        pair_policy = dict(asdict(policy), min_repeats=rounds, max_repeats=max(policy.max_repeats, rounds))
+        pair_spec = dict(pair[0], pair=pair, length=length, policy=pair_policy)
+        log(f"[pair] mesa and gated_deltanet, train T={pair_spec['length']} in turns")
+        paired = h.call_in_worker("benchmarks.mixers.measure:measure_train_pair", pair_spec, isolate=isolate, log=log)
+
     peak = h.matmul_peak_summary(peak_start, h.measure_matmul_peak_quietly(matmul_size, device, retries))
     model_fields = {
         k: v
@@ -205,8 +222,9 @@ def run_benchmark(
         ),
         matmul_peak=peak,
         models=models,
+        paired_train=paired,
     )
-    results["targets"] = target_checks(models)
+    results["targets"] = target_checks(models, paired)
     results["quiet_machine"] = h.quiet_machine_check(peak, [t for m in models for t in timings(m)])
     results["total_runtime_s"] = time.perf_counter() - started
     if out_dir is not None:

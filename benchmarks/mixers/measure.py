@@ -201,3 +201,25 @@ def measure_model(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, A
         result["decode"] = measure_decode(model, spec, log)
     result["runtime_s"] = time.perf_counter() - started
     return result
+
+
+def measure_train_pair(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
+    """The training step of two models timed in turns in one process, so that their ratio is taken under one
+    load (``spec``: ``pair`` = two model specs as :func:`measure_model`'s, and ``length``). Each model warms up
+    for ``train_warmup_s`` first."""
+    length, steps = spec["length"], {}
+    for model_spec in spec["pair"]:
+        step = TrainStep(build_model(model_spec), spec["batch"], length, spec["seed"], spec["device"])
+        started = time.perf_counter()
+        step()
+        while time.perf_counter() - started < spec["train_warmup_s"]:
+            step()
+        steps[model_spec["name"]] = step
+    records, _ = h.time_interleaved(steps, spec["device"], h.RepeatPolicy(**spec["policy"]))
+    (a, b) = list(steps)
+    ratio = records[a]["median_s"] / records[b]["median_s"]
+    log(
+        f"  paired train T={length}: {a} {1e3 * records[a]['median_s']:.1f} ms, {b} {1e3 * records[b]['median_s']:.1f} ms "
+        f"in turns ({records[a]['repeats']} rounds): ratio {ratio:.2f}, other load {h.percent(records[a]['foreign_cpu_fraction'])}"
+    )
+    return dict(length=length, names=[a, b], records=records, ratio=ratio)

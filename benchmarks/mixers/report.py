@@ -65,8 +65,10 @@ def _versus(mesa, gdn, section: str, key: str, preferred: Optional[int], target:
     return check
 
 
-def target_checks(models: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets; ``passed`` is None where a model or measurement is missing."""
+def target_checks(models: Sequence[dict[str, Any]], paired: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The issue's targets; ``passed`` is None where a model or measurement is missing. ``paired``: the two
+    training steps timed in turns (:func:`benchmarks.mixers.measure.measure_train_pair`); where given, the
+    training-step ratio is taken from it (one load for both) rather than from the separate workers."""
     mesa, attention, gdn = _model(models, "mesa"), _model(models, "attention"), _model(models, "gated_deltanet")
     targets: dict[str, Any] = {}
     for key, model, target, comparison in (
@@ -77,6 +79,11 @@ def target_checks(models: Sequence[dict[str, Any]]) -> dict[str, Any]:
         passed = None if growth is None else bool(growth["ratio"] <= target if comparison == "<=" else growth["ratio"] > target)
         targets[key] = dict(mixer=model and model["name"], target=target, comparison=comparison, **(growth or {}), passed=passed)
     targets["mesa_train_vs_gated_deltanet"] = _versus(mesa, gdn, "train", "length", TRAIN_RATIO_LENGTH, TRAIN_RATIO_TARGET)
+    if paired is not None:
+        a, b = (paired["records"][n]["median_s"] for n in ("mesa", "gated_deltanet"))
+        targets["mesa_train_vs_gated_deltanet"].update(
+            length=paired["length"], mesa_s=a, baseline_s=b, ratio=a / b, passed=bool(a / b <= TRAIN_RATIO_TARGET), paired=True
+        )
     targets["mesa_decode_vs_gated_deltanet"] = _versus(mesa, gdn, "decode", "context", None, DECODE_RATIO_TARGET)
     return targets
 
@@ -164,6 +171,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     ):
         c = t[key]
         what = f"Mesa / Gated DeltaNet {label}" + (f" at {'T' if where == 'length' else 'L'}={c[where]}" if where in c else "")
+        what += " (timed in turns in one process)" if c.get("paired") else ""
         rows.append([what, h.fmt(c.get("ratio"), ".2f") + "x", f"<= {c['target']:g}x", h.flag(c["passed"])])
     out += h.table(["check", "measured", "target", "flag"], rows)
     out += ["", f"Total runtime {results['total_runtime_s']:.1f} s.", ""]

@@ -78,6 +78,14 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     for check in targets.values():
         assert isinstance(check["passed"], bool) and check["ratio"] > 0
     assert targets["mesa_train_vs_gated_deltanet"]["length"] == 64 and targets["mesa_train_vs_gated_deltanet"]["target"] == 1.3
+    # the training-step ratio comes from the two models timed in turns in one process
+    paired = written["paired_train"]
+    assert paired["length"] == 64 and paired["names"] == ["mesa", "gated_deltanet"]
+    mesa_s, gdn_s = (paired["records"][n]["median_s"] for n in paired["names"])
+    assert (
+        targets["mesa_train_vs_gated_deltanet"]["paired"] and targets["mesa_train_vs_gated_deltanet"]["ratio"] == mesa_s / gdn_s
+    )
+    assert "(timed in turns in one process)" in markdown
     assert targets["mesa_decode_vs_gated_deltanet"]["context"] == 64 and targets["mesa_decode_vs_gated_deltanet"]["target"] == 1.5
 
 
