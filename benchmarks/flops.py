@@ -55,15 +55,15 @@ def _chunk_flops(dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: st
     matvec = 2 * dk * dk + 4 * chunk * dk
     solve = (cg_steps + 1) * matvec
     output = 2 * dk * dv + 2 * chunk * dk + 2 * chunk * dv
+    diagonal = 2 * chunk * dk if preconditioner == "jacobi" else 0  # M (K o K), per token
     refresh = 2 * dk * dk if n < chunk and preconditioner in ("chunk", "chunk-keys") else 0
-    apply = {
+    block_rows = {  # per row of the preconditioner's blocks
         "none": 0,
         "jacobi": 0,
         "chunk": (cg_steps + 2) * 2 * dk * dk,
         "chunk-keys": (cg_steps + 2) * (2 * dk * dk + 4 * n * dk) + 2 * dk * dk + 2 * n * dk,
     }[preconditioner]
-    jacobi = 2 * chunk * dk * chunk if preconditioner == "jacobi" else 0
-    return chunk * (states + solve + output) + rows * (apply + refresh) + jacobi
+    return chunk * (states + solve + output + diagonal) + rows * (block_rows + refresh)
 
 
 def forward_flops_per_token_head(

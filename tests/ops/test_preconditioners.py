@@ -138,3 +138,13 @@ def test_chunk_keys_falls_back_to_the_entering_part_where_the_woodbury_matrix_do
     assert torch.isfinite(out).all()
     assert torch.equal(out[1, :, 4:], plain[1, :, 4:])  # the failed block: P^{-1} alone
     assert not torch.allclose(out[1, :, :4], plain[1, :, :4])  # its neighbour still has its keys
+
+
+def test_the_eval_command_offers_every_preconditioner():
+    """``mesanet eval --preconditioner`` lists the names literally (building the parser imports no torch); they
+    must stay those of ``PRECONDITIONERS``."""
+    from mesanet.cli import build_parser
+    from mesanet.ops.solver_settings import PRECONDITIONERS
+
+    action = next(a for a in build_parser().commands["eval"]._actions if "--preconditioner" in a.option_strings)
+    assert tuple(action.choices) == PRECONDITIONERS

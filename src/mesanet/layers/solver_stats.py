@@ -102,8 +102,7 @@ class SolverStatsCollector:
         residual = stats.relative_residual.reshape(-1).to(torch.float64)
         iters_f = iters.to(torch.float64)
         floor = RESIDUAL_FLOOR_EPS * torch.finfo(stats.relative_residual.dtype).eps  # of the solver's dtype
-        settled = residual <= max(settings.tol, floor)
-        converged = settled | (iters < settings.max_iter)
+        converged = (residual <= max(settings.tol, floor)) | (iters < settings.max_iter)
         stalled = ~converged  # all max_iter steps used, residual still above tol and the floor
         sums = torch.stack(
             [

@@ -91,7 +91,8 @@ class ChunkEntryPreconditioner:
         h_in, k, b, beta, lam = (t.detach() for t in (h_in, k, b, beta, lam))
         c = k.shape[-2]
         self.block, self.length = min(block, c), c
-        self.causal = torch.ones(self.block, self.block, dtype=torch.bool, device=k.device).tril()  # key i <= row t
+        # key i of a block reaches row t only for i <= t: the scores of later keys are masked out
+        self.later = torch.ones(self.block, self.block, dtype=torch.bool, device=k.device).triu(1)
         if self.block < c or keys:
             b_blocks, k_blocks = self._blocks(b, pad_mode="replicate"), self._blocks(k)  # [NC, H, J, blk(, Dk)]
             weight = (b_blocks[..., -1:] - b_blocks).exp() * self._blocks(beta)  # [NC, H, J, blk] to the block's end
@@ -133,7 +134,7 @@ class ChunkEntryPreconditioner:
             return torch.linalg.solve_triangular(factor, f, upper=False)
         ok = (info == 0)[..., None, None]
         factor = torch.where(ok, factor, eye)  # a failed factor's zero pivot would poison the triangular solve
-        return torch.where(ok, torch.linalg.solve_triangular(factor, f, upper=False), 0).contiguous()
+        return torch.where(ok, torch.linalg.solve_triangular(factor, f, upper=False), 0)
 
     def _block_matrices(self, h_in: Tensor, b_blocks: Tensor, k_blocks: Tensor, weight: Tensor) -> Tensor:
         """``exp(b_bar) H_e`` of every block ``[NC, H, J, Dk, Dk]``: the key state entering the block times the
@@ -162,7 +163,7 @@ class ChunkEntryPreconditioner:
         else:  # r P^{-1} and the scores f_i . r_t in one matmul, then minus sum_{i<=t} f_i (f_i . r_t)
             both = torch.matmul(rows, self.right)  # [NC, H, J, blk, Dk + blk]
             plain, scores = both.split([self.inverse.shape[-1], self.block], dim=-1)
-            scores.masked_fill_(~self.causal, 0)  # [NC, H, J, blk(t), blk(i)]  (a view of the fresh `both`)
+            scores.masked_fill_(self.later, 0)  # [NC, H, J, blk(t), blk(i)]  (a view of the fresh `both`)
             out = torch.matmul(scores, self.keys)
             out = torch.sub(plain, out, out=out)  # r P^{-1} - sum_{i<=t} f_i (f_i . r_t), in place
         out = out.flatten(-3, -2)
@@ -170,7 +171,7 @@ class ChunkEntryPreconditioner:
 
     def restrict(self, rows: slice) -> "ChunkEntryPreconditioner":
         out = ChunkEntryPreconditioner.__new__(ChunkEntryPreconditioner)
-        out.inverse, out.block, out.length, out.causal = self.inverse[rows], self.block, self.length, self.causal
+        out.inverse, out.block, out.length, out.later = self.inverse[rows], self.block, self.length, self.later
         out.keys = self.keys[rows] if self.keys is not None else None
         out.right = self.right[rows] if self.right is not None else None
         return out
