@@ -8,7 +8,7 @@ Per token and head, with key size ``d``, value size ``dv``, chunk ``C`` and ``s`
     solve   = (s + 1) matvec                +1: the initial residual q - A x0
     precond = 0                             "none"
               2 C d                         "jacobi": the diagonal M (K o K) (applying it is element-wise)
-              (s + 2) 2 d^2                 "chunk": r P^{-1} for x0, z0 and once per step
+              (s + 2) 2 d^2 + 2 d^2         "chunk": r P^{-1} for x0, z0 and once per step; the own keys K^T W K
               (s + 2)(2 d^2 + 4 n d)        "chunk-keys" with blocks of n tokens: r [P^{-1} | F^T], scores F
               + 2 d^2 + 2 n d                 and its setup F = W^{1/2} K P^{-1}, F K^T W^{1/2}
               + 2 d^2 if n < C              refreshed blocks ("chunk" or "chunk-keys"): the block updates K^T W K
@@ -38,7 +38,7 @@ PRECONDITIONERS = ("none", "jacobi", "chunk", "chunk-keys")
 
 FLOP_FORMULA = (
     "forward FLOPs per token per head = 2d(d+dv) [states] + (s+1)(2d^2 + 4Cd) [CG solve] "
-    "+ {0 | 2Cd | (s+2) 2d^2 | (s+2)(2d^2 + 4nd) + 2d^2 + 2nd} [preconditioner none | jacobi | chunk | chunk-keys, "
+    "+ {0 | 2Cd | (s+3) 2d^2 | (s+2)(2d^2 + 4nd) + 2d^2 + 2nd} [preconditioner none | jacobi | chunk | chunk-keys, "
     "blocks of n tokens, + 2d^2 where n < C] + 2d*dv + 2Cd + 2C*dv [output]; "
     "multiply-add = 2 FLOPs, matrix products only (no factorisations), intra-chunk CxC products counted dense, "
     "s = CG steps the batched loop ran (stats.max_iterations), tokens padded to a multiple of C"
@@ -60,7 +60,7 @@ def _chunk_flops(dk: int, dv: int, chunk: int, cg_steps: int, preconditioner: st
     block_rows = {  # per row of the preconditioner's blocks
         "none": 0,
         "jacobi": 0,
-        "chunk": (cg_steps + 2) * 2 * dk * dk,
+        "chunk": (cg_steps + 2) * 2 * dk * dk + 2 * dk * dk,  # + the block's own keys in P
         "chunk-keys": (cg_steps + 2) * (2 * dk * dk + 4 * n * dk) + 2 * dk * dk + 2 * n * dk,
     }[preconditioner]
     return chunk * (states + solve + output + diagonal) + rows * (block_rows + refresh)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mesanet.ops.preconditioners import SPD_INVERSE_LEAF, ChunkEntryPreconditioner, spd_inverse
+from mesanet.ops.preconditioners import OWN_KEYS_SHARE, SPD_INVERSE_LEAF, ChunkEntryPreconditioner, spd_inverse
 
 from tolerances import F64_EXACT_RTOL
 
@@ -57,7 +57,10 @@ def test_spd_inverse_flags_a_singular_matrix_instead_of_raising(index):
     assert (inverse[ok] - expected).norm() / expected.norm() <= F64_EXACT_RTOL
 
 
-def test_preconditioner_falls_back_to_jacobi_for_a_block_that_does_not_factor():
+@pytest.mark.parametrize("shift", [2.0, 20.0], ids=["diagonal-positive", "diagonal-negative"])
+def test_preconditioner_falls_back_to_jacobi_for_a_block_that_does_not_factor(shift):
+    """An indefinite key state: its block falls back to ``diag(P)^{-1}``, to ``Lambda^{-1}`` where that diagonal is not
+    positive (always SPD); the other blocks keep their inverses."""
     nc, h, c, d = 2, 2, 4, 40
     gen = torch.Generator().manual_seed(1)
     keys = torch.nn.functional.normalize(torch.randn(nc, h, c, d, generator=gen, dtype=torch.float64), dim=-1)
@@ -65,15 +68,21 @@ def test_preconditioner_falls_back_to_jacobi_for_a_block_that_does_not_factor():
     beta = torch.ones(nc, h, c, dtype=torch.float64)
     lam = torch.ones(h, d, dtype=torch.float64)
     h_in = spd_batch((nc, h), d, cond=10.0)
-    h_in[1, 0] -= 20.0 * torch.eye(d, dtype=torch.float64)  # (H + Lambda) indefinite for chunk 1, head 0
+    h_in[1, 0] -= shift * torch.eye(d, dtype=torch.float64)  # (H + Lambda) indefinite for chunk 1, head 0
+    h_in[1, 0, 0, 1] = h_in[1, 0, 1, 0] = 1e3  # and not positive definite whatever the shift
     precond = ChunkEntryPreconditioner(h_in, keys, b, beta, lam, block=c)
-    matrix = h_in + torch.diag_embed(lam)  # exp(b) = 1: the preconditioner's matrix itself
+    matrix = stated_matrices(h_in, keys, b, beta, lam, block=c, keys=False)[:, :, 0]  # one matrix per chunk
     inverse = precond.inverse[:, :, 0]
     expected = torch.linalg.inv(matrix)
     good = [(0, 0), (0, 1), (1, 1)]
     for i, j in good:
         assert (inverse[i, j] - expected[i, j]).norm() / expected[i, j].norm() <= F64_EXACT_RTOL
-    assert torch.equal(inverse[1, 0], torch.diag_embed(matrix[1, 0].diagonal().reciprocal()))
+    diagonal = matrix[1, 0].diagonal()
+    fallback = torch.where(diagonal > 0, diagonal, lam[0]).reciprocal()
+    assert (diagonal > 0).any() == (shift == 2.0) and (diagonal < 0).any() == (shift == 20.0)
+    assert torch.equal(inverse[1, 0], torch.diag_embed(inverse[1, 0].diagonal()))  # diagonal
+    assert torch.allclose(inverse[1, 0].diagonal(), fallback, rtol=F64_EXACT_RTOL, atol=0)
+    assert (inverse[1, 0].diagonal() > 0).all()
 
 
 def block_inputs(nc: int, h: int, c: int, d: int, seed: int = 0, gate: tuple[float, float] = (0.8, 0.99)):
@@ -88,8 +97,9 @@ def block_inputs(nc: int, h: int, c: int, d: int, seed: int = 0, gate: tuple[flo
 
 def stated_matrices(h_in, k, b, beta, lam, block: int, keys: bool) -> torch.Tensor:
     """``M_t [NC, H, C, d, d]`` as the module docstring states them, token by token: the key state entering
-    ``t``'s block times the block's mean decay, plus ``Lambda``, plus (with ``keys``) the block's keys up to ``t``
-    decayed to the block's last token."""
+    ``t``'s block times the block's mean decay, plus ``Lambda``, plus the block's own keys: with ``keys`` those up to
+    ``t`` decayed to the block's last token, without every key of the block at ``OWN_KEYS_SHARE`` of its mean
+    weight over the block's tokens (zero before it arrives)."""
     nc, h, c, d = k.shape
     b_full = torch.nn.functional.pad(b, (1, 0))  # b_full[..., i + 1] = b_i, b_{-1} = 0
     out = torch.empty(nc, h, c, d, d, dtype=k.dtype)
@@ -106,6 +116,11 @@ def stated_matrices(h_in, k, b, beta, lam, block: int, keys: bool) -> torch.Tens
         if keys:
             for i in range(start, t + 1):
                 w = (b[..., end] - b[..., i]).exp() * beta[..., i]
+                m = m + w[..., None, None] * k[..., i, :, None] * k[..., i, None, :]
+        else:
+            for i in range(start, end + 1):
+                presence = sum((b[..., s] - b[..., i]).exp() for s in range(i, end + 1)) / (end + 1 - start)
+                w = OWN_KEYS_SHARE * presence * beta[..., i]
                 m = m + w[..., None, None] * k[..., i, :, None] * k[..., i, None, :]
         out[:, :, t] = m
     return out
@@ -132,9 +147,9 @@ def test_chunk_keys_falls_back_to_the_entering_part_where_the_woodbury_matrix_do
     inputs = {n: t.float() for n, t in block_inputs(2, 1, 8, 6).items()}
     inputs["k"][1, 0, 5] *= 1e25  # ||k||^2 ~ 1e50: beyond float32, in chunk 1's second block only
     with_keys = ChunkEntryPreconditioner(**inputs, block=4, keys=True)
-    without = ChunkEntryPreconditioner(**inputs, block=4, keys=False)
     r = torch.randn(2, 1, 8, 6, generator=torch.Generator().manual_seed(2))
-    out, plain = with_keys.apply(r), without.apply(r)
+    out = with_keys.apply(r)
+    plain = torch.matmul(r.unflatten(-2, (2, 4)), with_keys.inverse).flatten(-3, -2)  # r P^{-1}, block by block
     assert torch.isfinite(out).all()
     assert torch.equal(out[1, :, 4:], plain[1, :, 4:])  # the failed block: P^{-1} alone
     assert not torch.allclose(out[1, :, :4], plain[1, :, :4])  # its neighbour still has its keys

@@ -16,9 +16,9 @@ from mesanet.utils.validation import check_int, is_int, is_real
 
 #: Preconditioners of the chunkwise solve (see :mod:`mesanet.ops.preconditioners`):
 #: ``"none"`` plain CG; ``"jacobi"`` the diagonal of ``H_t + Lambda``; ``"chunk"`` the inverse of the
-#: chunk-entry matrix ``exp(b) H_c + Lambda`` (one SPD inverse per chunk and head); ``"chunk-keys"`` that
-#: matrix plus the block's own keys as they arrive (a Woodbury correction: fewer CG steps, a dearer setup
-#: and step; with ``precondition_every=16`` the trained model's max steps fall from ~10 to ~6).
+#: chunk-entry matrix ``exp(b) H_c + Lambda`` plus the chunk's keys at half their mean weight (one SPD inverse
+#: per chunk and head); ``"chunk-keys"`` the chunk-entry matrix plus the block's own keys as they arrive (a
+#: Woodbury correction: fewer CG steps, a dearer setup and step).
 PRECONDITIONERS = ("none", "jacobi", "chunk", "chunk-keys")
 
 #: Decode solvers of :func:`mesanet.ops.mesa_step`: ``"cholesky"`` (exact direct solve) or ``"cg"``.
@@ -39,8 +39,8 @@ class SolverSettings:
         preconditioner: one of :data:`PRECONDITIONERS`.
         precondition_every: with ``"chunk"`` or ``"chunk-keys"``, refresh the preconditioner every this many
             tokens (the key state entering each block of that many tokens); ``None``: once per chunk. Refreshing
-            more often saves CG steps (trained model, tol 1e-4: max 10 -> 6-7 at every 16 tokens, 5-6 with
-            ``"chunk-keys"``) at the price of one more SPD inverse per block (``benchmarks/bench_solver_steps.py``).
+            more often saves CG steps (trained model, tol 1e-4, max per layer: 6-8 once per chunk, 5-6 every 16
+            tokens) at the price of one more SPD inverse per block (``benchmarks/bench_solver_steps.py``).
         check_every: the batched loop asks "has every system stopped?" (a host synchronisation) every
             this many steps; ``None`` picks per device (1 on CPU, :data:`mesanet.ops.cg.ACCELERATOR_CHECK_EVERY` elsewhere).
             Frozen systems never change, so this only decides how soon the loop may exit.
