@@ -4,7 +4,9 @@ Loads a training run's model (``runs/small`` by default, the ``make run`` job), 
 at ``--length`` tokens through the model in eval mode once per solver setting, and reports per layer the CG
 steps to the tolerance (mean and max over every token x head system). Steps do not depend on the machine's
 load. With ``--time`` it also times the model's whole forward per setting (interleaved rounds, one thread by
-default: ratios between settings are taken under one load; time nothing else meanwhile). Settings: ``none``,
+default: ratios between settings are taken under one load; time nothing else meanwhile), and the layers' Mesa
+ops alone on the inputs they received in that forward (the solves with their setup, states and outputs, without
+the rest of the model): the cost the preconditioners are compared by. Settings: ``none``,
 ``jacobi``, ``chunk`` (once per chunk), ``chunk/16`` (refreshed every 16 tokens) and ``chunk-keys`` (with the
 block's own keys) once per chunk and every 32 / 16 / 8 tokens, all at ``--tol`` (default 1e-4, the paper's
 inference tolerance) with at most 30 steps.
@@ -31,7 +33,8 @@ from mesanet.eval.checkpoint import load_checkpoint
 from mesanet.eval.run_eval import validation_tokens
 from mesanet.eval.run_files import load_run_config, resolve_model_dir
 from mesanet.layers import collect_solver_stats
-from mesanet.ops import SolverSettings
+from mesanet.layers import mesa_layer
+from mesanet.ops import SolverSettings, mesa
 from mesanet.utils.allocator import describe as describe_allocator
 from mesanet.utils.allocator import keep_freed_memory
 
@@ -66,12 +69,15 @@ def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int 
     tokens = validation_tokens(config["data"], progress=False, run_dir=Path(run))
     inputs = eval_windows(tokens, length, max_windows=windows)  # [windows, length]
     rows, calls = [], {}
+    op_calls = _capture_op_calls(model, inputs) if time else []
     for label, preconditioner, every in SETTINGS:
         solver = SolverSettings(max_iter=max_iter, tol=tol, preconditioner=preconditioner, precondition_every=every)
         with torch.no_grad(), collect_solver_stats(model, solver) as collector:
             model(input_ids=inputs, use_cache=False)
             summary = collector.summary()
         calls[label] = functools.partial(_forward, model, inputs, solver)
+        if time:
+            calls[f"{label} ops"] = functools.partial(_ops, op_calls, solver)
         rows.append(
             dict(
                 setting=label,
@@ -87,7 +93,10 @@ def measure(run_dir: Path, length: int, windows: int, tol: float, max_iter: int 
         records, _ = h.time_interleaved(calls, "cpu", TIME_POLICY)
         for row in rows:
             row["forward_ms"] = 1e3 * records[row["setting"]]["min_s"]
-            row["foreign_cpu_fraction"] = records[row["setting"]]["foreign_cpu_fraction"]
+            row["ops_ms"] = 1e3 * records[f"{row['setting']} ops"]["min_s"]
+            row["foreign_cpu_fraction"] = max(
+                records[key]["foreign_cpu_fraction"] or 0.0 for key in (row["setting"], f"{row['setting']} ops")
+            )
     return dict(
         run=str(run_dir),
         threads=torch.get_num_threads(),
@@ -107,6 +116,30 @@ def _forward(model: torch.nn.Module, inputs: torch.Tensor, solver: SolverSetting
         model(input_ids=inputs, use_cache=False)
 
 
+def _capture_op_calls(model: torch.nn.Module, inputs: torch.Tensor) -> list[tuple[tuple, dict]]:
+    """The arguments of every Mesa layer's op call in one forward of the model (detached)."""
+    calls, original = [], mesa_layer.mesa
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+        return original(*args, **kwargs)
+
+    mesa_layer.mesa = record
+    try:
+        with torch.no_grad():
+            model(input_ids=inputs, use_cache=False)
+    finally:
+        mesa_layer.mesa = original
+    return calls
+
+
+def _ops(op_calls: list[tuple[tuple, dict]], solver: SolverSettings) -> None:
+    """Every layer's Mesa op on its recorded inputs with ``solver`` (what ``--time`` times as "ops")."""
+    with torch.no_grad():
+        for args, kwargs in op_calls:
+            mesa(*args, **{**kwargs, "solver": solver, "return_stats": False})
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     layers = [entry["layer"] for entry in results["rows"][0]["layers"]]
     out = [
@@ -122,11 +155,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     header = ["setting", *[f"layer {i}" for i in layers], "mean over layers", "max over layers"]
     if timed:
         base = next(row["forward_ms"] for row in results["rows"] if row["setting"] == "chunk")
-        header += ["forward ms", "/ chunk"]
+        ops_base = next(row["ops_ms"] for row in results["rows"] if row["setting"] == "jacobi")
+        header += ["forward ms", "/ chunk", "Mesa ops ms", "/ jacobi"]
         load = max(row["foreign_cpu_fraction"] or 0.0 for row in results["rows"])
         out += [
-            f"Forward: the whole model on these windows, {results['threads']} thread(s), fastest of interleaved rounds "
-            f"(other load on the machine meanwhile: {h.percent(load)}); allocator: {results.get('allocator', 'not recorded')}.",
+            f"Forward: the whole model on these windows; Mesa ops: the layers' Mesa ops alone on the inputs they "
+            f"received there (solve, its setup, states and outputs). {results['threads']} thread(s), fastest of "
+            f"interleaved rounds (other load on the machine meanwhile: {h.percent(load)}); allocator: "
+            f"{results.get('allocator', 'not recorded')}.",
             "",
         ]
     body = []
@@ -136,6 +172,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         line = [f"`{row['setting']}`", *cells, f"{mean:.1f}", max(e["max"] for e in row["layers"])]
         if timed:
             line += [f"{row['forward_ms']:.0f}", f"{row['forward_ms'] / base:.2f}x"]
+            line += [f"{row['ops_ms']:.0f}", f"{row['ops_ms'] / ops_base:.2f}x"]
         body.append(line)
     return "\n".join(out + h.table(header, body)) + "\n"
 
