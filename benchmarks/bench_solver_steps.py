@@ -32,8 +32,7 @@ from mesanet.data import eval_windows
 from mesanet.eval.checkpoint import load_checkpoint
 from mesanet.eval.run_eval import validation_tokens
 from mesanet.eval.run_files import load_run_config, resolve_model_dir
-from mesanet.layers import collect_solver_stats
-from mesanet.layers import mesa_layer
+from mesanet.layers import collect_solver_stats, mesa_layer
 from mesanet.ops import SolverSettings, mesa
 from mesanet.utils.allocator import describe as describe_allocator
 from mesanet.utils.allocator import keep_freed_memory

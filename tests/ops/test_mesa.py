@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mesanet.ops import SolverSettings, mesa, mesa_reference, mesa_sherman_morrison, mesa_step
+from mesanet.ops import SolverSettings, mesa, mesa_reference, mesa_sherman_morrison, mesa_step, preconditioners
 from mesanet.ops.cg import RESIDUAL_FLOOR_EPS
-from mesanet.ops import preconditioners
 from mesanet.ops.solver_settings import PRECONDITIONERS
 
 from helpers import LEAF_NAMES, leaves, make_inputs, rel_err

@@ -166,9 +166,7 @@ class ChunkEntryPreconditioner:
         presence = diff.masked_fill_(self.later, float("-inf")).exp_() * valid.unsqueeze(-1)
         return presence.sum(-2) / valid.sum(-1, keepdim=True)
 
-    def _block_matrices(
-        self, h_in: Tensor, b_blocks: Tensor, k_blocks: Tensor, weight: Tensor, own: Optional[Tensor]
-    ) -> Tensor:
+    def _block_matrices(self, h_in: Tensor, b_blocks: Tensor, k_blocks: Tensor, weight: Tensor, own: Optional[Tensor]) -> Tensor:
         """``exp(b_bar) H_e (+ sum_i own_i k_i k_i^T)`` of every block ``[NC, H, J, Dk, Dk]``: the key state entering
         the block times the block's mean decay relative to its entry (plus its own keys at weights ``own``), by a
         scan over the ``J`` blocks (``C d^2`` work per chunk in all)."""
