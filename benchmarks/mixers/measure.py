@@ -204,12 +204,13 @@ def measure_model(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, A
 
 
 def measure_train_pair(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
-    """The training step of two models timed in turns in one process, so that their ratio is taken under one
-    load (``spec``: ``pair`` = two model specs as :func:`measure_model`'s, and ``length``). Each model warms up
-    for ``train_warmup_s`` first."""
-    length, steps = spec["length"], {}
+    """The training step and the decode step of two models timed in turns in one process, so that their ratios
+    are taken under one load (``spec``: ``pair`` = two model specs as :func:`measure_model`'s, and ``length``).
+    Each model warms up for ``train_warmup_s`` first; decode runs at the longest of ``contexts``."""
+    length, steps, models = spec["length"], {}, {}
     for model_spec in spec["pair"]:
-        step = TrainStep(build_model(model_spec), spec["batch"], length, spec["seed"], spec["device"])
+        models[model_spec["name"]] = model = build_model(model_spec)
+        step = TrainStep(model, spec["batch"], length, spec["seed"], spec["device"])
         started = time.perf_counter()
         step()
         while time.perf_counter() - started < spec["train_warmup_s"]:
@@ -222,4 +223,52 @@ def measure_train_pair(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[s
         f"  paired train T={length}: {a} {1e3 * records[a]['median_s']:.1f} ms, {b} {1e3 * records[b]['median_s']:.1f} ms "
         f"in turns ({records[a]['repeats']} rounds): ratio {ratio:.2f}, other load {h.percent(records[a]['foreign_cpu_fraction'])}"
     )
-    return dict(length=length, names=[a, b], records=records, ratio=ratio)
+    del steps
+    gc.collect()
+    decode = decode_in_turns(models, dict(spec, contexts=[max(spec["contexts"])]), log)
+    return dict(length=length, names=[a, b], records=records, ratio=ratio, decode=decode)
+
+
+@torch.no_grad()
+def decode_in_turns(models: dict[str, Any], spec: dict[str, Any], log: h.Log) -> dict[str, Any]:
+    """One-token decode steps of several models in turns (every cycle rotated by one), each from its own cache
+    prefilled to the context ``spec["contexts"][0]``: per model the median seconds per token, under one load."""
+    context, steps, warmup = spec["contexts"][0], spec["decode_steps"], spec["decode_warmup"]
+    names = list(models)
+    for model in models.values():
+        model.eval()
+    caches = {name: prefill(models[name], spec)[context]["cache"] for name in names}
+    new_tokens = _tokens(models[names[0]].config.vocab_size, spec["batch"], warmup + steps, spec["seed"] + 2, spec["device"])
+
+    def measure() -> dict[str, Any]:
+        foreign = h.ForeignLoad()
+        foreign.start()
+        work = {name: copy_cache(caches[name]) for name in names}  # every attempt starts from the prefill
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for i in range(warmup + steps):
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                seconds, out = h.timed(
+                    lambda: models[name](input_ids=new_tokens[:, i : i + 1], past_key_values=work[name], use_cache=True),
+                    spec["device"],
+                )
+                work[name] = out.past_key_values
+                if i >= warmup:
+                    times[name].append(seconds)
+        return dict(times=times, foreign_cpu_fraction=foreign.fraction())
+
+    timing = h.least_contended(measure, spec["retries"], wait=None)
+    medians = {name: statistics.median(timing["times"][name]) for name in names}
+    log(
+        f"  paired decode L={context}: "
+        + ", ".join(f"{name} {1e3 * medians[name]:.2f} ms/token" for name in names)
+        + f" in turns ({steps} steps): ratio {medians[names[0]] / medians[names[1]]:.2f}, "
+        f"other load {h.percent(timing['foreign_cpu_fraction'])}"
+    )
+    return dict(
+        context=context,
+        steps=steps,
+        median_s=medians,
+        foreign_cpu_fraction=timing["foreign_cpu_fraction"],
+        attempts=timing["attempts"],
+    )

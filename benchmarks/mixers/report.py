@@ -67,8 +67,8 @@ def _versus(mesa, gdn, section: str, key: str, preferred: Optional[int], target:
 
 def target_checks(models: Sequence[dict[str, Any]], paired: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The issue's targets; ``passed`` is None where a model or measurement is missing. ``paired``: the two
-    training steps timed in turns (:func:`benchmarks.mixers.measure.measure_train_pair`); where given, the
-    training-step ratio is taken from it (one load for both) rather than from the separate workers."""
+    models' training and decode steps timed in turns (:func:`benchmarks.mixers.measure.measure_train_pair`);
+    where given, both ratios are taken from it (one load for both) rather than from the separate workers."""
     mesa, attention, gdn = _model(models, "mesa"), _model(models, "attention"), _model(models, "gated_deltanet")
     targets: dict[str, Any] = {}
     for key, model, target, comparison in (
@@ -85,6 +85,12 @@ def target_checks(models: Sequence[dict[str, Any]], paired: Optional[dict[str, A
             length=paired["length"], mesa_s=a, baseline_s=b, ratio=a / b, passed=bool(a / b <= TRAIN_RATIO_TARGET), paired=True
         )
     targets["mesa_decode_vs_gated_deltanet"] = _versus(mesa, gdn, "decode", "context", None, DECODE_RATIO_TARGET)
+    if paired is not None and paired.get("decode"):
+        d = paired["decode"]
+        a, b = (d["median_s"][n] for n in ("mesa", "gated_deltanet"))
+        targets["mesa_decode_vs_gated_deltanet"].update(
+            context=d["context"], mesa_s=a, baseline_s=b, ratio=a / b, passed=bool(a / b <= DECODE_RATIO_TARGET), paired=True
+        )
     return targets
 
 
