@@ -59,11 +59,16 @@ def cmd_train(ns: argparse.Namespace) -> None:
 
 
 def solver_overrides(ns: argparse.Namespace) -> dict | None:
-    """The solver-report flags that were given (``--tol``, ``--max-iter``, ``--preconditioner``) as
-    :class:`~mesanet.ops.SolverSettings` fields replacing the model's ``solver_inference``; ``None``: none given."""
-    given = {
-        k: v for k, v in (("tol", ns.tol), ("max_iter", ns.max_iter), ("preconditioner", ns.preconditioner)) if v is not None
-    }
+    """The solver-report flags that were given (``--tol``, ``--max-iter``, ``--preconditioner``,
+    ``--precondition-every``) as :class:`~mesanet.ops.SolverSettings` fields replacing the model's
+    ``solver_inference``; ``None``: none given."""
+    flags = (
+        ("tol", ns.tol),
+        ("max_iter", ns.max_iter),
+        ("preconditioner", ns.preconditioner),
+        ("precondition_every", ns.precondition_every),
+    )
+    given = {k: v for k, v in flags if v is not None}
     return given or None
 
 
@@ -186,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "jacobi", "chunk", "chunk-keys"),  # mesanet.ops.PRECONDITIONERS (not imported: no torch for --help)
         default=None,
         help="CG preconditioner of the solver report (default: the model's)",
+    )
+    p.add_argument(
+        "--precondition-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refresh the chunk preconditioners every N tokens in the solver report (default: the model's; once per chunk)",
     )
     p.add_argument("--extrapolation", type=int, nargs="*", default=[2, 4], help="multiples of the training length (default 2 4)")
     p.add_argument(

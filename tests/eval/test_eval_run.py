@@ -187,3 +187,5 @@ def test_cli_flags_become_solver_overrides():
     assert solver_overrides(parser.parse_args(["eval", "runs/x"])) is None  # the model's own settings
     ns = parser.parse_args(["eval", "runs/x", "--tol", "1e-6", "--max-iter", "60", "--preconditioner", "jacobi"])
     assert solver_overrides(ns) == dict(tol=1e-6, max_iter=60, preconditioner="jacobi")
+    ns = parser.parse_args(["eval", "runs/x", "--preconditioner", "chunk", "--precondition-every", "16"])
+    assert solver_overrides(ns) == dict(preconditioner="chunk", precondition_every=16)

@@ -67,6 +67,10 @@ def test_a_tighter_tolerance_takes_more_iterations_and_tol_zero_runs_every_step(
     fixed = solver_report(model, windows, dict(tol=0.0, max_iter=3, preconditioner="jacobi"), progress=False)
     assert all(l.max_iterations == 3 and l.mean_iterations == 3.0 for l in fixed.layers)
     assert "| model.layers.0.mixer | 3.00 | 3 |" in fixed.to_markdown()
+    assert "preconditioner = jacobi, over" in fixed.to_markdown()
+    refreshed = solver_report(model, windows, dict(tol=1e-4, precondition_every=8), progress=False)
+    assert refreshed.solver["precondition_every"] == 8
+    assert "preconditioner = chunk refreshed every 8 tokens, over" in refreshed.to_markdown()
 
 
 def test_settings_are_restored_when_the_forward_fails(monkeypatch):

@@ -262,7 +262,9 @@ def _summary_markdown(report: dict, results: dict[int, ExtrapolationResult], sol
         own = model["solver_inference"]
         lines.append(
             f"- Mesa solver for the losses below: max_iter = {own['max_iter']}, tol = {own['tol']:g}, "
-            f"preconditioner = {own['preconditioner']} (the model's solver_inference)"
+            f"preconditioner = {own['preconditioner']}"
+            + (f" refreshed every {own['precondition_every']} tokens" if own.get("precondition_every") else "")
+            + " (the model's solver_inference)"
         )
     lines += [
         "",

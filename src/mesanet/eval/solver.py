@@ -89,6 +89,8 @@ class SolverReport:
             if self.solver is None
             else (f"tol = {self.tol:g}, max_iter = {self.max_iter}, preconditioner = {self.solver['preconditioner']}")
         )
+        every = (self.solver or {}).get("precondition_every")
+        rule += f" refreshed every {every} tokens" if every else ""
         head = f"CG at {rule}, over {self.tokens} tokens"
         rows = [
             "| layer | mean iters | max iters | mean rel. residual | max rel. residual | converged |",
