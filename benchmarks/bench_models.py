@@ -169,7 +169,7 @@ def run_benchmark(
         pair_policy = dict(asdict(policy), min_repeats=rounds, max_repeats=max(policy.max_repeats, rounds))
         pair_spec = dict(pair[0], pair=pair, length=length, policy=pair_policy)
         log(f"[pair] mesa and gated_deltanet, train T={pair_spec['length']} and decode L={max(contexts)} in turns")
-        paired = h.call_in_worker("benchmarks.mixers.measure:measure_train_pair", pair_spec, isolate=isolate, log=log)
+        paired = h.call_in_worker("benchmarks.mixers.measure:measure_pair", pair_spec, isolate=isolate, log=log)
 
     peak = h.matmul_peak_summary(peak_start, h.measure_matmul_peak_quietly(matmul_size, device, retries))
     model_fields = {

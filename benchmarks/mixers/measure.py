@@ -203,7 +203,7 @@ def measure_model(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, A
     return result
 
 
-def measure_train_pair(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
+def measure_pair(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, Any]:
     """The training step and the decode step of two models timed in turns in one process, so that their ratios
     are taken under one load (``spec``: ``pair`` = two model specs as :func:`measure_model`'s, and ``length``).
     Each model warms up for ``train_warmup_s`` first; decode runs at the longest of ``contexts``."""

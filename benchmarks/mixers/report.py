@@ -67,7 +67,7 @@ def _versus(mesa, gdn, section: str, key: str, preferred: Optional[int], target:
 
 def target_checks(models: Sequence[dict[str, Any]], paired: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The issue's targets; ``passed`` is None where a model or measurement is missing. ``paired``: the two
-    models' training and decode steps timed in turns (:func:`benchmarks.mixers.measure.measure_train_pair`);
+    models' training and decode steps timed in turns (:func:`benchmarks.mixers.measure.measure_pair`);
     where given, both ratios are taken from it (one load for both) rather than from the separate workers."""
     mesa, attention, gdn = _model(models, "mesa"), _model(models, "attention"), _model(models, "gated_deltanet")
     targets: dict[str, Any] = {}
