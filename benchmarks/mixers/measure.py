@@ -95,33 +95,43 @@ def prefill(model, spec: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return caches
 
 
+def _decode_in_turns(runs: dict[Any, tuple[Any, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    """One-token decode steps of every ``(model, prefilled cache)`` in ``runs``, interleaved step by step (every
+    cycle rotated by one), ``decode_warmup`` + ``decode_steps`` each; each attempt starts from the prefills. Returns
+    the seconds per step by key (warm-up dropped), the other load and the attempts (:func:`h.least_contended`)."""
+    keys, steps, warmup = list(runs), spec["decode_steps"], spec["decode_warmup"]
+    vocab = next(iter(runs.values()))[0].config.vocab_size
+    new_tokens = _tokens(vocab, spec["batch"], warmup + steps, spec["seed"] + 2, spec["device"])
+
+    def measure() -> dict[str, Any]:
+        foreign = h.ForeignLoad()
+        foreign.start()
+        work = {key: copy_cache(cache) for key, (_, cache) in runs.items()}
+        times: dict[Any, list[float]] = {key: [] for key in keys}
+        for i in range(warmup + steps):
+            for j in range(len(keys)):
+                key = keys[(i + j) % len(keys)]
+                seconds, out = h.timed(
+                    lambda: runs[key][0](input_ids=new_tokens[:, i : i + 1], past_key_values=work[key], use_cache=True),
+                    spec["device"],
+                )
+                work[key] = out.past_key_values
+                if i >= warmup:
+                    times[key].append(seconds)
+        return dict(times=times, foreign_cpu_fraction=foreign.fraction())
+
+    return h.least_contended(measure, spec["retries"], wait=None)
+
+
 @torch.no_grad()
 def measure_decode(model, spec: dict[str, Any], log: h.Log) -> list[dict[str, Any]]:
     """Per-token decode latency at every context: ``decode_warmup`` + ``decode_steps`` one-token steps
     per prefilled cache, the contexts interleaved step by step (every cycle rotated by one)."""
     model.eval()
-    device, batch, contexts = spec["device"], spec["batch"], sorted(spec["contexts"])
+    batch, contexts = spec["batch"], sorted(spec["contexts"])
     steps, warmup = spec["decode_steps"], spec["decode_warmup"]
     caches = prefill(model, spec)
-    new_tokens = _tokens(model.config.vocab_size, batch, warmup + steps, spec["seed"] + 2, device)
-
-    def measure() -> dict[str, Any]:
-        foreign = h.ForeignLoad()
-        foreign.start()
-        work = {c: copy_cache(caches[c]["cache"]) for c in contexts}  # every attempt starts from the prefill
-        times: dict[int, list[float]] = {c: [] for c in contexts}
-        for i in range(warmup + steps):
-            for j in range(len(contexts)):
-                context = contexts[(i + j) % len(contexts)]
-                seconds, out = h.timed(
-                    lambda: model(input_ids=new_tokens[:, i : i + 1], past_key_values=work[context], use_cache=True), device
-                )
-                work[context] = out.past_key_values
-                if i >= warmup:
-                    times[context].append(seconds)
-        return dict(times=times, foreign_cpu_fraction=foreign.fraction())
-
-    timing = h.least_contended(measure, spec["retries"], wait=None)
+    timing = _decode_in_turns({c: (model, caches[c]["cache"]) for c in contexts}, spec)
     results = []
     for context in contexts:
         times, c = timing["times"][context], caches[context]
@@ -225,39 +235,19 @@ def measure_pair(spec: dict[str, Any], log: h.Log = h.print_log) -> dict[str, An
     )
     del steps
     gc.collect()
-    decode = decode_in_turns(models, dict(spec, contexts=[max(spec["contexts"])]), log)
+    decode = _paired_decode(models, dict(spec, contexts=[max(spec["contexts"])]), log)
     return dict(length=length, names=[a, b], records=records, ratio=ratio, decode=decode)
 
 
 @torch.no_grad()
-def decode_in_turns(models: dict[str, Any], spec: dict[str, Any], log: h.Log) -> dict[str, Any]:
-    """One-token decode steps of several models in turns (every cycle rotated by one), each from its own cache
-    prefilled to the context ``spec["contexts"][0]``: per model the median seconds per token, under one load."""
-    context, steps, warmup = spec["contexts"][0], spec["decode_steps"], spec["decode_warmup"]
+def _paired_decode(models: dict[str, Any], spec: dict[str, Any], log: h.Log) -> dict[str, Any]:
+    """One-token decode steps of several models in turns, each from its own cache prefilled to the context
+    ``spec["contexts"][0]``: per model the median seconds per token, under one load."""
+    context, steps = spec["contexts"][0], spec["decode_steps"]
     names = list(models)
     for model in models.values():
         model.eval()
-    caches = {name: prefill(models[name], spec)[context]["cache"] for name in names}
-    new_tokens = _tokens(models[names[0]].config.vocab_size, spec["batch"], warmup + steps, spec["seed"] + 2, spec["device"])
-
-    def measure() -> dict[str, Any]:
-        foreign = h.ForeignLoad()
-        foreign.start()
-        work = {name: copy_cache(caches[name]) for name in names}  # every attempt starts from the prefill
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for i in range(warmup + steps):
-            for j in range(len(names)):
-                name = names[(i + j) % len(names)]
-                seconds, out = h.timed(
-                    lambda: models[name](input_ids=new_tokens[:, i : i + 1], past_key_values=work[name], use_cache=True),
-                    spec["device"],
-                )
-                work[name] = out.past_key_values
-                if i >= warmup:
-                    times[name].append(seconds)
-        return dict(times=times, foreign_cpu_fraction=foreign.fraction())
-
-    timing = h.least_contended(measure, spec["retries"], wait=None)
+    timing = _decode_in_turns({name: (models[name], prefill(models[name], spec)[context]["cache"]) for name in names}, spec)
     medians = {name: statistics.median(timing["times"][name]) for name in names}
     log(
         f"  paired decode L={context}: "

@@ -33,6 +33,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .chunk_recurrence import intra_chunk_decay
+
 #: Matrices of at most this order are inverted by LAPACK (Cholesky, then its inverse) in :func:`spd_inverse`;
 #: larger ones by 2 x 2 block elimination on top of it. LAPACK handles a batch of small matrices one at a
 #: time, on one thread, which costs more than the flops at d = 64 (measured on the 2-core CPU, 512 matrices of
@@ -114,7 +116,7 @@ class ChunkEntryPreconditioner:
         beta_blocks = self._blocks(beta)  # [NC, H, J, blk]
         weight = (b_blocks[..., -1:] - b_blocks).exp() * beta_blocks  # [NC, H, J, blk] to the block's end
         # without the Woodbury rows the block's own keys enter P at a share of their mean weight over the block
-        own = None if keys else self._mean_weights(b_blocks) * beta_blocks * OWN_KEYS_SHARE  # [NC, H, J, blk]
+        own = None if keys else self._mean_weights(b_blocks, beta_blocks) * OWN_KEYS_SHARE  # [NC, H, J, blk]
         matrix = self._block_matrices(h_in, b_blocks, k_blocks, weight, own)  # [NC, H, J, Dk, Dk]
         matrix.diagonal(dim1=-2, dim2=-1).add_(lam.unsqueeze(1))  # + Lambda
         dk = matrix.shape[-1]
@@ -158,12 +160,11 @@ class ChunkEntryPreconditioner:
         """``[J, blk]``: 1 for the chunk's tokens, 0 for the padded tail of the last block."""
         return (torch.arange(j * self.block, device=device) < self.length).view(j, self.block).to(dtype)
 
-    def _mean_weights(self, b_blocks: Tensor) -> Tensor:
-        """``[NC, H, J, blk]``: for key ``i``, the mean over the block's tokens ``t`` of ``exp(b_t - b_i) [t >= i]``,
-        its decayed presence in the block's systems (from the pairwise log decays: no overflow)."""
+    def _mean_weights(self, b_blocks: Tensor, beta_blocks: Tensor) -> Tensor:
+        """``[NC, H, J, blk]``: for key ``i``, the mean over the block's tokens ``t`` of its weight in their systems,
+        ``M[t, i] = beta_i exp(b_t - b_i) [t >= i]`` (the in-chunk decay matrix, here of each block)."""
         valid = self._valid(b_blocks.shape[-2], b_blocks.device, b_blocks.dtype)  # [J, blk]
-        diff = b_blocks.unsqueeze(-1) - b_blocks.unsqueeze(-2)  # b_t - b_i  [NC, H, J, blk(t), blk(i)]
-        presence = diff.masked_fill_(self.later, float("-inf")).exp_() * valid.unsqueeze(-1)
+        presence = intra_chunk_decay(b_blocks, beta_blocks) * valid.unsqueeze(-1)  # [NC, H, J, blk(t), blk(i)]
         return presence.sum(-2) / valid.sum(-1, keepdim=True)
 
     def _block_matrices(self, h_in: Tensor, b_blocks: Tensor, k_blocks: Tensor, weight: Tensor, own: Optional[Tensor]) -> Tensor:
